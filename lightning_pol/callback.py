@@ -1,0 +1,481 @@
+"""ProofOfLearning: the Lightning callback that writes a Proof-of-Learning while training."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from safetensors.torch import load_file
+
+from lightning_pol import proof_format as pf
+from lightning_pol.commitment import SAMPLE_ENCODING, TREE, compute_leaves, root_of
+from lightning_pol.errors import PoLError
+from lightning_pol.metadata import (
+    check_module_recreates,
+    environment,
+    optimizer_config,
+    recreation_spec,
+    scheduler_config,
+)
+from lightning_pol.recording import RecordingSampler, UnsupportedDataError, instrument_loader, uninstrument_loader
+from lightning_pol.seeding import collect_rng_states, restore_rng_states
+from lightning_pol.state_codec import decode_state, encode_state
+from lightning_pol.writer import ProofDirectoryError, ProofWriter, safetensors_bytes
+
+log = logging.getLogger(__name__)
+
+
+class ProofOfLearning(Callback):
+    r"""Write a Proof-of-Learning of this training run to ``dirpath``.
+
+    Example::
+
+        from lightning import Trainer
+        from lightning_pol import ProofOfLearning
+
+        pol = ProofOfLearning("proof/", every_n_steps=8, init_strategy="pytorch_default")
+        trainer = Trainer(max_epochs=3, callbacks=[pol])
+        trainer.fit(model, datamodule=datamodule)   # model and datamodule unchanged
+
+    The proof holds W_0, the full training state every ``every_n_steps``
+    optimizer steps and at the end, the dataset indices of every step, a
+    Merkle commitment to the training data, and what the verifier needs to
+    re-create the module and data (their import paths and ``hparams``).
+    ``docs/proof-format.md`` specifies the files.
+
+    How the hooks are used:
+
+    - ``setup``: wraps ``train_dataloader()`` so that the DataLoader it returns
+      records its batches and seeds each sample from (proof seed, epoch, index).
+    - ``on_fit_start``: refuses a module or datamodule the verifier could not re-create.
+    - ``on_train_start``: opens the proof directory (refusing another run's
+      proof), commits to the data, records settings and environment.
+    - ``on_train_batch_start``: restores the training RNG stream (see below),
+      and before the first micro-batch of step t with t a multiple of k, writes
+      the checkpoint of step t: the state that step t starts from.
+    - ``on_train_batch_end``: files the batch's indices under its optimizer
+      step and saves the training RNG stream.
+    - ``on_train_end``: writes the final checkpoint and the single index-log
+      file, and marks the proof complete.
+
+    The global RNG is saved at the end of each batch and restored at the start
+    of the next, so draws made between steps (a DataLoader seeding its workers
+    or its shuffle at a new epoch, validation, logging) never shift the stream
+    that dropout sees; a replay then needs only the RNG state in a checkpoint.
+
+    Args:
+        dirpath: directory of the proof; must be empty or absent (or hold this
+            run's proof when resuming with ``ckpt_path``).
+        every_n_steps: k, the checkpoint interval in optimizer steps.
+        init_strategy: the declared initialization, one of
+            :data:`lightning_pol.proof_format.INIT_STRATEGIES`.
+        init_params: parameters of the strategy (``{"std": 0.02}`` for ``normal``).
+        seed: the proof seed for per-sample randomness; by default
+            ``torch.initial_seed()``, so ``seed_everything`` makes runs repeatable.
+        overwrite: replace a proof already in ``dirpath``.
+        fsync: flush files to stable storage before renaming them into place.
+        check_recreation: build ``Module(**hparams)`` on the meta device at fit
+            start and compare its ``state_dict`` shapes with the live module.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str],
+        every_n_steps: int = 100,
+        init_strategy: str = "pytorch_default",
+        init_params: dict[str, Any] | None = None,
+        seed: int | None = None,
+        overwrite: bool = False,
+        fsync: bool = True,
+        check_recreation: bool = True,
+    ) -> None:
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps <= 0:
+            raise PoLError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
+        if init_strategy not in pf.INIT_STRATEGIES:
+            raise PoLError(f"unknown init_strategy {init_strategy!r}; choose one of {list(pf.INIT_STRATEGIES)}")
+        if init_strategy == "warm_start":
+            raise PoLError("init_strategy='warm_start' needs a parent proof (chain of trust), which this version cannot record yet")
+        if seed is not None and not 0 <= int(seed) < 2**63:
+            raise PoLError(f"seed must be in [0, 2**63), got {seed}")
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps
+        self.init_strategy = init_strategy
+        self.init_params = dict(init_params or {})
+        self.seed = None if seed is None else int(seed)
+        self.overwrite = overwrite
+        self.fsync = fsync
+        self.check_recreation = check_recreation
+        self._reset_run_state()
+
+    def _reset_run_state(self) -> None:
+        self._seed_in_use: int | None = None
+        self._run_id: str | None = None
+        self._writer: ProofWriter | None = None
+        self._recorder: RecordingSampler | None = None
+        self._loader: Any = None
+        self._patched: tuple[Any, Any] | None = None
+        self._specs: dict[str, Any] = {}
+        self._stream: dict[str, Any] | None = None
+        self._inflight: tuple[int, int, list[int]] | None = None  # (step, epoch, indices)
+        self._flushed = 0  # steps [0, _flushed) are in index-log files
+        self._pending: list[list[int]] = []  # indices of steps _flushed, _flushed+1, ...
+        self._sample_epochs: list[list[int]] = []  # [first_step, epoch] runs
+        self._last_written = -1
+        self._next_due = 0
+        self._resume: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(dirpath=str(self.dirpath), every_n_steps=self.every_n_steps)
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._reset_run_state()
+        if trainer.world_size > 1:
+            raise PoLError("ProofOfLearning records single-process training only in this version (world_size > 1)")
+        source = trainer.fit_loop._data_source
+        instance = source.instance
+        if not isinstance(instance, (pl.LightningModule, pl.LightningDataModule)):
+            raise PoLError(
+                "ProofOfLearning needs the training data from a LightningDataModule (trainer.fit(model, datamodule=dm)) "
+                "or from the module's train_dataloader(), so the verifier can re-create it; "
+                "dataloaders passed to fit() directly cannot be recorded"
+            )
+        original = instance.train_dataloader
+
+        def train_dataloader() -> Any:
+            return self._instrument(trainer, original())
+
+        instance.train_dataloader = train_dataloader
+        self._patched = (instance, original)
+
+    def _instrument(self, trainer: pl.Trainer, loader: Any) -> Any:
+        if self._loader is not None:
+            uninstrument_loader(self._loader)
+        if self._seed_in_use is None:
+            self._seed_in_use = self.seed if self.seed is not None else torch.initial_seed() % 2**63
+        self._recorder = instrument_loader(loader, self._seed_in_use, trainer.current_epoch)
+        self._loader = loader
+        return loader
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._specs["module"] = recreation_spec(pl_module, "LightningModule")
+        if self.check_recreation:
+            check_module_recreates(pl_module, self._specs["module"])
+        dm = trainer.datamodule
+        self._specs["datamodule"] = recreation_spec(dm, "LightningDataModule") if dm is not None else None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._recorder is None or trainer.train_dataloader is not self._loader:
+            raise UnsupportedDataError(
+                "the training DataLoader was replaced after train_dataloader() returned it; "
+                "ProofOfLearning cannot record its batches"
+            )
+        dataset = self._loader.dataset.dataset
+        try:
+            size = len(dataset)
+        except TypeError:
+            raise UnsupportedDataError("the training dataset has no len(); a proof needs a sized map-style dataset") from None
+        leaves = compute_leaves(dataset, num_workers=self._loader.num_workers)
+        root = root_of(leaves)
+        if self._resume is not None:
+            self._open_resumed(trainer, root)
+        else:
+            self._open_new(trainer, pl_module, leaves, root, size)
+        log.info("proof of learning: writing to %s (k=%d, %d samples committed)", self.dirpath, self.every_n_steps, size)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._recorder is not None:
+            self._recorder.epoch = trainer.current_epoch
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._writer is None or self._recorder is None:
+            return
+        if self._stream is None:
+            self._stream = collect_rng_states()
+        else:
+            restore_rng_states(self._stream)
+        step = trainer.global_step
+        epoch, indices = self._recorder.pop()
+        self._inflight = (step, epoch, indices)
+        if step >= self._next_due and step > self._last_written:
+            self._flush_index(step)
+            self._write_checkpoint(trainer, pl_module, step, self._stream, batch_idx)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._writer is None or self._inflight is None:
+            return
+        step, epoch, indices = self._inflight
+        self._inflight = None
+        slot = step - self._flushed
+        if slot < len(self._pending) - 1 or slot < 0:
+            raise RuntimeError(f"batch of step {step} arrived after step {self._flushed + len(self._pending) - 1}")
+        while len(self._pending) <= slot:
+            self._pending.append([])
+        self._pending[slot].extend(indices)
+        if not self._sample_epochs or self._sample_epochs[-1][1] != epoch:
+            self._sample_epochs.append([step, epoch])
+        self._stream = collect_rng_states()
+        pl_module.log_dict(
+            {"pol/checkpoints": float(len(self._writer.manifest["checkpoints"])), "pol/MB": self._writer.total_bytes / 1e6},
+            on_step=True, on_epoch=False, prog_bar=True, logger=trainer.logger is not None, batch_size=1,
+        )
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._writer is None:
+            return
+        step = trainer.global_step
+        if self._stream is None:
+            self._stream = collect_rng_states()
+        self._flush_index(self._flushed + len(self._pending))
+        if step > self._last_written:
+            self._write_checkpoint(trainer, pl_module, step, self._stream, None)
+        self._finalize(step)
+        log.info(
+            "proof of learning: %s (%d checkpoints, %.2f MB)",
+            self.dirpath, len(self._writer.manifest["checkpoints"]), self._writer.total_bytes / 1e6,
+        )
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self._patched is not None:
+            instance, _ = self._patched
+            instance.__dict__.pop("train_dataloader", None)
+            self._patched = None
+        if self._loader is not None:
+            uninstrument_loader(self._loader)
+        self._loader = self._recorder = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        stream_tensors, stream_tree = encode_state({"rng": self._stream}) if self._stream is not None else ({}, None)
+        return {
+            "format_version": pf.FORMAT_VERSION,
+            "run_id": self._run_id,
+            "seed": self._seed_in_use,
+            "flushed": self._flushed,
+            "pending": [list(p) for p in self._pending],
+            "sample_epochs": [list(r) for r in self._sample_epochs],
+            "last_written": self._last_written,
+            "next_due": self._next_due,
+            "stream_tensors": stream_tensors,
+            "stream_tree": json.dumps(stream_tree),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("run_id") is None:
+            return
+        self._resume = dict(state_dict)
+        self._seed_in_use = int(state_dict["seed"])
+
+    # ---------------------------------------------------------------- writing
+    @property
+    def identity(self) -> str:
+        """SHA-256 of the current manifest: the proof's identity."""
+        if self._writer is None:
+            raise PoLError("no proof has been written yet")
+        return pf.sha256_file(self.dirpath / pf.MANIFEST)
+
+    def _open_new(self, trainer: pl.Trainer, pl_module: pl.LightningModule, leaves: torch.Tensor, root: str, size: int) -> None:
+        self._run_id = uuid.uuid4().hex
+        manifest: dict[str, Any] = {
+            "format": pf.FORMAT_NAME,
+            "format_version": pf.FORMAT_VERSION,
+            "status": pf.STATUS_IN_PROGRESS,
+            "run_id": self._run_id,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seed": self._seed_in_use,
+            "every_n_steps": self.every_n_steps,
+            "init": {"strategy": self.init_strategy, "params": encode_state(self.init_params)[1]},
+            "module": self._specs["module"],
+            "datamodule": self._specs["datamodule"],
+            "training": self._training_settings(trainer, pl_module, size),
+            "environment": environment(),
+            "data": {
+                "size": size,
+                "leaves": pf.LEAVES,
+                "root": root,
+                "tree": TREE,
+                "sample_encoding": SAMPLE_ENCODING,
+            },
+            "index_log": [],
+            "sample_epochs": [],
+            "checkpoints": [],
+            "final_step": None,
+            "files": {},
+        }
+        self._writer = ProofWriter.create(self.dirpath, manifest, self.overwrite, self.fsync)
+        self._writer.put(pf.LEAVES, safetensors_bytes({pf.LEAVES_KEY: leaves}))
+        self._writer.commit()
+
+    def _open_resumed(self, trainer: pl.Trainer, root: str) -> None:
+        state = self._resume
+        assert state is not None
+        self._run_id = state["run_id"]
+        writer = ProofWriter.reopen(self.dirpath, self._run_id, self.fsync)
+        m = writer.manifest
+        if m["data"]["root"] != root:
+            raise ProofDirectoryError("cannot resume: the training data differs from the data this proof committed to")
+        self._flushed = int(state["flushed"])
+        self._pending = [list(p) for p in state["pending"]]
+        self._sample_epochs = [list(r) for r in state["sample_epochs"]]
+        self._last_written = int(state["last_written"])
+        self._next_due = int(state["next_due"])
+        tree = json.loads(state["stream_tree"])
+        self._stream = decode_state(state["stream_tensors"], tree)["rng"] if tree is not None else None
+        for c in [c for c in m["checkpoints"] if c["step"] > self._last_written]:
+            writer.drop(c["path"])
+            m["checkpoints"].remove(c)
+        recorded = sum(c["steps"] for c in m["index_log"])
+        if recorded < self._flushed:
+            raise ProofDirectoryError(
+                f"cannot resume: the proof records {recorded} steps but the Lightning checkpoint expects {self._flushed}"
+            )
+        if recorded > self._flushed:  # steps recorded after the checkpoint we resume from never happened
+            indices, offsets = self._read_index_log(writer)
+            for chunk in m["index_log"]:
+                writer.drop(chunk["path"])
+            m["index_log"] = []
+            self._write_index_chunk(writer, 0, indices[: offsets[self._flushed]], offsets[: self._flushed + 1])
+        m["status"] = pf.STATUS_IN_PROGRESS
+        m["final_step"] = None
+        self._writer = writer
+        writer.commit()
+
+    def _read_index_log(self, writer: ProofWriter) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, offs, base = [], [torch.zeros(1, dtype=torch.int64)], 0
+        for chunk in writer.manifest["index_log"]:
+            t = load_file(writer.root / chunk["path"])
+            idx.append(t[pf.INDICES_KEY])
+            offs.append(t[pf.OFFSETS_KEY][1:] + base)
+            base += len(t[pf.INDICES_KEY])
+        return (torch.cat(idx) if idx else torch.empty(0, dtype=torch.int64)), torch.cat(offs)
+
+    @staticmethod
+    def _write_index_chunk(writer: ProofWriter, first_step: int, indices: torch.Tensor, offsets: torch.Tensor, rel: str | None = None) -> None:
+        steps = len(offsets) - 1
+        if steps == 0:
+            return
+        rel = rel or pf.index_chunk_path(first_step)
+        writer.put(rel, safetensors_bytes({pf.INDICES_KEY: indices.contiguous(), pf.OFFSETS_KEY: offsets.contiguous()}))
+        writer.manifest["index_log"].append({"path": rel, "first_step": first_step, "steps": steps})
+
+    def _flush_index(self, upto: int) -> None:
+        """Move the indices of steps [_flushed, upto) from memory to an index-log chunk."""
+        n = upto - self._flushed
+        if n <= 0:
+            return
+        steps = self._pending[:n] + [[] for _ in range(n - len(self._pending))]
+        lengths = torch.tensor([0] + [len(s) for s in steps], dtype=torch.int64)
+        indices = torch.tensor([i for s in steps for i in s], dtype=torch.int64)
+        self._write_index_chunk(self._writer, self._flushed, indices, torch.cumsum(lengths, 0))
+        self._pending = self._pending[n:]
+        self._flushed = upto
+
+    def _write_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, rng: dict[str, Any], batch_idx: int | None
+    ) -> None:
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        state = {
+            "model": pl_module.state_dict(),
+            "optimizers": [opt.state_dict() for opt in trainer.optimizers],
+            "lr_schedulers": [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs],
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": rng,
+            "progress": {"global_step": step, "epoch": trainer.current_epoch, "batch_idx": batch_idx},
+        }
+        tensors, tree = encode_state(state)
+        data = safetensors_bytes(
+            tensors,
+            {
+                pf.CHECKPOINT_STATE_KEY: json.dumps(tree, allow_nan=False, separators=(",", ":")),
+                "format": pf.FORMAT_NAME,
+                "format_version": str(pf.FORMAT_VERSION),
+            },
+        )
+        assert self._writer is not None
+        rel = pf.checkpoint_path(step)
+        entry = self._writer.put(rel, data)
+        self._writer.manifest["checkpoints"].append(
+            {"step": step, "epoch": trainer.current_epoch, "path": rel, "sha256": entry["sha256"]}
+        )
+        self._update_manifest_progress()
+        self._writer.commit()
+        self._last_written = step
+        self._next_due = (step // self.every_n_steps + 1) * self.every_n_steps
+
+    def _update_manifest_progress(self) -> None:
+        assert self._writer is not None
+        self._writer.manifest["sample_epochs"] = [r for r in self._sample_epochs if r[0] < self._flushed]
+
+    def _finalize(self, final_step: int) -> None:
+        writer = self._writer
+        assert writer is not None
+        chunks = writer.manifest["index_log"]
+        if not (len(chunks) == 1 and chunks[0]["path"] == pf.INDEX_LOG_FINAL):
+            indices, offsets = self._read_index_log(writer)
+            for chunk in chunks:
+                writer.drop(chunk["path"])
+            writer.manifest["index_log"] = []
+            if len(offsets) == 1:  # no step at all: an empty log still says so
+                writer.put(pf.INDEX_LOG_FINAL, safetensors_bytes({pf.INDICES_KEY: indices, pf.OFFSETS_KEY: offsets}))
+                writer.manifest["index_log"].append({"path": pf.INDEX_LOG_FINAL, "first_step": 0, "steps": 0})
+            else:
+                self._write_index_chunk(writer, 0, indices, offsets, rel=pf.INDEX_LOG_FINAL)
+        self._update_manifest_progress()
+        writer.manifest["status"] = pf.STATUS_COMPLETE
+        writer.manifest["final_step"] = final_step
+        writer.commit()
+
+    def _training_settings(self, trainer: pl.Trainer, pl_module: pl.LightningModule, size: int) -> dict[str, Any]:
+        loader = self._loader
+        inner = self._recorder.inner if self._recorder is not None else None
+        batches = trainer.num_training_batches
+        accumulate = trainer.accumulate_grad_batches
+        settings = {
+            "precision": str(trainer.precision),
+            "gradient_clip_val": trainer.gradient_clip_val,
+            "gradient_clip_algorithm": trainer.gradient_clip_algorithm,
+            "accumulate_grad_batches": accumulate,
+            "max_epochs": trainer.max_epochs,
+            "max_steps": trainer.max_steps,
+            "limit_train_batches": trainer.limit_train_batches,
+            "num_training_batches": batches,
+            "steps_per_epoch": math.ceil(batches / accumulate) if math.isfinite(batches) else None,
+            "estimated_stepping_batches": trainer.estimated_stepping_batches,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "benchmark": bool(torch.backends.cudnn.benchmark),
+            "batch_size": loader.batch_size if loader.batch_size is not None else getattr(inner, "batch_size", None),
+            "drop_last": loader.drop_last if loader.batch_size is not None else getattr(inner, "drop_last", None),
+            "dataset_size": size,
+            "dataset": _type_path(loader.dataset.dataset),
+            "batch_sampler": _type_path(inner) if self._recorder is not None and self._recorder.batched else None,
+            "sampler": _type_path(getattr(inner, "sampler", None) if self._recorder is not None and self._recorder.batched else inner),
+            "num_workers": loader.num_workers,
+            "automatic_optimization": pl_module.automatic_optimization,
+            "accelerator": type(trainer.accelerator).__name__,
+            "strategy": type(trainer.strategy).__name__,
+            "world_size": trainer.world_size,
+            "optimizers": [optimizer_config(o) for o in trainer.optimizers],
+            "lr_schedulers": [scheduler_config(c) for c in trainer.lr_scheduler_configs],
+            "data_source": "datamodule" if trainer.datamodule is not None else "module",
+        }
+        return encode_state(settings)[1]
+
+
+def _type_path(obj: Any) -> str | None:
+    return None if obj is None else f"{type(obj).__module__}:{type(obj).__qualname__}"

@@ -1,0 +1,276 @@
+"""The only way a proof is loaded: every file is treated as hostile input.
+
+Nothing here unpickles or imports anything named by the proof. Paths are
+checked before they are opened, sizes before anything is allocated, digests
+before anything is parsed. Every problem becomes a :class:`ProofFormatError`
+with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as safetensors_load
+
+from lightning_pol import proof_format as pf
+from lightning_pol.errors import PoLError
+from lightning_pol.state_codec import decode_state
+
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_HEADER_BYTES = 64 << 20
+
+_DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+
+
+class ProofFormatError(PoLError, ValueError):
+    """The proof is malformed, tampered with, or not a proof at all."""
+
+
+def _open_regular(root: Path, rel: str) -> Path:
+    """Resolve ``rel`` inside ``root`` without following any symlink."""
+    if not pf.is_safe_relative_path(rel):
+        raise ProofFormatError(f"unsafe path in manifest: {rel!r}")
+    path = root
+    for part in rel.split("/"):
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise ProofFormatError(f"missing file: {rel}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise ProofFormatError(f"symlink in proof: {rel}")
+    if not stat.S_ISREG(st.st_mode):
+        raise ProofFormatError(f"not a regular file: {rel}")
+    return path
+
+
+def parse_safetensors_header(data: bytes, name: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Validate a safetensors buffer's header against its size; return (tensor entries, metadata)."""
+    if len(data) < 8:
+        raise ProofFormatError(f"{name}: too short for safetensors")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER_BYTES or 8 + n > len(data):
+        raise ProofFormatError(f"{name}: safetensors header size {n} exceeds the file")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ProofFormatError(f"{name}: safetensors header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ProofFormatError(f"{name}: safetensors header is not an object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ProofFormatError(f"{name}: bad safetensors metadata")
+    body = len(data) - 8 - n
+    spans = []
+    for key, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise ProofFormatError(f"{name}: bad entry for tensor {key!r}")
+        dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in _DTYPE_SIZES:
+            raise ProofFormatError(f"{name}: tensor {key!r} has unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+            raise ProofFormatError(f"{name}: tensor {key!r} has a bad shape")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+            raise ProofFormatError(f"{name}: tensor {key!r} has bad offsets")
+        begin, end = offs
+        numel = 1
+        for s in shape:
+            numel *= s
+        if not 0 <= begin <= end <= body or end - begin != numel * _DTYPE_SIZES[dtype]:
+            raise ProofFormatError(f"{name}: tensor {key!r} does not fit its declared size")
+        spans.append((begin, end))
+    spans.sort()
+    for (b0, e0), (b1, _) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise ProofFormatError(f"{name}: overlapping tensors")
+    return header, metadata
+
+
+class ProofReader:
+    """Read-only view of a proof directory.
+
+    Example::
+
+        proof = ProofReader("proof/")
+        print(proof.identity, [c["step"] for c in proof.checkpoints])
+        state = proof.load_checkpoint(proof.checkpoints[0])
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ProofFormatError(f"{self.root} is not a directory")
+        raw = self._read_raw(pf.MANIFEST, MAX_MANIFEST_BYTES)
+        self.identity = pf.sha256_bytes(raw)
+        try:
+            manifest = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise ProofFormatError("manifest.json is not valid JSON") from None
+        self.manifest = self._validate_manifest(manifest)
+
+    # -- manifest ----------------------------------------------------------------
+    @staticmethod
+    def _validate_manifest(m: Any) -> dict[str, Any]:
+        if not isinstance(m, dict) or m.get("format") != pf.FORMAT_NAME:
+            raise ProofFormatError("manifest.json is not a lightning-pol proof manifest")
+        if m.get("format_version") not in pf.READABLE_VERSIONS:
+            raise ProofFormatError(
+                f"unknown format version {m.get('format_version')!r}; this reader reads {list(pf.READABLE_VERSIONS)}"
+            )
+        files = m.get("files")
+        if not isinstance(files, dict):
+            raise ProofFormatError("manifest has no file list")
+        for rel, entry in files.items():
+            if not pf.is_safe_relative_path(rel) or rel == pf.MANIFEST:
+                raise ProofFormatError(f"unsafe path in manifest: {rel!r}")
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("sha256"), str)
+                or len(entry["sha256"]) != 64
+                or not isinstance(entry.get("bytes"), int)
+                or entry["bytes"] < 0
+            ):
+                raise ProofFormatError(f"bad file entry for {rel}")
+        ckpts = m.get("checkpoints")
+        if not isinstance(ckpts, list):
+            raise ProofFormatError("manifest has no checkpoint list")
+        last = -1
+        for c in ckpts:
+            if not isinstance(c, dict) or not isinstance(c.get("step"), int) or not isinstance(c.get("epoch"), int):
+                raise ProofFormatError("bad checkpoint entry")
+            if c["step"] <= last:
+                raise ProofFormatError("checkpoint steps are not strictly increasing")
+            last = c["step"]
+            if c.get("path") not in files or files[c["path"]]["sha256"] != c.get("sha256"):
+                raise ProofFormatError(f"checkpoint at step {c['step']} is not listed with a matching digest")
+        for key in ("every_n_steps", "seed"):
+            if not isinstance(m.get(key), int) or m[key] < (1 if key == "every_n_steps" else 0):
+                raise ProofFormatError(f"manifest field {key} is missing or invalid")
+        chunks = m.get("index_log")
+        if not isinstance(chunks, list):
+            raise ProofFormatError("manifest has no index log")
+        expected = 0
+        for c in chunks:
+            if not isinstance(c, dict) or c.get("path") not in files or c.get("first_step") != expected:
+                raise ProofFormatError("index log chunks are missing, unlisted or out of order")
+            if not isinstance(c.get("steps"), int) or c["steps"] < 0:
+                raise ProofFormatError("bad index log chunk")
+            expected += c["steps"]
+        return m
+
+    @property
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return self.manifest["checkpoints"]
+
+    @property
+    def recorded_steps(self) -> int:
+        """Number of optimizer steps whose batches the index log holds."""
+        return sum(c["steps"] for c in self.manifest["index_log"])
+
+    # -- files -------------------------------------------------------------------
+    def _read_raw(self, rel: str, limit: int) -> bytes:
+        path = _open_regular(self.root, rel)
+        size = os.lstat(path).st_size
+        if size > limit:
+            raise ProofFormatError(f"{rel} is larger than allowed ({size} > {limit} bytes)")
+        with open(path, "rb", opener=lambda p, f: os.open(p, f | getattr(os, "O_NOFOLLOW", 0))) as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise ProofFormatError(f"{rel} grew while being read")
+        return data
+
+    def read_file(self, rel: str) -> bytes:
+        """The bytes of a listed file, after checking its size and digest."""
+        entry = self.manifest["files"].get(rel)
+        if entry is None:
+            raise ProofFormatError(f"{rel} is not listed in the manifest")
+        data = self._read_raw(rel, entry["bytes"])
+        if len(data) != entry["bytes"] or pf.sha256_bytes(data) != entry["sha256"]:
+            raise ProofFormatError(f"digest mismatch: {rel}")
+        return data
+
+    def verify_files(self) -> list[str]:
+        """Problems with listed files, and unlisted files in the directory; empty when all is well."""
+        problems = []
+        for rel in self.manifest["files"]:
+            try:
+                self.read_file(rel)
+            except ProofFormatError as e:
+                problems.append(str(e))
+        listed = set(self.manifest["files"]) | {pf.MANIFEST}
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                if rel not in listed:
+                    problems.append(f"unlisted file: {rel}")
+        return problems
+
+    def read_tensors(self, rel: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        data = self.read_file(rel)
+        parse_safetensors_header(data, rel)
+        try:
+            tensors = safetensors_load(data)
+        except Exception as e:  # safetensors raises its own error types
+            raise ProofFormatError(f"{rel}: unreadable safetensors ({e})") from None
+        return tensors, parse_safetensors_header(data, rel)[1]
+
+    # -- typed content ---------------------------------------------------------------
+    def load_checkpoint(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Decoded training state of one checkpoint entry of :attr:`checkpoints`."""
+        rel = entry["path"]
+        tensors, metadata = self.read_tensors(rel)
+        try:
+            tree = json.loads(metadata[pf.CHECKPOINT_STATE_KEY])
+            state = decode_state(tensors, tree)
+        except (KeyError, ValueError, TypeError, RecursionError) as e:
+            raise ProofFormatError(f"{rel}: malformed checkpoint state ({e})") from None
+        progress = state.get("progress")
+        if not isinstance(progress, dict) or progress.get("global_step") != entry["step"]:
+            raise ProofFormatError(f"{rel}: its step does not match the manifest")
+        if not isinstance(state.get("model"), dict):
+            raise ProofFormatError(f"{rel}: no model state")
+        return state
+
+    def index_log(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(indices, offsets)`` over all recorded steps; step t used ``indices[offsets[t]:offsets[t+1]]``."""
+        all_idx, all_off, base = [], [torch.zeros(1, dtype=torch.int64)], 0
+        for chunk in self.manifest["index_log"]:
+            tensors, _ = self.read_tensors(chunk["path"])
+            idx, off = tensors.get(pf.INDICES_KEY), tensors.get(pf.OFFSETS_KEY)
+            if (
+                idx is None or off is None or idx.dtype != torch.int64 or off.dtype != torch.int64
+                or idx.dim() != 1 or off.dim() != 1 or len(off) != chunk["steps"] + 1
+                or off[0].item() != 0 or off[-1].item() != len(idx)
+                or bool((off[1:] < off[:-1]).any())
+            ):
+                raise ProofFormatError(f"{chunk['path']}: malformed index log")
+            all_idx.append(idx)
+            all_off.append(off[1:] + base)
+            base += len(idx)
+        indices = torch.cat(all_idx) if all_idx else torch.empty(0, dtype=torch.int64)
+        offsets = torch.cat(all_off)
+        size = self.manifest.get("data", {}).get("size")
+        if len(indices) and isinstance(size, int) and (indices.min() < 0 or indices.max() >= size):
+            raise ProofFormatError("index log holds indices outside the dataset")
+        return indices, offsets
+
+    def leaves(self) -> torch.Tensor:
+        data = self.manifest.get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("leaves"), str):
+            raise ProofFormatError("manifest has no data commitment")
+        tensors, _ = self.read_tensors(data["leaves"])
+        leaves = tensors.get(pf.LEAVES_KEY)
+        if leaves is None or leaves.dtype != torch.uint8 or leaves.dim() != 2 or leaves.shape[1] != 32:
+            raise ProofFormatError("malformed leaves file")
+        if leaves.shape[0] != data.get("size"):
+            raise ProofFormatError("leaves do not match the declared dataset size")
+        return leaves

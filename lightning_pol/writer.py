@@ -1,0 +1,188 @@
+"""Crash-safe writing of a proof directory.
+
+Every file is written to a temporary name in its final directory, flushed,
+and renamed into place; the manifest is written the same way and always last.
+A crash therefore leaves a directory whose manifest describes a complete,
+consistent proof up to its last recorded checkpoint; files that the manifest
+does not list (temporaries, files written after the last manifest) are removed
+when the proof is reopened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as safetensors_save
+
+from lightning_pol import proof_format as pf
+from lightning_pol.errors import PoLError
+
+
+class ProofDirectoryError(PoLError, ValueError):
+    """The proof directory cannot be used as asked (another run's proof, foreign files)."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{pf.TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The canonical serialization of a manifest (its SHA-256 is the proof's identity)."""
+    return (json.dumps(manifest, indent=1, allow_nan=False, ensure_ascii=True) + "\n").encode("ascii")
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    return safetensors_save(tensors, metadata=metadata)
+
+
+class ProofWriter:
+    """Owns one proof directory and its in-memory manifest.
+
+    ``put`` writes a file and lists it; ``drop`` unlists one; ``commit`` writes
+    the manifest and only then deletes dropped files, so a crash at any point
+    leaves every listed file in place.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], manifest: dict[str, Any], fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.manifest = manifest
+        self.fsync = fsync
+        self._dropped: list[str] = []
+        self.manifest.setdefault("files", {})
+
+    # -- opening ---------------------------------------------------------------
+    @staticmethod
+    def read_manifest(root: Path) -> dict[str, Any] | None:
+        path = root / pf.MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            manifest = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ProofDirectoryError(f"{path} is not a readable manifest ({e})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != pf.FORMAT_NAME:
+            raise ProofDirectoryError(f"{path} is not a lightning-pol manifest")
+        return manifest
+
+    @classmethod
+    def create(cls, root: str | os.PathLike[str], manifest: dict[str, Any], overwrite: bool, fsync: bool = True) -> ProofWriter:
+        """Start a new proof in ``root``; refuse a directory that holds anything unless ``overwrite``."""
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise ProofDirectoryError(f"proof path {root} exists and is not a directory")
+        if root.is_dir() and any(root.iterdir()):
+            old = cls.read_manifest(root)
+            if not overwrite:
+                what = f"the proof of run {old.get('run_id')}" if old else "files that are not a proof"
+                raise ProofDirectoryError(
+                    f"{root} already holds {what}; choose another dirpath or pass overwrite=True"
+                )
+            cls._remove_proof(root, old)
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root, manifest, fsync)
+
+    @classmethod
+    def reopen(cls, root: str | os.PathLike[str], run_id: str, fsync: bool = True) -> ProofWriter:
+        """Continue this run's proof after a resume; removes files the manifest does not list."""
+        root = Path(root)
+        manifest = cls.read_manifest(root)
+        if manifest is None:
+            raise ProofDirectoryError(f"cannot resume: {root} holds no proof manifest")
+        if manifest.get("run_id") != run_id:
+            raise ProofDirectoryError(
+                f"cannot resume: {root} holds the proof of run {manifest.get('run_id')}, not of run {run_id}"
+            )
+        writer = cls(root, manifest, fsync)
+        writer.remove_unlisted()
+        return writer
+
+    @staticmethod
+    def _remove_proof(root: Path, manifest: dict[str, Any] | None) -> None:
+        if manifest is None:
+            raise ProofDirectoryError(
+                f"{root} holds files that are not a lightning-pol proof; overwrite=True only replaces a proof"
+            )
+        for sub in (pf.CHECKPOINT_DIR, pf.INDEX_LOG_DIR, os.path.dirname(pf.LEAVES)):
+            shutil.rmtree(root / sub, ignore_errors=True)
+        for rel in manifest.get("files", {}) if isinstance(manifest.get("files"), dict) else ():
+            if pf.is_safe_relative_path(rel):
+                (root / rel).unlink(missing_ok=True)
+        for name in (pf.MANIFEST, pf.INDEX_LOG_FINAL):
+            (root / name).unlink(missing_ok=True)
+        for p in root.iterdir():
+            if p.name.startswith(pf.TMP_PREFIX):
+                p.unlink(missing_ok=True)
+        left = sorted(p.name for p in root.iterdir())
+        if left:
+            raise ProofDirectoryError(f"{root} holds files that are not part of the old proof: {left[:5]}")
+
+    def remove_unlisted(self) -> None:
+        listed = set(self.manifest["files"]) | {pf.MANIFEST}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                if rel not in listed:
+                    os.unlink(os.path.join(dirpath, name))
+
+    # -- writing ---------------------------------------------------------------
+    def put(self, rel: str, data: bytes) -> dict[str, Any]:
+        """Write ``rel`` atomically and list it in the manifest (committed later)."""
+        if not pf.is_safe_relative_path(rel):
+            raise ValueError(f"unsafe proof path {rel!r}")
+        atomic_write(self.root / rel, data, self.fsync)
+        entry = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
+        self.manifest["files"][rel] = entry
+        if rel in self._dropped:
+            self._dropped.remove(rel)
+        return entry
+
+    def drop(self, rel: str) -> None:
+        """Unlist ``rel``; the file is deleted after the next commit."""
+        if self.manifest["files"].pop(rel, None) is not None:
+            self._dropped.append(rel)
+
+    def commit(self) -> str:
+        """Write the manifest, then delete dropped files. Returns the proof's identity."""
+        data = manifest_bytes(self.manifest)
+        atomic_write(self.root / pf.MANIFEST, data, self.fsync)
+        for rel in self._dropped:
+            (self.root / rel).unlink(missing_ok=True)
+        self._dropped.clear()
+        return pf.sha256_bytes(data)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e["bytes"] for e in self.manifest["files"].values())

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lightning_pol import ProofOfLearning
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+def make_trainer(callbacks: list[Any], root: Path, **kwargs: Any) -> pl.Trainer:
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+    )
+    defaults.update(kwargs)
+    return pl.Trainer(callbacks=callbacks, **defaults)
+
+
+def train_with_proof(
+    root: Path, module: pl.LightningModule, datamodule: pl.LightningDataModule | None, every_n_steps: int = 8,
+    seed: int = 0, pol_kwargs: dict[str, Any] | None = None, **trainer_kwargs: Any,
+) -> tuple[Path, pl.LightningModule, dict[str, torch.Tensor]]:
+    """Train with the callback; returns the proof dir, the trained module and its initial state_dict."""
+    pl.seed_everything(seed, verbose=False)
+    proof = root / "proof"
+    initial = copy.deepcopy(module.state_dict())
+    trainer = make_trainer([ProofOfLearning(proof, every_n_steps=every_n_steps, **(pol_kwargs or {}))], root, **trainer_kwargs)
+    trainer.fit(module, datamodule=datamodule)
+    return proof, module, initial
+
+
+@pytest.fixture
+def seeded():
+    pl.seed_everything(0, verbose=False)
+    yield
