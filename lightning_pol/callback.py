@@ -62,15 +62,16 @@ class ProofOfLearning(Callback):
     - ``on_train_batch_start``: restores the training RNG stream (see below),
       and before the first micro-batch of step t with t a multiple of k, writes
       the checkpoint of step t: the state that step t starts from.
-    - ``on_train_batch_end``: files the batch's indices under its optimizer
-      step and saves the training RNG stream.
+    - ``on_after_backward``: saves the training RNG stream.
+    - ``on_train_batch_end``: files the batch's indices under its optimizer step.
     - ``on_train_end``: writes the final checkpoint and the single index-log
       file, and marks the proof complete.
 
-    The global RNG is saved at the end of each batch and restored at the start
-    of the next, so draws made between steps (a DataLoader seeding its workers
-    or its shuffle at a new epoch, validation, logging) never shift the stream
-    that dropout sees; a replay then needs only the RNG state in a checkpoint.
+    The global RNG is saved after each backward pass and restored at the start
+    of the next batch, so draws made between steps (a DataLoader seeding its
+    workers or its shuffle at a new epoch, validation, other callbacks) never
+    shift the stream that dropout sees; a replay then needs only the RNG state
+    in a checkpoint.
 
     Args:
         dirpath: directory of the proof; must be empty or absent (or hold this
@@ -228,11 +229,18 @@ class ProofOfLearning(Callback):
         self._pending[slot].extend(indices)
         if not self._sample_epochs or self._sample_epochs[-1][1] != epoch:
             self._sample_epochs.append([step, epoch])
-        self._stream = collect_rng_states()
         pl_module.log_dict(
             {"pol/checkpoints": float(len(self._writer.manifest["checkpoints"])), "pol/MB": self._writer.total_bytes / 1e6},
             on_step=True, on_epoch=False, prog_bar=True, logger=trainer.logger is not None, batch_size=1,
         )
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The training stream is saved right after the backward pass, the last
+        # point where a step draws randomness that shapes its gradient. Draws
+        # after it (an optimizer hook, another callback's on_train_batch_end)
+        # are undone when the next batch starts.
+        if self._writer is not None:
+            self._stream = collect_rng_states()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._writer is None:
@@ -391,6 +399,8 @@ class ProofOfLearning(Callback):
     ) -> None:
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         state = {
+            "format": pf.FORMAT_NAME,
+            "format_version": pf.FORMAT_VERSION,
             "model": pl_module.state_dict(),
             "optimizers": [opt.state_dict() for opt in trainer.optimizers],
             "lr_schedulers": [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs],
@@ -399,14 +409,9 @@ class ProofOfLearning(Callback):
             "progress": {"global_step": step, "epoch": trainer.current_epoch, "batch_idx": batch_idx},
         }
         tensors, tree = encode_state(state)
-        data = safetensors_bytes(
-            tensors,
-            {
-                pf.CHECKPOINT_STATE_KEY: json.dumps(tree, allow_nan=False, separators=(",", ":")),
-                "format": pf.FORMAT_NAME,
-                "format_version": str(pf.FORMAT_VERSION),
-            },
-        )
+        # One metadata key only: safetensors writes its metadata map in hash
+        # order, and checkpoints of identical runs must be identical bytes.
+        data = safetensors_bytes(tensors, {pf.CHECKPOINT_STATE_KEY: json.dumps(tree, allow_nan=False, separators=(",", ":"))})
         assert self._writer is not None
         rel = pf.checkpoint_path(step)
         entry = self._writer.put(rel, data)

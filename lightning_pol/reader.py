@@ -233,6 +233,8 @@ class ProofReader:
             state = decode_state(tensors, tree)
         except (KeyError, ValueError, TypeError, RecursionError) as e:
             raise ProofFormatError(f"{rel}: malformed checkpoint state ({e})") from None
+        if state.get("format") != pf.FORMAT_NAME or state.get("format_version") not in pf.READABLE_VERSIONS:
+            raise ProofFormatError(f"{rel}: not a checkpoint of a readable format version")
         progress = state.get("progress")
         if not isinstance(progress, dict) or progress.get("global_step") != entry["step"]:
             raise ProofFormatError(f"{rel}: its step does not match the manifest")

@@ -35,8 +35,14 @@ def train_with_proof(
     root: Path, module: pl.LightningModule, datamodule: pl.LightningDataModule | None, every_n_steps: int = 8,
     seed: int = 0, pol_kwargs: dict[str, Any] | None = None, **trainer_kwargs: Any,
 ) -> tuple[Path, pl.LightningModule, dict[str, torch.Tensor]]:
-    """Train with the callback; returns the proof dir, the trained module and its initial state_dict."""
+    """Train with the callback; returns the proof dir, the trained module and its initial state_dict.
+
+    ``module`` may be a class or factory, called after seeding so that two runs
+    with one seed also start from the same weights.
+    """
     pl.seed_everything(seed, verbose=False)
+    if not isinstance(module, torch.nn.Module):
+        module = module()
     proof = root / "proof"
     initial = copy.deepcopy(module.state_dict())
     trainer = make_trainer([ProofOfLearning(proof, every_n_steps=every_n_steps, **(pol_kwargs or {}))], root, **trainer_kwargs)

@@ -1,0 +1,129 @@
+"""Same seed, same proof; and a checkpoint is enough to replay the next k steps bit for bit.
+
+The replay here is a hand-written oracle (plain PyTorch, no Lightning), so it
+checks the proof's content independently of the verifier's own replay code.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import default_collate
+
+from lightning_pol import ProofReader
+from lightning_pol.seeding import SeededDataset, restore_rng_states
+from tests.conftest import train_with_proof
+from tests.unseen_project import NoisyDigits, UnseenDataModule, UnseenModule
+
+
+def digests(proof):
+    return [(c["step"], c["sha256"]) for c in ProofReader(proof).checkpoints]
+
+
+class DrawsBetweenSteps(pl.Callback):
+    """Consumes the global RNG where a user's code might: epoch starts and validation."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch > 0:
+            torch.rand(7)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        torch.randn(3)
+
+    def on_validation_start(self, trainer, pl_module):
+        torch.rand(5)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference")
+    proof, _, _ = train_with_proof(root, UnseenModule, UnseenDataModule(num_workers=2), every_n_steps=8, max_epochs=2, gradient_clip_val=1.0)
+    return proof
+
+
+def test_same_seed_gives_identical_checkpoints(tmp_path, reference):
+    proof, _, _ = train_with_proof(tmp_path, UnseenModule, UnseenDataModule(num_workers=2), every_n_steps=8, max_epochs=2, gradient_clip_val=1.0)
+    assert digests(proof) == digests(reference)
+    assert ProofReader(proof).manifest["data"]["root"] == ProofReader(reference).manifest["data"]["root"]
+
+
+@pytest.mark.parametrize("dm_kwargs", [dict(num_workers=0), dict(num_workers=2, persistent_workers=True)], ids=["main-process", "persistent"])
+def test_sample_randomness_does_not_depend_on_workers(tmp_path, dm_kwargs):
+    """With a sampler that draws nothing, augmentation is the only data randomness: workers must not matter."""
+    runs = []
+    for i, kwargs in enumerate([dict(num_workers=2), dm_kwargs]):
+        proof, _, _ = train_with_proof(tmp_path / str(i), UnseenModule, UnseenDataModule(sampler="custom", **kwargs), every_n_steps=8, max_epochs=2)
+        runs.append(digests(proof))
+    assert runs[0] == runs[1]
+
+
+def test_rng_draws_between_steps_do_not_shift_the_training_stream(tmp_path):
+    """Draws outside the step (other callbacks, validation, a new epoch) leave dropout's stream alone.
+
+    The sampler here draws nothing, so the only thing such draws could change is
+    the stream inside training steps. (With shuffle=True an epoch-start draw
+    legitimately changes the next epoch's order, which the index log records.)
+    """
+    from lightning_pol import ProofOfLearning
+    from tests.conftest import make_trainer
+
+    runs = []
+    for extra in ([], [DrawsBetweenSteps()]):
+        pl.seed_everything(0, verbose=False)
+        proof = tmp_path / f"proof{len(extra)}"
+        module = UnseenModule()
+        trainer = make_trainer([*extra, ProofOfLearning(proof, every_n_steps=8)], tmp_path, max_epochs=2, gradient_clip_val=1.0)
+        trainer.fit(module, datamodule=UnseenDataModule(num_workers=2, sampler="custom"))
+        runs.append(digests(proof))
+    assert runs[0] == runs[1]
+
+
+def test_another_seed_gives_another_proof(tmp_path, reference):
+    proof, _, _ = train_with_proof(tmp_path, UnseenModule, UnseenDataModule(num_workers=2), every_n_steps=8, seed=1, max_epochs=2, gradient_clip_val=1.0)
+    assert digests(proof)[1:] != digests(reference)[1:]
+
+
+def replay(reader: ProofReader, start: int, k: int):
+    """Re-run steps [start, start + k) of the unseen project from its checkpoint, in plain PyTorch."""
+    entry = next(c for c in reader.checkpoints if c["step"] == start)
+    state = reader.load_checkpoint(entry)
+    module = UnseenModule(**reader.manifest["module"]["hparams"])
+    module.load_state_dict(state["model"])
+    module.train()
+    # As Lightning does on resume: build both as configure_optimizers does, then load their states.
+    opt = torch.optim.AdamW(module.parameters(), lr=module.hparams.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=module.hparams.lr, total_steps=reader.manifest["training"]["estimated_stepping_batches"])
+    opt.load_state_dict(state["optimizers"][0])
+    sched.load_state_dict(state["lr_schedulers"][0])
+    restore_rng_states(state["rng"])
+    data = SeededDataset(NoisyDigits(augment=True), reader.manifest["seed"])
+    indices, offsets = reader.index_log()
+    runs = reader.manifest["sample_epochs"]
+    for t in range(start, start + k):
+        epoch = max(e for first, e in runs if first <= t)
+        batch = default_collate([data[(epoch, i)] for i in indices[offsets[t] : offsets[t + 1]].tolist()])
+        x, y, _ = batch
+        loss = F.cross_entropy(module.net(x), y, label_smoothing=module.hparams.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    return module, opt
+
+
+@pytest.mark.parametrize("start", [0, 48, 56, 104], ids=["first", "mid-epoch", "across-epoch-boundary", "to-final"])
+def test_checkpoint_replays_bit_exactly(reference, start):
+    reader = ProofReader(reference)
+    steps = [c["step"] for c in reader.checkpoints]
+    end = steps[steps.index(start) + 1]
+    module, opt = replay(reader, start, end - start)
+    target = reader.load_checkpoint(reader.checkpoints[steps.index(end)])
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, target["model"][key]), key
+    replayed_opt = opt.state_dict()["state"]
+    for pid, st in target["optimizers"][0]["state"].items():
+        for name, value in st.items():
+            assert torch.equal(replayed_opt[pid][name], value), (pid, name)
