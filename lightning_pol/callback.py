@@ -54,9 +54,10 @@ class ProofOfLearning(Callback):
 
     How the hooks are used:
 
-    - ``setup``: wraps ``train_dataloader()`` so that the DataLoader it returns
-      records its batches and seeds each sample from (proof seed, epoch, index).
-    - ``on_fit_start``: refuses a module or datamodule the verifier could not re-create.
+    - ``setup``: refuses a module or datamodule the verifier could not
+      re-create, and wraps ``train_dataloader()`` so that the DataLoader it
+      returns records its batches and seeds each sample from (proof seed,
+      epoch, index).
     - ``on_train_start``: opens the proof directory (refusing another run's
       proof), commits to the data, records settings and environment.
     - ``on_train_batch_start``: restores the training RNG stream (see below),
@@ -133,6 +134,9 @@ class ProofOfLearning(Callback):
         self._last_written = -1
         self._next_due = 0
         self._resume: dict[str, Any] | None = None
+        self._resume_epoch: int | None = None
+        self._iter_epoch: int | None = None
+        self._trainer: pl.Trainer | None = None
 
     @property
     def state_key(self) -> str:
@@ -143,6 +147,14 @@ class ProofOfLearning(Callback):
         if stage != "fit":
             return
         self._reset_run_state()
+        self._trainer = trainer
+        # Checked before configure_optimizers or any data work, so a run the
+        # verifier could not re-create stops before it costs anything.
+        self._specs["module"] = recreation_spec(pl_module, "LightningModule")
+        if self.check_recreation:
+            check_module_recreates(pl_module, self._specs["module"])
+        dm = trainer.datamodule
+        self._specs["datamodule"] = recreation_spec(dm, "LightningDataModule") if dm is not None else None
         if trainer.world_size > 1:
             raise PoLError("ProofOfLearning records single-process training only in this version (world_size > 1)")
         source = trainer.fit_loop._data_source
@@ -166,16 +178,23 @@ class ProofOfLearning(Callback):
             uninstrument_loader(self._loader)
         if self._seed_in_use is None:
             self._seed_in_use = self.seed if self.seed is not None else torch.initial_seed() % 2**63
-        self._recorder = instrument_loader(loader, self._seed_in_use, trainer.current_epoch)
+        self._recorder = instrument_loader(loader, self._seed_in_use, lambda: self._data_epoch(trainer))
         self._loader = loader
         return loader
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._specs["module"] = recreation_spec(pl_module, "LightningModule")
-        if self.check_recreation:
-            check_module_recreates(pl_module, self._specs["module"])
-        dm = trainer.datamodule
-        self._specs["datamodule"] = recreation_spec(dm, "LightningDataModule") if dm is not None else None
+    def _data_epoch(self, trainer: pl.Trainer) -> int:
+        """The epoch of the per-sample seeds of an iteration that starts now.
+
+        It is the epoch Lightning gives samplers (``set_epoch``). The first
+        iteration after a resume is created before Lightning restores its loop
+        counters, so it takes the epoch saved in this callback's state instead.
+        """
+        if self._resume_epoch is not None:
+            epoch, self._resume_epoch = self._resume_epoch, None
+        else:
+            epoch = trainer.fit_loop.epoch_progress.current.processed
+        self._iter_epoch = epoch
+        return epoch
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._recorder is None or trainer.train_dataloader is not self._loader:
@@ -195,10 +214,6 @@ class ProofOfLearning(Callback):
         else:
             self._open_new(trainer, pl_module, leaves, root, size)
         log.info("proof of learning: writing to %s (k=%d, %d samples committed)", self.dirpath, self.every_n_steps, size)
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._recorder is not None:
-            self._recorder.epoch = trainer.current_epoch
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._writer is None or self._recorder is None:
@@ -280,14 +295,22 @@ class ProofOfLearning(Callback):
             "sample_epochs": [list(r) for r in self._sample_epochs],
             "last_written": self._last_written,
             "next_due": self._next_due,
+            "next_data_epoch": self._next_data_epoch(),
             "stream_tensors": stream_tensors,
             "stream_tree": json.dumps(stream_tree),
         }
+
+    def _next_data_epoch(self) -> int | None:
+        if self._iter_epoch is None or self._trainer is None:
+            return None
+        finished = self._trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        return self._iter_epoch + 1 if finished else self._iter_epoch
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("run_id") is None:
             return
         self._resume = dict(state_dict)
+        self._resume_epoch = state_dict.get("next_data_epoch")
         self._seed_in_use = int(state_dict["seed"])
 
     # ---------------------------------------------------------------- writing

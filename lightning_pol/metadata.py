@@ -70,7 +70,7 @@ def recreation_spec(obj: Any, role: str) -> dict[str, Any]:
     ``role`` is "LightningModule" or "LightningDataModule", for the message.
     """
     cls = type(obj)
-    name = cls.__qualname__
+    name = cls.__name__
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         raise NotRecreatableError(
             f"{role} {name} is defined in {'a script' if cls.__module__ == '__main__' else 'a function'}; "

@@ -12,7 +12,7 @@ iteration starts.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from numbers import Integral
 from typing import Any
 
@@ -31,11 +31,11 @@ class RecordingSampler:
     each item is one sample and one batch).
     """
 
-    def __init__(self, inner: Iterable[Any], batched: bool) -> None:
+    def __init__(self, inner: Iterable[Any], batched: bool, epoch_fn: Callable[[], int]) -> None:
         self.inner = inner
         self.batched = batched
-        #: The epoch whose per-sample seeds the next iteration uses; set by the callback.
-        self.epoch = 0
+        #: Gives the epoch whose per-sample seeds an iteration uses, read when it starts.
+        self.epoch_fn = epoch_fn
         self._pending: deque[tuple[int, list[int]]] = deque()
         self._generation = 0
 
@@ -46,7 +46,7 @@ class RecordingSampler:
         self._generation += 1
         generation = self._generation
         self._pending.clear()
-        epoch = self.epoch
+        epoch = int(self.epoch_fn())
         for item in self.inner:
             indices = [_as_index(i) for i in item] if self.batched else [_as_index(item)]
             if generation == self._generation:
@@ -64,7 +64,7 @@ class RecordingSampler:
         return self._pending.popleft()
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("inner", "batched", "epoch", "_pending", "_generation"):
+        if name.startswith("__") or name in ("inner", "batched", "epoch_fn", "_pending", "_generation"):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
@@ -79,7 +79,7 @@ def _as_index(i: Any) -> int:
     return int(i)
 
 
-def instrument_loader(loader: Any, proof_seed: int, epoch: int) -> RecordingSampler:
+def instrument_loader(loader: Any, proof_seed: int, epoch_fn: Callable[[], int]) -> RecordingSampler:
     """Make ``loader`` record its batches and seed every sample from its counter.
 
     The DataLoader is changed in place (its sampler and dataset are wrapped),
@@ -105,8 +105,7 @@ def instrument_loader(loader: Any, proof_seed: int, epoch: int) -> RecordingSamp
     if getattr(loader, "in_order", True) is False:
         raise UnsupportedDataError("DataLoader(in_order=False) delivers batches out of order; a proof needs in_order=True")
     batched = loader.batch_sampler is not None
-    recorder = RecordingSampler(loader.batch_sampler if batched else loader.sampler, batched)
-    recorder.epoch = epoch
+    recorder = RecordingSampler(loader.batch_sampler if batched else loader.sampler, batched, epoch_fn)
     # DataLoader forbids re-assigning these after __init__; it only reads them
     # when an iterator is created, which has not happened yet.
     object.__setattr__(loader, "batch_sampler" if batched else "sampler", recorder)

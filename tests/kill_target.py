@@ -1,0 +1,24 @@
+"""Run by test_crash_safety in a subprocess that gets SIGKILLed while it writes a proof."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import lightning.pytorch as pl
+
+from lightning_pol import ProofOfLearning
+from tests.conftest import make_trainer
+from tests.unseen_project import UnseenDataModule, UnseenModule
+
+
+class Slow(pl.Callback):
+    def on_train_batch_end(self, *args):
+        time.sleep(0.01)
+
+
+if __name__ == "__main__":
+    root = sys.argv[1]
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer([Slow(), ProofOfLearning(f"{root}/proof", every_n_steps=1, fsync=False)], root, max_epochs=50)
+    trainer.fit(UnseenModule(width=64), datamodule=UnseenDataModule(num_workers=0))

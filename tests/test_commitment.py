@@ -1,0 +1,65 @@
+"""The data commitment: leaves over real samples, single-sample checks, tampering, inclusion proofs."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_pol import ProofReader
+from lightning_pol.commitment import (
+    UnhashableSampleError, compute_leaves, inclusion_proof, leaf_hash, merkle_root, root_of, sample_leaf, verify_inclusion,
+)
+from tests.conftest import train_with_proof
+from tests.unseen_project import NoisyDigits, UnseenDataModule, UnseenModule
+
+
+@pytest.fixture(scope="module")
+def proof(tmp_path_factory):
+    root = tmp_path_factory.mktemp("commit")
+    proof, _, _ = train_with_proof(root, UnseenModule, UnseenDataModule(num_workers=2), max_steps=3, max_epochs=-1)
+    return ProofReader(proof)
+
+
+def test_leaves_and_root_match_the_training_data(proof):
+    leaves = proof.leaves()
+    assert leaves.shape == (1797, 32)
+    assert root_of(leaves) == proof.manifest["data"]["root"]
+    data = NoisyDigits(augment=True)
+    assert torch.equal(compute_leaves(data, num_workers=0), leaves)
+    for i in (0, 123, 1796):
+        assert sample_leaf(data, i) == bytes(leaves[i].tolist())
+
+
+def test_one_changed_value_or_label_changes_exactly_that_leaf(proof):
+    leaves = proof.leaves()
+    data = NoisyDigits(augment=True)
+    data.x[123, 0, 4, 4] += 1 / 16
+    changed = compute_leaves(data)
+    assert (changed != leaves).any(dim=1).nonzero().flatten().tolist() == [123]
+    assert root_of(changed) != proof.manifest["data"]["root"]
+    data = NoisyDigits(augment=True)
+    data.y[7] = (data.y[7] + 1) % 10
+    assert (compute_leaves(data) != leaves).any(dim=1).nonzero().flatten().tolist() == [7]
+
+
+def test_canonical_form_tells_types_and_shapes_apart():
+    forms = [1, 1.0, True, "1", b"1", torch.tensor(1), torch.tensor([1]), torch.tensor(1.0), np.int64(1), [1], (1, 1), {"a": 1}, None]
+    assert len({leaf_hash(f) for f in forms}) == len(forms)
+    assert leaf_hash([1, 1]) == leaf_hash((1, 1))
+    assert leaf_hash({"a": 1, "b": 2}) == leaf_hash({"b": 2, "a": 1})
+    assert leaf_hash(torch.zeros(2, 3)) != leaf_hash(torch.zeros(3, 2))
+    with pytest.raises(UnhashableSampleError):
+        leaf_hash(object())
+
+
+def test_inclusion_proofs_for_every_tree_size():
+    for n in (1, 2, 3, 5, 8, 13, 64, 100):
+        leaves = [hashlib.sha256(bytes([i % 256, i // 256])).digest() for i in range(n)]
+        root = merkle_root(leaves)
+        for i in range(n):
+            path = inclusion_proof(leaves, i)
+            assert verify_inclusion(leaves[i], i, n, path, root)
+            assert not verify_inclusion(hashlib.sha256(b"x").digest(), i, n, path, root)

@@ -1,0 +1,76 @@
+"""Atomic writes: a proof interrupted at any point is consistent up to its last recorded checkpoint."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lightning_pol import ProofReader
+from lightning_pol import proof_format as pf
+from lightning_pol.writer import ProofWriter
+from tests.conftest import train_with_proof
+from tests.unseen_project import UnseenDataModule, UnseenModule
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def assert_consistent(proof: Path) -> ProofReader:
+    reader = ProofReader(proof)
+    problems = [p for p in reader.verify_files() if not p.startswith("unlisted file")]
+    assert problems == []
+    steps = [c["step"] for c in reader.checkpoints]
+    assert steps == sorted(steps) and steps[0] == 0
+    for c in reader.checkpoints:
+        reader.load_checkpoint(c)
+    # the batches of every step up to the last checkpoint are recorded
+    assert reader.recorded_steps >= steps[-1]
+    indices, offsets = reader.index_log()
+    assert len(offsets) == reader.recorded_steps + 1
+    return reader
+
+
+def test_failure_inside_a_write_leaves_the_previous_manifest(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_replace = os.replace
+
+    def flaky_replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="disk full"):
+        train_with_proof(tmp_path, UnseenModule, UnseenDataModule(num_workers=0), every_n_steps=2, max_epochs=1)
+    proof = tmp_path / "proof"
+    assert not [p for p in proof.rglob("*") if p.name.startswith(pf.TMP_PREFIX)]
+    reader = assert_consistent(proof)
+    assert reader.manifest["status"] == pf.STATUS_IN_PROGRESS
+
+
+def test_sigkill_at_random_points_leaves_a_consistent_proof(tmp_path):
+    rng = random.Random(1234)
+    for trial in range(3):
+        root = tmp_path / str(trial)
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = subprocess.Popen([sys.executable, "-m", "tests.kill_target", str(root)], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        manifest = root / "proof" / pf.MANIFEST
+        deadline = time.time() + 120
+        while not manifest.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.2, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        reader = assert_consistent(root / "proof")
+        assert len(reader.checkpoints) >= 2
+        # reopening the run's proof removes what the manifest never listed
+        ProofWriter.reopen(root / "proof", reader.manifest["run_id"])
+        assert ProofReader(root / "proof").verify_files() == []

@@ -1,0 +1,79 @@
+"""What the callback refuses, at construction or at fit start, and that nothing already written is lost."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+from torch import nn
+
+import tests.recreation_cases as cases
+from lightning_pol import PoLError, ProofOfLearning, ProofReader
+from lightning_pol.proof_format import MANIFEST
+from tests.conftest import make_trainer, train_with_proof
+from tests.unseen_project import UnseenDataModule, UnseenModule
+
+
+@pytest.mark.parametrize("k", [0, -3, 1.5, True, "8"])
+def test_nonpositive_or_non_integer_k_is_refused(tmp_path, k):
+    with pytest.raises(PoLError, match="every_n_steps must be a positive integer"):
+        ProofOfLearning(tmp_path, every_n_steps=k)
+
+
+def test_unknown_init_strategy_is_refused(tmp_path):
+    with pytest.raises(PoLError, match="unknown init_strategy 'lucky'"):
+        ProofOfLearning(tmp_path, init_strategy="lucky")
+
+
+def test_another_runs_proof_is_kept_unless_overwrite(tmp_path):
+    fit = dict(every_n_steps=4, max_steps=4, max_epochs=-1)
+    proof, _, _ = train_with_proof(tmp_path, UnseenModule, UnseenDataModule(num_workers=0), **fit)
+    before = (proof / MANIFEST).read_bytes()
+    with pytest.raises(PoLError, match="already holds the proof of run .*overwrite=True"):
+        train_with_proof(tmp_path, UnseenModule, UnseenDataModule(num_workers=0), **fit)
+    assert (proof / MANIFEST).read_bytes() == before
+    assert ProofReader(proof).verify_files() == []
+    train_with_proof(tmp_path, UnseenModule, UnseenDataModule(num_workers=0), pol_kwargs=dict(overwrite=True), seed=1, **fit)
+    reader = ProofReader(proof)
+    assert (proof / MANIFEST).read_bytes() != before and reader.verify_files() == []
+
+
+def test_foreign_files_are_never_overwritten(tmp_path):
+    (tmp_path / "proof").mkdir()
+    (tmp_path / "proof" / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(PoLError, match="not a(?: lightning-pol)? proof"):
+            train_with_proof(tmp_path, UnseenModule, UnseenDataModule(num_workers=0), max_steps=2, max_epochs=-1, pol_kwargs=dict(overwrite=overwrite))
+        assert (tmp_path / "proof" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: cases.NoHparams(width=8), r"needs arguments \['width'\].*call self.save_hyperparameters\(\) in NoHparams.__init__"),
+        (lambda: cases.ObjectHparam(backbone=nn.Linear(2, 2)), "not plain data.*save_hyperparameters\\(ignore="),
+        (cases.GlobalWidth, "builds a different network"),
+    ],
+    ids=["no-save-hyperparameters", "object-hparam", "architecture-not-in-hparams"],
+)
+def test_modules_the_verifier_cannot_recreate_fail_at_fit_start(tmp_path, make, message, monkeypatch):
+    monkeypatch.setattr(cases, "WIDTH", 16)
+    module = make()
+    monkeypatch.setattr(cases, "WIDTH", 8)  # the verifier would build a different width
+    with pytest.raises(PoLError, match=message) as info:
+        train_with_proof(tmp_path, module, UnseenDataModule(num_workers=0), max_steps=2, max_epochs=-1)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "proof").exists()
+
+
+def test_classes_defined_in_a_function_are_refused(tmp_path):
+    class LocalModule(UnseenModule):
+        pass
+
+    with pytest.raises(PoLError, match="LocalModule is defined in a function; move it to an importable module"):
+        train_with_proof(tmp_path, LocalModule(), UnseenDataModule(num_workers=0), max_steps=2, max_epochs=-1)
+
+    class LocalData(UnseenDataModule):
+        pass
+
+    with pytest.raises(PoLError, match="LightningDataModule LocalData is defined in a function"):
+        train_with_proof(tmp_path, UnseenModule(), LocalData(num_workers=0), max_steps=2, max_epochs=-1)

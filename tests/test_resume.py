@@ -1,0 +1,78 @@
+"""Resuming with Lightning's ckpt_path continues the same proof."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_pol import ProofOfLearning, ProofReader
+from lightning_pol import proof_format as pf
+from tests.conftest import make_trainer
+from tests.test_determinism import replay
+from tests.unseen_project import UnseenDataModule, UnseenModule
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Crash(f"simulated crash at step {self.step}")
+
+
+def run(root, module, crash_at=None, ckpt_path=None):
+    callbacks = [ModelCheckpoint(dirpath=root / "ckpt", save_last=True, every_n_epochs=1, save_top_k=-1),
+                 ProofOfLearning(root / "proof", every_n_steps=8)]
+    if crash_at is not None:
+        callbacks.insert(0, CrashAt(crash_at))
+    trainer = make_trainer(callbacks, root, max_epochs=3, gradient_clip_val=1.0, enable_checkpointing=True)
+    trainer.fit(module, datamodule=UnseenDataModule(num_workers=2), ckpt_path=ckpt_path)
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    pl.seed_everything(0, verbose=False)
+    first = UnseenModule()
+    with pytest.raises(Crash):
+        run(root, first, crash_at=66)  # last.ckpt is from the end of epoch 0 (step 57); the proof has reached step 64
+    crashed = ProofReader(root / "proof")
+    assert crashed.manifest["status"] == pf.STATUS_IN_PROGRESS
+    assert [c["step"] for c in crashed.checkpoints][-1] == 64
+    second = UnseenModule()
+    run(root, second, ckpt_path=root / "ckpt" / "last.ckpt")
+    return ProofReader(root / "proof"), first, second
+
+
+def test_resumed_proof_is_complete_and_clean(resumed):
+    reader, _, _ = resumed
+    assert reader.manifest["status"] == pf.STATUS_COMPLETE
+    assert reader.verify_files() == []
+    assert [c["step"] for c in reader.checkpoints] == list(range(0, 171, 8)) + [171]
+    assert [c["path"] for c in reader.manifest["index_log"]] == [pf.INDEX_LOG_FINAL]
+
+
+def test_index_log_keeps_what_was_trained_before_the_checkpoint_and_after_the_resume(resumed):
+    reader, first, second = resumed
+    indices, offsets = reader.index_log()
+    log = [indices[offsets[t] : offsets[t + 1]].tolist() for t in range(171)]
+    assert log == first.seen[:57] + second.seen
+    assert len(first.seen) == 66  # steps 57..65 were trained, then thrown away with the crash
+    assert reader.manifest["sample_epochs"] == [[0, 0], [57, 1], [114, 2]]
+
+
+def test_segment_across_the_resume_point_replays_exactly(resumed):
+    reader, _, _ = resumed
+    module, _ = replay(reader, 56, 8)
+    target = reader.load_checkpoint(reader.checkpoints[8])
+    assert reader.checkpoints[8]["step"] == 64
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, target["model"][key]), key
