@@ -80,3 +80,13 @@ def test_dataloaders_passed_to_fit_are_refused(tmp_path):
     trainer = make_trainer([ProofOfLearning(tmp_path / "proof", every_n_steps=4)], tmp_path, max_steps=2)
     with pytest.raises(PoLError, match="dataloaders passed to fit"):
         trainer.fit(UnseenModule(), train_dataloaders=dm.train_dataloader())
+
+
+def test_module_that_supplies_its_own_data(tmp_path):
+    from tests.unseen_project import SelfFeedingModule
+
+    proof, module, _ = train_with_proof(tmp_path, SelfFeedingModule, None, every_n_steps=5, max_epochs=1)
+    reader, log = recorded_steps(proof)
+    assert log == module.seen and len(log) == 29
+    assert reader.manifest["datamodule"] is None and reader.manifest["training"]["data_source"] == "module"
+    assert reader.manifest["module"]["class"] == "tests.unseen_project:SelfFeedingModule"

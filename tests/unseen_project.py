@@ -141,3 +141,10 @@ class UnseenModule(pl.LightningModule):
             opt, max_lr=self.hparams.lr, total_steps=int(self.trainer.estimated_stepping_batches)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class SelfFeedingModule(UnseenModule):
+    """A module that supplies its own training data (no datamodule)."""
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(NoisyDigits(augment=True), batch_size=64, shuffle=True, num_workers=0)

@@ -8,9 +8,9 @@ from torch.utils.data import DataLoader, Dataset
 
 
 class DigitsDataset(Dataset):
-    """Digits as ``(image [1, 8, 8] float in [0, 1], label)``; optional random shifts.
+    """Digits as ``(image [1, 8, 8] float in [0, 1], label)``; optional random contrast and noise.
 
-    The shift is drawn from torch's global RNG inside ``__getitem__`` (in a
+    The augmentation is drawn from torch's global RNG inside ``__getitem__`` (in a
     worker when ``num_workers > 0``), the case a proof must replay exactly.
     """
 
@@ -25,9 +25,7 @@ class DigitsDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.images[index]
         if self.augment:
-            dx, dy = torch.randint(-1, 2, (2,)).tolist()
-            image = torch.roll(image, shifts=(dy, dx), dims=(1, 2))
-            image = image + 0.02 * torch.randn_like(image)
+            image = (image * (0.8 + 0.4 * torch.rand(())) + 0.05 * torch.randn_like(image)).clamp_(0.0, 1.0)
         return image, int(self.labels[index])
 
 
