@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from lightning_pol import proof_format as pf
 from lightning_pol.commitment import SAMPLE_ENCODING, TREE, compute_leaves, root_of
 from lightning_pol.errors import PoLError
+from lightning_pol.index_log import IndexLog
 from lightning_pol.metadata import (
     check_module_recreates,
     environment,
@@ -129,7 +130,7 @@ class ProofOfLearning(Callback):
         self._stream: dict[str, Any] | None = None
         self._inflight: tuple[int, int, list[int]] | None = None  # (step, epoch, indices)
         self._flushed = 0  # steps [0, _flushed) are in index-log files
-        self._pending: list[list[int]] = []  # indices of steps _flushed, _flushed+1, ...
+        self._pending: list[list[list[int]]] = []  # micro-batches of steps _flushed, _flushed+1, ...
         self._sample_epochs: list[list[int]] = []  # [first_step, epoch] runs
         self._last_written = -1
         self._next_due = 0
@@ -241,7 +242,7 @@ class ProofOfLearning(Callback):
             raise RuntimeError(f"batch of step {step} arrived after step {self._flushed + len(self._pending) - 1}")
         while len(self._pending) <= slot:
             self._pending.append([])
-        self._pending[slot].extend(indices)
+        self._pending[slot].append(indices)
         if not self._sample_epochs or self._sample_epochs[-1][1] != epoch:
             self._sample_epochs.append([step, epoch])
         pl_module.log_dict(
@@ -291,7 +292,7 @@ class ProofOfLearning(Callback):
             "run_id": self._run_id,
             "seed": self._seed_in_use,
             "flushed": self._flushed,
-            "pending": [list(p) for p in self._pending],
+            "pending": [[list(b) for b in p] for p in self._pending],
             "sample_epochs": [list(r) for r in self._sample_epochs],
             "last_written": self._last_written,
             "next_due": self._next_due,
@@ -362,7 +363,7 @@ class ProofOfLearning(Callback):
         if m["data"]["root"] != root:
             raise ProofDirectoryError("cannot resume: the training data differs from the data this proof committed to")
         self._flushed = int(state["flushed"])
-        self._pending = [list(p) for p in state["pending"]]
+        self._pending = [[list(b) for b in p] for p in state["pending"]]
         self._sample_epochs = [list(r) for r in state["sample_epochs"]]
         self._last_written = int(state["last_written"])
         self._next_due = int(state["next_due"])
@@ -377,33 +378,26 @@ class ProofOfLearning(Callback):
                 f"cannot resume: the proof records {recorded} steps but the Lightning checkpoint expects {self._flushed}"
             )
         if recorded > self._flushed:  # steps recorded after the checkpoint we resume from never happened
-            indices, offsets = self._read_index_log(writer)
+            log = self._read_index_log(writer).truncate(self._flushed)
             for chunk in m["index_log"]:
                 writer.drop(chunk["path"])
             m["index_log"] = []
-            self._write_index_chunk(writer, 0, indices[: offsets[self._flushed]], offsets[: self._flushed + 1])
+            self._write_index_chunk(writer, 0, log)
         m["status"] = pf.STATUS_IN_PROGRESS
         m["final_step"] = None
         self._writer = writer
         writer.commit()
 
-    def _read_index_log(self, writer: ProofWriter) -> tuple[torch.Tensor, torch.Tensor]:
-        idx, offs, base = [], [torch.zeros(1, dtype=torch.int64)], 0
-        for chunk in writer.manifest["index_log"]:
-            t = load_file(writer.root / chunk["path"])
-            idx.append(t[pf.INDICES_KEY])
-            offs.append(t[pf.OFFSETS_KEY][1:] + base)
-            base += len(t[pf.INDICES_KEY])
-        return (torch.cat(idx) if idx else torch.empty(0, dtype=torch.int64)), torch.cat(offs)
+    @staticmethod
+    def _read_index_log(writer: ProofWriter) -> IndexLog:
+        # Our own files, written by this run: trusted, unlike a proof handed to a verifier.
+        return IndexLog.concat([IndexLog.from_tensors(load_file(writer.root / c["path"])) for c in writer.manifest["index_log"]])
 
     @staticmethod
-    def _write_index_chunk(writer: ProofWriter, first_step: int, indices: torch.Tensor, offsets: torch.Tensor, rel: str | None = None) -> None:
-        steps = len(offsets) - 1
-        if steps == 0:
-            return
+    def _write_index_chunk(writer: ProofWriter, first_step: int, log: IndexLog, rel: str | None = None) -> None:
         rel = rel or pf.index_chunk_path(first_step)
-        writer.put(rel, safetensors_bytes({pf.INDICES_KEY: indices.contiguous(), pf.OFFSETS_KEY: offsets.contiguous()}))
-        writer.manifest["index_log"].append({"path": rel, "first_step": first_step, "steps": steps})
+        writer.put(rel, safetensors_bytes(log.to_tensors()))
+        writer.manifest["index_log"].append({"path": rel, "first_step": first_step, "steps": log.steps})
 
     def _flush_index(self, upto: int) -> None:
         """Move the indices of steps [_flushed, upto) from memory to an index-log chunk."""
@@ -411,9 +405,7 @@ class ProofOfLearning(Callback):
         if n <= 0:
             return
         steps = self._pending[:n] + [[] for _ in range(n - len(self._pending))]
-        lengths = torch.tensor([0] + [len(s) for s in steps], dtype=torch.int64)
-        indices = torch.tensor([i for s in steps for i in s], dtype=torch.int64)
-        self._write_index_chunk(self._writer, self._flushed, indices, torch.cumsum(lengths, 0))
+        self._write_index_chunk(self._writer, self._flushed, IndexLog.from_steps(steps))
         self._pending = self._pending[n:]
         self._flushed = upto
 
@@ -455,15 +447,11 @@ class ProofOfLearning(Callback):
         assert writer is not None
         chunks = writer.manifest["index_log"]
         if not (len(chunks) == 1 and chunks[0]["path"] == pf.INDEX_LOG_FINAL):
-            indices, offsets = self._read_index_log(writer)
+            log = self._read_index_log(writer)
             for chunk in chunks:
                 writer.drop(chunk["path"])
             writer.manifest["index_log"] = []
-            if len(offsets) == 1:  # no step at all: an empty log still says so
-                writer.put(pf.INDEX_LOG_FINAL, safetensors_bytes({pf.INDICES_KEY: indices, pf.OFFSETS_KEY: offsets}))
-                writer.manifest["index_log"].append({"path": pf.INDEX_LOG_FINAL, "first_step": 0, "steps": 0})
-            else:
-                self._write_index_chunk(writer, 0, indices, offsets, rel=pf.INDEX_LOG_FINAL)
+            self._write_index_chunk(writer, 0, log, rel=pf.INDEX_LOG_FINAL)
         self._update_manifest_progress()
         writer.manifest["status"] = pf.STATUS_COMPLETE
         writer.manifest["final_step"] = final_step

@@ -32,6 +32,7 @@ STATUS_COMPLETE = "complete"
 #: Tensor names inside the index-log safetensors file.
 INDICES_KEY = "indices"
 OFFSETS_KEY = "offsets"
+BATCH_OFFSETS_KEY = "batch_offsets"
 #: Tensor name of the per-sample leaf hashes (uint8, shape [N, 32]).
 LEAVES_KEY = "leaves"
 

@@ -20,6 +20,7 @@ from safetensors.torch import load as safetensors_load
 
 from lightning_pol import proof_format as pf
 from lightning_pol.errors import PoLError
+from lightning_pol.index_log import IndexLog
 from lightning_pol.state_codec import decode_state
 
 MAX_MANIFEST_BYTES = 64 << 20
@@ -242,28 +243,23 @@ class ProofReader:
             raise ProofFormatError(f"{rel}: no model state")
         return state
 
-    def index_log(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(indices, offsets)`` over all recorded steps; step t used ``indices[offsets[t]:offsets[t+1]]``."""
-        all_idx, all_off, base = [], [torch.zeros(1, dtype=torch.int64)], 0
+    def index_log(self) -> IndexLog:
+        """The whole index log; step t used ``log.step(t)``."""
+        parts = []
         for chunk in self.manifest["index_log"]:
             tensors, _ = self.read_tensors(chunk["path"])
-            idx, off = tensors.get(pf.INDICES_KEY), tensors.get(pf.OFFSETS_KEY)
-            if (
-                idx is None or off is None or idx.dtype != torch.int64 or off.dtype != torch.int64
-                or idx.dim() != 1 or off.dim() != 1 or len(off) != chunk["steps"] + 1
-                or off[0].item() != 0 or off[-1].item() != len(idx)
-                or bool((off[1:] < off[:-1]).any())
-            ):
-                raise ProofFormatError(f"{chunk['path']}: malformed index log")
-            all_idx.append(idx)
-            all_off.append(off[1:] + base)
-            base += len(idx)
-        indices = torch.cat(all_idx) if all_idx else torch.empty(0, dtype=torch.int64)
-        offsets = torch.cat(all_off)
+            try:
+                part = IndexLog.from_tensors(tensors)
+            except ValueError as e:
+                raise ProofFormatError(f"{chunk['path']}: malformed index log ({e})") from None
+            if part.steps != chunk["steps"]:
+                raise ProofFormatError(f"{chunk['path']}: holds {part.steps} steps, the manifest says {chunk['steps']}")
+            parts.append(part)
+        log = IndexLog.concat(parts)
         size = self.manifest.get("data", {}).get("size")
-        if len(indices) and isinstance(size, int) and (indices.min() < 0 or indices.max() >= size):
+        if len(log.indices) and isinstance(size, int) and (log.indices.min() < 0 or log.indices.max() >= size):
             raise ProofFormatError("index log holds indices outside the dataset")
-        return indices, offsets
+        return log
 
     def leaves(self) -> torch.Tensor:
         data = self.manifest.get("data")

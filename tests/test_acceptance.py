@@ -72,7 +72,8 @@ def test_first_and_last_checkpoints_hold_initial_and_trained_state(run):
 def test_each_epoch_is_a_permutation_and_matches_what_training_step_saw(run):
     proof, trained, _ = run
     reader = ProofReader(proof)
-    indices, offsets = reader.index_log()
+    log = reader.index_log()
+    indices, offsets = log.indices, log.offsets
     assert len(offsets) == 172
     runs = reader.manifest["sample_epochs"]
     assert runs == [[0, 0], [57, 1], [114, 2]]

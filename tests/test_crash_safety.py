@@ -31,7 +31,8 @@ def assert_consistent(proof: Path) -> ProofReader:
         reader.load_checkpoint(c)
     # the batches of every step up to the last checkpoint are recorded
     assert reader.recorded_steps >= steps[-1]
-    indices, offsets = reader.index_log()
+    log = reader.index_log()
+    indices, offsets = log.indices, log.offsets
     assert len(offsets) == reader.recorded_steps + 1
     return reader
 

@@ -99,7 +99,8 @@ def replay(reader: ProofReader, start: int, k: int):
     sched.load_state_dict(state["lr_schedulers"][0])
     restore_rng_states(state["rng"])
     data = SeededDataset(NoisyDigits(augment=True), reader.manifest["seed"])
-    indices, offsets = reader.index_log()
+    log = reader.index_log()
+    indices, offsets = log.indices, log.offsets
     runs = reader.manifest["sample_epochs"]
     for t in range(start, start + k):
         epoch = max(e for first, e in runs if first <= t)

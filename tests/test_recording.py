@@ -13,7 +13,8 @@ from tests.unseen_project import UnseenDataModule, UnseenModule
 
 def recorded_steps(proof):
     reader = ProofReader(proof)
-    indices, offsets = reader.index_log()
+    log = reader.index_log()
+    indices, offsets = log.indices, log.offsets
     return reader, [indices[offsets[t] : offsets[t + 1]].tolist() for t in range(len(offsets) - 1)]
 
 
@@ -90,3 +91,15 @@ def test_module_that_supplies_its_own_data(tmp_path):
     assert log == module.seen and len(log) == 29
     assert reader.manifest["datamodule"] is None and reader.manifest["training"]["data_source"] == "module"
     assert reader.manifest["module"]["class"] == "tests.unseen_project:SelfFeedingModule"
+
+
+def test_micro_batch_boundaries_are_recorded(tmp_path):
+    proof, module, _ = train_with_proof(
+        tmp_path, UnseenModule, UnseenDataModule(num_workers=2, sampler="batch_sampler"), max_epochs=1, accumulate_grad_batches=2
+    )
+    log = ProofReader(proof).index_log()
+    sizes = [[len(b) for b in log.micro_batches(t)] for t in range(log.steps)]
+    # GrowingBatches yields 8, 16, 24, 8, ...; two of them make one step
+    assert sizes[:3] == [[8, 16], [24, 8], [16, 24]]
+    assert [i for t in range(log.steps) for b in log.micro_batches(t) for i in b] == log.indices.tolist()
+    assert log.batches_before(3) == 6

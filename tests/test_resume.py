@@ -62,7 +62,8 @@ def test_resumed_proof_is_complete_and_clean(resumed):
 
 def test_index_log_keeps_what_was_trained_before_the_checkpoint_and_after_the_resume(resumed):
     reader, first, second = resumed
-    indices, offsets = reader.index_log()
+    log = reader.index_log()
+    indices, offsets = log.indices, log.offsets
     log = [indices[offsets[t] : offsets[t + 1]].tolist() for t in range(171)]
     assert log == first.seen[:57] + second.seen
     assert len(first.seen) == 66  # steps 57..65 were trained, then thrown away with the crash
