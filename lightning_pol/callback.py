@@ -27,9 +27,16 @@ from lightning_pol.metadata import (
     recreation_spec,
     scheduler_config,
 )
-from lightning_pol.recording import RecordingSampler, UnsupportedDataError, instrument_loader, uninstrument_loader
-from lightning_pol.seeding import collect_rng_states, restore_rng_states
+from lightning_pol.recording import (
+    RecordingSampler,
+    UnsupportedDataError,
+    instrument_loader,
+    patch_train_dataloader,
+    uninstrument_loader,
+)
+from lightning_pol.seeding import TrainingStream
 from lightning_pol.state_codec import decode_state, encode_state
+from lightning_pol.training_state import capture_training_state
 from lightning_pol.writer import ProofDirectoryError, ProofWriter, safetensors_bytes
 
 log = logging.getLogger(__name__)
@@ -125,9 +132,9 @@ class ProofOfLearning(Callback):
         self._writer: ProofWriter | None = None
         self._recorder: RecordingSampler | None = None
         self._loader: Any = None
-        self._patched: tuple[Any, Any] | None = None
+        self._unpatch: Any = None
         self._specs: dict[str, Any] = {}
-        self._stream: dict[str, Any] | None = None
+        self._stream = TrainingStream()
         self._inflight: tuple[int, int, list[int]] | None = None  # (step, epoch, indices)
         self._flushed = 0  # steps [0, _flushed) are in index-log files
         self._pending: list[list[list[int]]] = []  # micro-batches of steps _flushed, _flushed+1, ...
@@ -158,21 +165,7 @@ class ProofOfLearning(Callback):
         self._specs["datamodule"] = recreation_spec(dm, "LightningDataModule") if dm is not None else None
         if trainer.world_size > 1:
             raise PoLError("ProofOfLearning records single-process training only in this version (world_size > 1)")
-        source = trainer.fit_loop._data_source
-        instance = source.instance
-        if not isinstance(instance, (pl.LightningModule, pl.LightningDataModule)):
-            raise PoLError(
-                "ProofOfLearning needs the training data from a LightningDataModule (trainer.fit(model, datamodule=dm)) "
-                "or from the module's train_dataloader(), so the verifier can re-create it; "
-                "dataloaders passed to fit() directly cannot be recorded"
-            )
-        original = instance.train_dataloader
-
-        def train_dataloader() -> Any:
-            return self._instrument(trainer, original())
-
-        instance.train_dataloader = train_dataloader
-        self._patched = (instance, original)
+        self._unpatch = patch_train_dataloader(trainer, lambda loader: self._instrument(trainer, loader))
 
     def _instrument(self, trainer: pl.Trainer, loader: Any) -> Any:
         if self._loader is not None:
@@ -219,16 +212,13 @@ class ProofOfLearning(Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._writer is None or self._recorder is None:
             return
-        if self._stream is None:
-            self._stream = collect_rng_states()
-        else:
-            restore_rng_states(self._stream)
+        self._stream.batch_start()
         step = trainer.global_step
         epoch, indices = self._recorder.pop()
         self._inflight = (step, epoch, indices)
         if step >= self._next_due and step > self._last_written:
             self._flush_index(step)
-            self._write_checkpoint(trainer, pl_module, step, self._stream, batch_idx)
+            self._write_checkpoint(trainer, pl_module, step, self._stream.state, batch_idx)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -256,17 +246,17 @@ class ProofOfLearning(Callback):
         # after it (an optimizer hook, another callback's on_train_batch_end)
         # are undone when the next batch starts.
         if self._writer is not None:
-            self._stream = collect_rng_states()
+            self._stream.after_backward()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._writer is None:
             return
         step = trainer.global_step
-        if self._stream is None:
-            self._stream = collect_rng_states()
+        if self._stream.state is None:  # no batch ran at all
+            self._stream.batch_start()
         self._flush_index(self._flushed + len(self._pending))
         if step > self._last_written:
-            self._write_checkpoint(trainer, pl_module, step, self._stream, None)
+            self._write_checkpoint(trainer, pl_module, step, self._stream.state, None)
         self._finalize(step)
         log.info(
             "proof of learning: %s (%d checkpoints, %.2f MB)",
@@ -276,17 +266,17 @@ class ProofOfLearning(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if self._patched is not None:
-            instance, _ = self._patched
-            instance.__dict__.pop("train_dataloader", None)
-            self._patched = None
+        if self._unpatch is not None:
+            self._unpatch()
+            self._unpatch = None
         if self._loader is not None:
             uninstrument_loader(self._loader)
         self._loader = self._recorder = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        stream_tensors, stream_tree = encode_state({"rng": self._stream}) if self._stream is not None else ({}, None)
+        stream = self._stream.state
+        stream_tensors, stream_tree = encode_state({"rng": stream}) if stream is not None else ({}, None)
         return {
             "format_version": pf.FORMAT_VERSION,
             "run_id": self._run_id,
@@ -368,7 +358,7 @@ class ProofOfLearning(Callback):
         self._last_written = int(state["last_written"])
         self._next_due = int(state["next_due"])
         tree = json.loads(state["stream_tree"])
-        self._stream = decode_state(state["stream_tensors"], tree)["rng"] if tree is not None else None
+        self._stream = TrainingStream(decode_state(state["stream_tensors"], tree)["rng"] if tree is not None else None)
         for c in [c for c in m["checkpoints"] if c["step"] > self._last_written]:
             writer.drop(c["path"])
             m["checkpoints"].remove(c)
@@ -412,17 +402,7 @@ class ProofOfLearning(Callback):
     def _write_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, rng: dict[str, Any], batch_idx: int | None
     ) -> None:
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        state = {
-            "format": pf.FORMAT_NAME,
-            "format_version": pf.FORMAT_VERSION,
-            "model": pl_module.state_dict(),
-            "optimizers": [opt.state_dict() for opt in trainer.optimizers],
-            "lr_schedulers": [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs],
-            "grad_scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": rng,
-            "progress": {"global_step": step, "epoch": trainer.current_epoch, "batch_idx": batch_idx},
-        }
+        state = capture_training_state(trainer, pl_module, rng, step, batch_idx)
         tensors, tree = encode_state(state)
         # One metadata key only: safetensors writes its metadata map in hash
         # order, and checkpoints of identical runs must be identical bytes.

@@ -128,3 +128,29 @@ def uninstrument_loader(loader: Any) -> None:
     if iterator is not None:
         getattr(iterator, "_shutdown_workers", lambda: None)()
         loader._iterator = None
+
+
+def patch_train_dataloader(trainer: Any, wrap: Callable[[Any], Any]) -> Callable[[], None]:
+    """Route the DataLoader that ``train_dataloader()`` returns through ``wrap``; returns the undo.
+
+    Lightning builds the first training iterator inside ``fit_loop.setup_data()``
+    (even from ``configure_optimizers`` via ``estimated_stepping_batches``),
+    before any later hook could change the loader, so the data source itself
+    is wrapped, from ``setup``.
+    """
+    import lightning.pytorch as pl
+
+    instance = trainer.fit_loop._data_source.instance
+    if not isinstance(instance, (pl.LightningModule, pl.LightningDataModule)):
+        raise UnsupportedDataError(
+            "the training data must come from a LightningDataModule (trainer.fit(model, datamodule=dm)) "
+            "or from the module's train_dataloader(), so the verifier can re-create it; "
+            "dataloaders passed to fit() directly cannot be recorded"
+        )
+    original = instance.train_dataloader
+
+    def train_dataloader() -> Any:
+        return wrap(original())
+
+    instance.train_dataloader = train_dataloader
+    return lambda: instance.__dict__.pop("train_dataloader", None)

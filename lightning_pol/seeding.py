@@ -120,3 +120,25 @@ def restore_rng_states(states: dict[str, Any]) -> None:
             raise RuntimeError(f"the state holds {len(cuda)} CUDA RNG states but this machine has fewer devices")
         for i, s in enumerate(cuda):
             torch.cuda.set_rng_state(s, i)
+
+
+class TrainingStream:
+    """The RNG stream that training steps see, kept apart from draws made between steps.
+
+    The prover and the verifier drive it from the same hooks: ``batch_start``
+    at every batch start (restores the saved state, or adopts the current one
+    the first time) and ``after_backward`` after every backward pass (saves).
+    Draws between the two points of consecutive batches are undone.
+    """
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        self.state = state
+
+    def batch_start(self) -> None:
+        if self.state is None:
+            self.state = collect_rng_states()
+        else:
+            restore_rng_states(self.state)
+
+    def after_backward(self) -> None:
+        self.state = collect_rng_states()

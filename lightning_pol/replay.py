@@ -1,0 +1,297 @@
+"""PoLVerifierModule: re-runs segments of a proof through the user's own LightningModule and Lightning."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightning_pol.errors import PoLError
+from lightning_pol.index_log import IndexLog
+from lightning_pol.metadata import NotRecreatableError, resolve_import_path
+from lightning_pol.reader import ProofReader
+from lightning_pol.recording import UnsupportedDataError, patch_train_dataloader
+from lightning_pol.seeding import SeededDataset, TrainingStream
+from lightning_pol.state_codec import decode_state
+from lightning_pol.training_state import capture_training_state
+
+log = logging.getLogger(__name__)
+
+
+class ReplayError(PoLError):
+    """A segment could not be replayed (the proof's setup cannot run here)."""
+
+
+class _SegmentDone(Exception):
+    """Raised from a hook to stop Lightning once the segment's end state is captured."""
+
+
+@dataclass
+class _Portion:
+    """The micro-batches one replay epoch yields: ``(seed epoch, indices)`` each."""
+
+    batches: list[tuple[int, list[int]]]
+
+
+class ReplaySampler:
+    """Batch sampler that yields the recorded micro-batches, one portion per epoch iteration.
+
+    ``length`` is the original loader's length, so Lightning counts batches
+    and ends epochs exactly where the prover's run did.
+    """
+
+    def __init__(self, portions: list[_Portion], length: int, batched: bool) -> None:
+        self.portions = portions
+        self.length = length
+        self.batched = batched
+        self._next = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._next >= len(self.portions):
+            return
+        portion = self.portions[self._next]
+        self._next += 1
+        for epoch, indices in portion.batches:
+            keys = [(epoch, i) for i in indices]
+            yield keys if self.batched else keys[0]
+
+
+class _ReplayCallback(Callback):
+    def __init__(self, owner: PoLVerifierModule, rng: dict[str, Any], end_step: int, final: bool, sampler: ReplaySampler) -> None:
+        self.owner = owner
+        self.stream = TrainingStream(rng)
+        self.end_step = end_step
+        self.final = final
+        self.sampler = sampler
+        self.captured: dict[str, Any] | None = None
+        self._started_step: int | None = None
+        self._undo: Any = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._undo = patch_train_dataloader(trainer, self._instrument)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
+
+    def _instrument(self, loader: Any) -> Any:
+        from torch.utils.data import DataLoader
+
+        if not isinstance(loader, DataLoader):
+            raise UnsupportedDataError("the re-created train_dataloader() is not a torch DataLoader")
+        original = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+        self.sampler.length = len(original)
+        self.sampler.batched = loader.batch_sampler is not None
+        object.__setattr__(loader, "batch_sampler" if self.sampler.batched else "sampler", self.sampler)
+        object.__setattr__(loader, "dataset", SeededDataset(loader.dataset, self.owner.seed))
+        return loader
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.stream.batch_start()
+        step = trainer.global_step
+        if step == self._started_step:
+            return
+        self._started_step = step
+        if step == self.end_step and not self.final:
+            self.captured = capture_training_state(trainer, pl_module, self.stream.state, step, batch_idx)
+            raise _SegmentDone
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stream.after_backward()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.final and trainer.global_step == self.end_step:
+            self.captured = capture_training_state(trainer, pl_module, self.stream.state, trainer.global_step, None)
+
+
+class PoLVerifierModule:
+    """Replays a proof's segments through the LightningModule and DataModule it names.
+
+    Example::
+
+        reader = ProofReader("proof/")
+        verifier = PoLVerifierModule(reader)
+        replayed = verifier.replay(start=8, end=16)   # the state after re-running steps 8..15
+        expected = reader.load_checkpoint(reader.checkpoints[2])
+
+    Each replay builds a Trainer with the proof's training settings (precision,
+    gradient clipping, accumulation, epoch and step limits), re-creates the
+    module and datamodule as ``Class(**hparams)``, and restores checkpoint
+    W_t through Lightning's own resume path, with loop counters set to where
+    the prover's run was: so ``configure_optimizers`` (and
+    ``trainer.estimated_stepping_batches``), ``current_epoch``,
+    ``global_step`` and ``batch_idx`` are what they were. The DataLoader of the
+    re-created datamodule is kept (dataset, collate_fn, workers) but its
+    batch sampler yields the micro-batches of the index log, and each sample
+    is fetched under its recorded (seed, epoch, index) seed. The RNG stream of
+    the steps starts from W_t's recorded state and is isolated between steps
+    exactly as during training. The state at the start of step t+k (or at the
+    end of training for the last segment) is captured like the prover
+    captured it.
+    """
+
+    def __init__(self, reader: ProofReader, accelerator: str = "cpu") -> None:
+        self.reader = reader
+        self.manifest = reader.manifest
+        self.seed = int(self.manifest["seed"])
+        self.accelerator = accelerator
+        self.training = decode_state({}, self.manifest["training"])
+        self.log: IndexLog = reader.index_log()
+        self._module_cls = self._resolve(self.manifest["module"], "module")
+        dm = self.manifest.get("datamodule")
+        self._dm_cls = self._resolve(dm, "datamodule") if dm is not None else None
+        self._epoch_runs = [(int(a), int(b)) for a, b in self.manifest.get("sample_epochs", [])]
+
+    @staticmethod
+    def _resolve(spec: Any, what: str) -> type:
+        if not isinstance(spec, dict) or not isinstance(spec.get("class"), str):
+            raise ReplayError(f"the proof does not say which {what} to re-create")
+        try:
+            return resolve_import_path(spec["class"])
+        except Exception as e:
+            raise NotRecreatableError(f"cannot import the proof's {what} {spec['class']!r} ({type(e).__name__}: {e})") from None
+
+    def make_module(self) -> pl.LightningModule:
+        return self._module_cls(**decode_state({}, self.manifest["module"]["hparams"]))
+
+    def make_datamodule(self) -> pl.LightningDataModule | None:
+        if self._dm_cls is None:
+            return None
+        return self._dm_cls(**decode_state({}, self.manifest["datamodule"]["hparams"]))
+
+    def step_epoch(self, step: int) -> int:
+        """The epoch whose per-sample seeds step ``step`` used."""
+        epoch = None
+        for first, e in self._epoch_runs:
+            if first <= step:
+                epoch = e
+        if epoch is None:
+            raise ReplayError(f"the proof does not say which epoch step {step} belongs to")
+        return epoch
+
+    def _portions(self, start: int, end: int, final: bool) -> list[_Portion]:
+        """Micro-batches of steps [start, end), plus the first micro-batch of step ``end`` unless final."""
+        portions: list[_Portion] = []
+        current_epoch = None
+        last = end if final else end + 1
+        for t in range(start, min(last, self.log.steps)):
+            epoch = self.step_epoch(t)
+            batches = self.log.micro_batches(t)
+            if t == end:
+                batches = batches[:1]
+            if epoch != current_epoch:
+                portions.append(_Portion([]))
+                current_epoch = epoch
+            portions[-1].batches.extend((epoch, b) for b in batches)
+        return portions
+
+    def _trainer_kwargs(self) -> dict[str, Any]:
+        t = self.training
+        return dict(
+            accelerator=self.accelerator,
+            devices=1,
+            precision=t.get("precision", "32-true"),
+            gradient_clip_val=t.get("gradient_clip_val"),
+            gradient_clip_algorithm=t.get("gradient_clip_algorithm"),
+            accumulate_grad_batches=t.get("accumulate_grad_batches", 1),
+            max_epochs=t.get("max_epochs"),
+            max_steps=t.get("max_steps", -1),
+            limit_train_batches=t.get("limit_train_batches"),
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            deterministic=bool(t.get("deterministic")) or None,
+        )
+
+    def _loops_state(self, trainer: pl.Trainer, step: int, epoch: int, batch_idx: int) -> dict[str, Any]:
+        """Loop counters as Lightning would have saved them just before ``step``.
+
+        At an epoch start (``batch_idx == 0``) they are those of a checkpoint
+        saved in ``on_train_epoch_start``, so the epoch-start hooks run again as
+        they did; mid-epoch, those of a checkpoint saved in ``on_train_batch_end``
+        of the previous batch. ``batch_progress.total`` counts every micro-batch
+        before ``step``, as Lightning's accumulation and scheduler logic expect.
+        """
+        sd = trainer.fit_loop.state_dict()
+
+        def put(progress: dict[str, Any], part: str, **values: int) -> None:
+            for k, v in values.items():
+                if k in progress[part]:
+                    progress[part][k] = v
+
+        before = self.log.batches_before(step)
+        ep, bp = sd["epoch_progress"], sd["epoch_loop.batch_progress"]
+        started = epoch if batch_idx == 0 else epoch + 1
+        done = 0 if batch_idx == 0 else 1
+        for part in ("total", "current"):
+            put(ep, part, ready=epoch + 1, started=started, processed=epoch, completed=epoch)
+        put(bp, "total", ready=before, started=before, processed=before, completed=before - done)
+        put(bp, "current", ready=batch_idx, started=batch_idx, processed=batch_idx, completed=batch_idx - done)
+        bp["is_last_batch"] = False
+        sd["epoch_loop.state_dict"]["_batches_that_stepped"] = step - done
+        opt = sd["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]
+        for part in ("total", "current"):
+            put(opt["step"], part, ready=step, completed=step)
+            put(opt["zero_grad"], part, ready=step, started=step, completed=step)
+            put(sd["epoch_loop.manual_optimization.optim_step_progress"], part, ready=step, completed=step)
+        return sd
+
+    def replay(self, start: int, end: int) -> dict[str, Any]:
+        """Re-run steps [start, end) from checkpoint ``start``; returns the state at step ``end``."""
+        entries = {c["step"]: c for c in self.reader.checkpoints}
+        if start not in entries:
+            raise ReplayError(f"the proof has no checkpoint at step {start}")
+        final = end == self.manifest.get("final_step")
+        if end > self.log.steps or (not final and end >= self.log.steps):
+            raise ReplayError(f"the index log does not reach step {end}")
+        state = self.reader.load_checkpoint(entries[start])
+        progress = state["progress"]
+        batch_idx = progress.get("batch_idx")
+        if not isinstance(batch_idx, int) or batch_idx < 0:
+            raise ReplayError(f"checkpoint {start} has no batch position to resume from")
+        epoch = int(progress["epoch"])
+        sampler = ReplaySampler(self._portions(start, end, final), 0, True)
+        callback = _ReplayCallback(self, state["rng"], end, final, sampler)
+        trainer = pl.Trainer(callbacks=[callback], **self._trainer_kwargs())
+        module = self.make_module()
+        datamodule = self.make_datamodule()
+        ckpt = {
+            "epoch": epoch,
+            "global_step": start,
+            "pytorch-lightning_version": pl.__version__,
+            "state_dict": state["model"],
+            "loops": {"fit_loop": self._loops_state(trainer, start, epoch, batch_idx)},
+            "callbacks": {},
+            "optimizer_states": state["optimizers"],
+            "lr_schedulers": state["lr_schedulers"],
+        }
+        if state.get("grad_scaler") is not None:
+            ckpt[type(trainer.precision_plugin).__qualname__] = state["grad_scaler"]
+        with tempfile.TemporaryDirectory(prefix="pol-replay-") as tmp:
+            path = os.path.join(tmp, "start.ckpt")
+            torch.save(ckpt, path)  # the verifier's own file, built from checked tensors
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch ended.*")
+                warnings.filterwarnings("ignore", ".*does not have many workers.*")
+                try:
+                    trainer.fit(module, datamodule=datamodule, ckpt_path=path, weights_only=False)
+                except _SegmentDone:
+                    pass
+        if callback.captured is None:
+            raise ReplayError(f"the replay of steps {start}..{end} ended at step {trainer.global_step} without reaching step {end}")
+        return callback.captured
