@@ -7,6 +7,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,24 @@ from lightning_pol.state_codec import decode_state
 from lightning_pol.training_state import capture_training_state
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Replays build many Trainers; their banners would drown the report."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch ended.*")
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*LeafSpec.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 class ReplayError(PoLError):
@@ -97,6 +116,14 @@ class _ReplayCallback(Callback):
         object.__setattr__(loader, "batch_sampler" if self.sampler.batched else "sampler", self.sampler)
         object.__setattr__(loader, "dataset", SeededDataset(loader.dataset, self.owner.seed))
         return loader
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.end_step < 0:  # only asked for what configure_optimizers declares
+            self.captured = {
+                "optimizers": [opt.state_dict() for opt in trainer.optimizers],
+                "lr_schedulers": [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs],
+            }
+            raise _SegmentDone
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self.stream.batch_start()
@@ -251,6 +278,23 @@ class PoLVerifierModule:
             put(sd["epoch_loop.manual_optimization.optim_step_progress"], part, ready=step, completed=step)
         return sd
 
+    def declared_optimizers(self) -> dict[str, Any]:
+        """Optimizer and scheduler states as the module's own ``configure_optimizers`` builds them.
+
+        Run in a Trainer with the proof's settings, so a schedule sized from
+        ``trainer.estimated_stepping_batches`` gets the size it had in training.
+        """
+        callback = _ReplayCallback(self, None, -1, False, ReplaySampler([], 0, True))  # type: ignore[arg-type]
+        with _quiet_lightning():
+            trainer = pl.Trainer(callbacks=[callback], **self._trainer_kwargs())
+            try:
+                trainer.fit(self.make_module(), datamodule=self.make_datamodule())
+            except _SegmentDone:
+                pass
+        if callback.captured is None:
+            raise ReplayError("the module's configure_optimizers could not be run")
+        return callback.captured
+
     def replay(self, start: int, end: int) -> dict[str, Any]:
         """Re-run steps [start, end) from checkpoint ``start``; returns the state at step ``end``."""
         entries = {c["step"]: c for c in self.reader.checkpoints}
@@ -267,7 +311,8 @@ class PoLVerifierModule:
         epoch = int(progress["epoch"])
         sampler = ReplaySampler(self._portions(start, end, final), 0, True)
         callback = _ReplayCallback(self, state["rng"], end, final, sampler)
-        trainer = pl.Trainer(callbacks=[callback], **self._trainer_kwargs())
+        with _quiet_lightning():
+            trainer = pl.Trainer(callbacks=[callback], **self._trainer_kwargs())
         module = self.make_module()
         datamodule = self.make_datamodule()
         ckpt = {
@@ -285,9 +330,7 @@ class PoLVerifierModule:
         with tempfile.TemporaryDirectory(prefix="pol-replay-") as tmp:
             path = os.path.join(tmp, "start.ckpt")
             torch.save(ckpt, path)  # the verifier's own file, built from checked tensors
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch ended.*")
-                warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            with _quiet_lightning():
                 try:
                     trainer.fit(module, datamodule=datamodule, ckpt_path=path, weights_only=False)
                 except _SegmentDone:

@@ -1,0 +1,484 @@
+"""verify_proof: Algorithm 2 of the paper, with exact replay, random segments and hostile-input checks."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random as _random
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_pol import proof_format as pf
+from lightning_pol.commitment import compute_leaves, root_of, sample_leaf
+from lightning_pol.distances import METRICS, distances
+from lightning_pol.errors import PoLError
+from lightning_pol.metadata import environment, import_path, resolve_import_path
+from lightning_pol.reader import ProofFormatError, ProofReader, parse_safetensors_header
+from lightning_pol.replay import PoLVerifierModule
+from lightning_pol.report import Report, Segment
+from lightning_pol.state_codec import decode_state
+
+log = logging.getLogger(__name__)
+
+#: Environment fields that must match for bit-exact replay to be expected.
+EXACT_FIELDS = ("torch", "cuda", "machine", "torch_threads", "deterministic_algorithms", "cudnn_deterministic", "float32_matmul_precision")
+
+
+def identical(a: Any, b: Any) -> bool:
+    """Bit-for-bit equality of two decoded states (tensors by dtype, shape and bytes)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+            and a.shape == b.shape and torch.equal(a.detach().cpu(), b.detach().cpu())
+        )
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return list(a.keys()) == list(b.keys()) and all(identical(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+def detection_probability(candidates: int, random_picks: int, fakes: int) -> float:
+    """Chance that ``random_picks`` segments drawn without replacement from ``candidates`` hit one of ``fakes``."""
+    if fakes <= 0 or random_picks <= 0 or candidates <= 0:
+        return 0.0
+    if random_picks > candidates - fakes:
+        return 1.0
+    return 1.0 - math.comb(candidates - fakes, random_picks) / math.comb(candidates, random_picks)
+
+
+def verify_proof(
+    proof_dir: str | os.PathLike[str],
+    q: int = 1,
+    random: int = 1,
+    seed: int | None = None,
+    mode: str = "auto",
+    delta: Mapping[str, float] | None = None,
+    d_ref: Mapping[str, float] | None = None,
+    full_data: bool = False,
+    num_shards: int = 1,
+    shard: int = 0,
+    accelerator: str = "cpu",
+    match_threads: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Verify the proof in ``proof_dir``; returns a :class:`~lightning_pol.report.Report`.
+
+    Example::
+
+        report = verify_proof("proof/", q=1, random=1)
+        print(report.summary()); assert report.valid
+
+    ``q``: top-Q segments per epoch by update magnitude (0 replays every
+    segment). ``random``: extra segments per epoch drawn with ``seed`` (from
+    the OS when None; the seed is in the report). ``mode``: "exact" (a segment
+    passes only if bit-identical), "tolerant" (passes within ``delta`` per
+    metric), or "auto" (exact when the environment matches the proof's,
+    tolerant with ``delta`` otherwise). ``num_shards``/``shard`` split the
+    selected segments across jobs; every shard computes the same selection.
+
+    Raises :class:`~lightning_pol.reader.ProofFormatError` only when the
+    manifest itself is unusable; every other problem is a failed check.
+    """
+    if q < 0 or random < 0 or num_shards < 1 or not 0 <= shard < num_shards:
+        raise PoLError(f"bad verifier settings: q={q}, random={random}, num_shards={num_shards}, shard={shard}")
+    if mode not in ("auto", "exact", "tolerant"):
+        raise PoLError(f"verifier mode must be auto, exact or tolerant, not {mode!r}")
+    delta = {k: float(v) for k, v in (delta or {}).items() if v is not None}
+    if set(delta) - set(METRICS):
+        raise PoLError(f"delta names unknown metrics {sorted(set(delta) - set(METRICS))}; use {list(METRICS)}")
+    if mode == "tolerant" and not delta:
+        raise PoLError("tolerant mode needs at least one threshold, e.g. verifier.delta.l2=1e-4")
+    seed = int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else int(seed)
+
+    reader = ProofReader(proof_dir)
+    m = reader.manifest
+    report = Report(proof_dir=str(proof_dir), proof_identity=reader.identity, valid=False)
+    prover_env = m.get("environment") if isinstance(m.get("environment"), dict) else {}
+    threads_before = torch.get_num_threads()
+    try:
+        if match_threads and isinstance(prover_env.get("torch_threads"), int) and 0 < prover_env["torch_threads"] <= 1024:
+            torch.set_num_threads(prover_env["torch_threads"])
+        mine = environment()
+        differs = {k: {"proof": prover_env.get(k), "verifier": mine.get(k)} for k in EXACT_FIELDS if prover_env.get(k) != mine.get(k)}
+        if accelerator != "cpu" or prover_env.get("gpus"):
+            if bool(prover_env.get("gpus")) != (accelerator != "cpu"):
+                differs["device_type"] = {"proof": "gpu" if prover_env.get("gpus") else "cpu", "verifier": accelerator}
+        effective = mode if mode != "auto" else ("exact" if not differs or not delta else "tolerant")
+        report.environment = {"verifier": mine, "proof": prover_env, "matches": not differs, "differences": differs}
+        report.mode = {"requested": mode, "effective": effective, "delta": delta, "d_ref": dict(d_ref or {})}
+        if differs and effective == "exact":
+            report.reasons.append(f"the verifier's environment differs from the proof's ({', '.join(differs)}); exact replay may fail")
+        _verify(reader, report, q, random, seed, effective, delta, d_ref, full_data, num_shards, shard, accelerator, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+    report.valid = all(c.get("passed") is not False for c in report.checks.values()) and all(
+        c.get("passed") is True for name, c in report.checks.items() if name in ("integrity", "initialization", "data", "replay")
+    )
+    return report
+
+
+def _verify(reader: ProofReader, report: Report, q: int, n_random: int, seed: int, mode: str, delta: dict[str, float],
+            d_ref: Mapping[str, float] | None, full_data: bool, num_shards: int, shard: int, accelerator: str,
+            progress: Callable[[int, int], None] | None) -> None:
+    m = reader.manifest
+    # -- integrity ---------------------------------------------------------------
+    problems = [p for p in reader.verify_files() if not p.startswith("unlisted file")]
+    steps = [c["step"] for c in reader.checkpoints]
+    final = m.get("final_step")
+    if m.get("status") != pf.STATUS_COMPLETE:
+        problems.append("the proof is not complete (training did not finish writing it)")
+    if not steps or steps[0] != 0:
+        problems.append("there is no checkpoint at step 0")
+    if not isinstance(final, int) or not steps or steps[-1] != final:
+        problems.append(f"the last checkpoint is not at the final step {final}")
+    k = m["every_n_steps"]
+    if steps and any(s % k for s in steps[1:-1]):
+        problems.append(f"checkpoints are not every k={k} steps")
+    log_steps = None
+    if not problems:
+        try:
+            for c in reader.checkpoints:  # every checkpoint parses (no tensor is loaded yet)
+                parse_safetensors_header(reader.read_file(c["path"]), c["path"])
+            index_log = reader.index_log()
+            log_steps = index_log.steps
+            if log_steps != final:
+                problems.append(f"the index log holds {log_steps} steps, the proof claims {final}")
+        except ProofFormatError as e:
+            problems.append(str(e))
+    report.checks["integrity"] = {"passed": not problems, "problems": problems,
+                                  "summary": "all files match the manifest" if not problems else problems[0]}
+    if problems:
+        report.reasons.extend(problems[:3])
+        return
+    # Raises (unusable input, exit 2) when this machine cannot import the proof's classes.
+    verifier = PoLVerifierModule(reader, accelerator=accelerator)
+    try:
+        _verify_content(verifier, reader, index_log, steps, report, q, n_random, seed, mode, delta, d_ref, full_data,
+                        num_shards, shard, progress)
+    except ProofFormatError as e:
+        report.checks["integrity"] = {"passed": False, "problems": [str(e)], "summary": str(e)}
+        report.reasons.append(str(e))
+
+
+def _verify_content(verifier: PoLVerifierModule, reader: ProofReader, index_log: Any, steps: list[int], report: Report,
+                    q: int, n_random: int, seed: int, mode: str, delta: dict[str, float],
+                    d_ref: Mapping[str, float] | None, full_data: bool, num_shards: int, shard: int,
+                    progress: Callable[[int, int], None] | None) -> None:
+    m = reader.manifest
+    k = m["every_n_steps"]
+    final = m["final_step"]
+
+    states: dict[int, dict[str, Any]] = {}
+
+    def state(step: int) -> dict[str, Any]:
+        if step not in states:
+            states[step] = reader.load_checkpoint(next(c for c in reader.checkpoints if c["step"] == step))
+        return states[step]
+
+    # -- initialization ------------------------------------------------------------
+    _check_initialization(verifier, state(0), report)
+    # -- hyperparameters -----------------------------------------------------------
+    _check_hyperparameters(verifier, steps, state, report)
+    # -- segment selection ---------------------------------------------------------
+    segments = _select(verifier, steps, state, q, n_random, seed, report)
+    mine = segments[shard::num_shards]
+    report.selection.update({"num_shards": num_shards, "shard": shard, "replayed_here": len(mine)})
+    # -- replay --------------------------------------------------------------------
+    for i, seg in enumerate(mine):
+        if progress is not None:
+            progress(i, len(mine))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                got = verifier.replay(seg.start_step, seg.end_step)
+            target = state(seg.end_step)
+            seg.distances = distances(got["model"], target["model"])
+            if d_ref:
+                seg.normalized = {k: seg.distances[k] / d_ref[k] for k in seg.distances if d_ref.get(k)}
+            seg.bit_exact = identical(_comparable(got), _comparable(target))
+            seg.passed = seg.bit_exact if mode == "exact" else all(seg.distances[k] <= v for k, v in delta.items())
+        except PoLError as e:
+            seg.passed, seg.error = False, str(e)
+        except Exception as e:  # the prover's module raised while replaying its own steps
+            seg.passed, seg.error = False, f"replay failed: {type(e).__name__}: {e}".splitlines()[0]
+        states.pop(seg.start_step, None)
+    if progress is not None:
+        progress(len(mine), len(mine))
+    report.segments = mine
+    failed = [s for s in mine if not s.passed]
+    report.checks["replay"] = {
+        "passed": not failed,
+        "mode": mode,
+        "segments": len(mine),
+        "failed": [[s.start_step, s.end_step] for s in failed],
+        "summary": f"{len(mine) - len(failed)}/{len(mine)} segments " + ("bit-exact" if mode == "exact" else "within delta"),
+    }
+    for s in failed[:3]:
+        report.reasons.append(f"segment {s.start_step}->{s.end_step} does not replay" + (f": {s.error}" if s.error else ""))
+    # -- data ----------------------------------------------------------------------
+    _check_data(verifier, index_log, mine, full_data, report)
+    # -- coverage ------------------------------------------------------------------
+    steps_per_epoch = verifier.training.get("steps_per_epoch") or max(1, final)
+    epochs = len({e for _, e in verifier._epoch_runs}) or 1
+    frac = 1.0 if q == 0 else min(1.0, q * k / steps_per_epoch)
+    replayed = sorted({int(i) for s in mine for t in range(s.start_step, s.end_step) for i in index_log.step(t).tolist()})
+    report.coverage = {
+        "expected": 1.0 - (1.0 - frac) ** epochs,
+        "measured": len(replayed) / max(1, m["data"]["size"]),
+        "compute_fraction": frac,
+        "replayed_steps": sum(s.end_step - s.start_step for s in mine),
+        "total_steps": final,
+    }
+
+
+def _comparable(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: state.get(k) for k in ("model", "optimizers", "lr_schedulers", "grad_scaler", "rng")}
+
+
+def _check_initialization(verifier: PoLVerifierModule, w0: dict[str, Any], report: Report) -> None:
+    declared = verifier.manifest.get("init") or {}
+    name = declared.get("strategy")
+    try:
+        from lightning_pol import init as init_registry
+
+        params = decode_state({}, declared.get("params") or {})
+        if name == "warm_start":
+            raise PoLError("the proof claims a warm start, but chains of trust are not supported yet")
+        module = verifier.make_module()
+        module.load_state_dict(w0["model"])
+        result = init_registry.check_initialization(module, name, **params)
+        failed = [layer.name for layer in result.layers if not layer.passed]
+        report.checks["initialization"] = {
+            "passed": result.passed, "strategy": name, **result.to_dict(),
+            "summary": f"W_0 looks drawn from {name}" if result.passed else f"W_0 does not look drawn from {name}: {failed[:3]}",
+        }
+        if not result.passed:
+            report.reasons.append(f"W_0 is not a fresh {name} initialization (layers {failed[:3]})")
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        report.checks["initialization"] = {"passed": False, "strategy": name, "summary": msg}
+        report.reasons.append(f"initialization check failed: {msg}")
+
+
+_HPARAM_KEYS = ("lr", "momentum", "betas", "weight_decay", "dampening", "eps", "nesterov", "alpha", "rho", "lr_decay")
+
+
+def _group_hparams(opt_state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{k: g[k] for k in _HPARAM_KEYS if k in g} for g in opt_state.get("param_groups", [])]
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-15)
+    if isinstance(a, torch.Tensor):
+        return _close(a.tolist(), b.tolist() if isinstance(b, torch.Tensor) else b)
+    return a == b
+
+
+def _check_hyperparameters(verifier: PoLVerifierModule, steps: list[int], state: Callable[[int], dict[str, Any]], report: Report) -> None:
+    """W_0's optimizers and schedulers must be what configure_optimizers declares, and each checkpoint's
+    learning rate, momentum, weight decay and betas what the declared schedule gives at its step."""
+    problems: list[str] = []
+    simulated = False
+    try:
+        declared = verifier.declared_optimizers()
+        w0 = state(0)
+        if len(declared["optimizers"]) != len(w0["optimizers"]):
+            problems.append("W_0 does not hold the optimizers configure_optimizers declares")
+        for i, (d, s) in enumerate(zip(declared["optimizers"], w0["optimizers"])):
+            if not _close(_group_hparams(d), _group_hparams(s)):
+                problems.append(f"W_0's optimizer {i} hyperparameters {_group_hparams(s)} differ from the declared {_group_hparams(d)}")
+        if len(declared["lr_schedulers"]) != len(w0["lr_schedulers"]):
+            problems.append("W_0 does not hold the schedulers configure_optimizers declares")
+        else:
+            for i, (d, s) in enumerate(zip(declared["lr_schedulers"], w0["lr_schedulers"])):
+                if not identical(_plain(d), _plain(s)):
+                    problems.append(f"W_0's scheduler {i} state differs from the declared one")
+        if not problems:
+            simulated = _simulate_schedule(verifier, declared, steps, state, problems)
+    except Exception as e:
+        problems.append(f"could not check hyperparameters: {type(e).__name__}: {e}".splitlines()[0])
+    report.checks["hyperparameters"] = {
+        "passed": not problems,
+        "schedule_simulated": simulated,
+        "problems": problems[:10],
+        "summary": ("declared schedule matches every checkpoint" if simulated else "W_0 matches the declared optimizers")
+        if not problems else problems[0],
+    }
+    report.reasons.extend(problems[:2])
+
+
+def _plain(obj: Any) -> Any:
+    """Scheduler states with tensors turned into lists (decoded and live states store some values differently)."""
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj
+
+
+def _simulate_schedule(verifier: PoLVerifierModule, declared: dict[str, Any], steps: list[int],
+                       state: Callable[[int], dict[str, Any]], problems: list[str]) -> bool:
+    """Step the declared schedulers alone (no training) and compare with every checkpoint's optimizer groups."""
+    configs = verifier.training.get("lr_schedulers") or []
+    opt_configs = verifier.training.get("optimizers") or []
+    if len(declared["optimizers"]) != 1 or len(opt_configs) != 1:
+        return False
+    if any(c.get("frequency") != 1 or c.get("interval") not in ("step", "epoch") for c in configs):
+        return False
+    cls = resolve_import_path(opt_configs[0]["class"])
+    groups = declared["optimizers"][0]["param_groups"]
+    opt = cls([{"params": [torch.zeros(1, requires_grad=True) for _ in g["params"]]} for g in groups])
+    opt.load_state_dict(declared["optimizers"][0])
+    scheds = []
+    for c, sd in zip(configs, declared["lr_schedulers"]):
+        scls = resolve_import_path(c["class"])
+        if "ReduceLROnPlateau" in import_path(scls) or "lr_lambdas" in sd or "_schedulers" in sd:
+            return False
+        sched = scls.__new__(scls)
+        sched.optimizer = opt
+        sched.load_state_dict(sd)
+        scheds.append((c["interval"], sched))
+    final = verifier.manifest["final_step"]
+    max_steps = verifier.training.get("max_steps", -1)
+    checkpoints = set(steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in range(1, final + 1):
+            s = t - 1
+            last_of_epoch = s == final - 1 or verifier.step_epoch(s + 1) != verifier.step_epoch(s)
+            if s == final - 1 and isinstance(max_steps, int) and max_steps == final:
+                last_of_epoch = False  # stopped by max_steps mid-epoch: no epoch-end scheduler step
+            for interval, sched in scheds:
+                if interval == "step" or last_of_epoch:
+                    sched.step()
+            if t in checkpoints:
+                expected = _group_hparams(opt.state_dict())
+                got = _group_hparams(state(t)["optimizers"][0])
+                if not _close(expected, got):
+                    problems.append(f"checkpoint {t} has optimizer hyperparameters {got}, the declared schedule gives {expected}")
+                    if len(problems) >= 3:
+                        break
+    return True
+
+
+def _select(verifier: PoLVerifierModule, steps: list[int], state: Callable[[int], dict[str, Any]], q: int,
+            n_random: int, seed: int, report: Report) -> list[Segment]:
+    """Top-Q segments per epoch by update magnitude, plus ``n_random`` per epoch drawn from ``seed``."""
+    by_epoch: dict[int, list[tuple[int, int, float]]] = {}
+    previous = None
+    for a, b in zip(steps, steps[1:]):
+        if q > 0:
+            cur = state(b)["model"] if previous is None or previous[0] != b else previous[1]
+            magnitude = distances(state(a)["model"], cur)["l2"]
+            previous = (b, cur)
+        else:
+            magnitude = math.nan
+        by_epoch.setdefault(verifier.step_epoch(a), []).append((a, b, magnitude))
+    rng = _random.Random(seed)
+    chosen: list[Segment] = []
+    probabilities = {}
+    for epoch, segs in sorted(by_epoch.items()):
+        if q == 0:
+            chosen.extend(Segment(a, b, epoch, "all") for a, b, _ in segs)
+            continue
+        ranked = sorted(segs, key=lambda s: (-s[2], s[0]))
+        top, rest = ranked[:q], sorted(ranked[q:])
+        picks = rng.sample(rest, min(n_random, len(rest)))
+        chosen.extend(Segment(a, b, epoch, "topq") for a, b, _ in top)
+        chosen.extend(Segment(a, b, epoch, "random") for a, b, _ in picks)
+        probabilities[epoch] = detection_probability(len(rest), len(picks), 1)
+    chosen.sort(key=lambda s: s.start_step)
+    total = sum(len(v) for v in by_epoch.values())
+    report.selection = {
+        "q": q, "random": n_random, "seed": seed, "segments_in_proof": total, "selected": len(chosen),
+        "detection_probability_one_fake_per_epoch": probabilities,
+        "detection_formula": "per epoch, with n segments outside the top-Q and R random picks: P(detect m fakes) = 1 - C(n-m, R) / C(n, R)",
+    }
+    return chosen
+
+
+def _check_data(verifier: PoLVerifierModule, index_log: Any, segments: list[Segment], full_data: bool, report: Report) -> None:
+    m = verifier.manifest
+    problems: list[str] = []
+    mismatched: list[int] = []
+    try:
+        leaves = verifier.reader.leaves()
+        if root_of(leaves) != m["data"]["root"]:
+            problems.append("the leaves do not hash to the committed Merkle root")
+        dataset = _training_dataset(verifier)
+        if len(dataset) != m["data"]["size"]:
+            problems.append(f"the training dataset has {len(dataset)} samples, the proof committed to {m['data']['size']}")
+        elif full_data:
+            recomputed = compute_leaves(dataset)
+            mismatched = (recomputed != leaves).any(dim=1).nonzero().flatten().tolist()
+            if root_of(recomputed) != m["data"]["root"]:
+                problems.append("the dataset's Merkle root differs from the committed root")
+        else:
+            needed = sorted({int(i) for s in segments for t in range(s.start_step, s.end_step) for i in index_log.step(t).tolist()})
+            raw = leaves.numpy()
+            mismatched = [i for i in needed if sample_leaf(dataset, i) != raw[i].tobytes()]
+        if mismatched:
+            problems.append(f"training samples {mismatched[:10]}{'...' if len(mismatched) > 10 else ''} differ from the committed data")
+        permutation = _permutation_check(verifier, index_log)
+        if not permutation["passed"]:
+            problems.append(permutation["summary"])
+    except PoLError as e:
+        problems.append(str(e))
+        permutation = {"passed": None}
+    except Exception as e:
+        problems.append(f"could not check the data: {type(e).__name__}: {e}".splitlines()[0])
+        permutation = {"passed": None}
+    report.checks["data"] = {
+        "passed": not problems, "mismatched_samples": mismatched, "full_dataset": full_data,
+        "permutation": permutation, "problems": problems,
+        "summary": "replayed samples match the commitment" if not problems else problems[0],
+    }
+    report.reasons.extend(problems[:2])
+
+
+def _training_dataset(verifier: PoLVerifierModule) -> Any:
+    dm = verifier.make_datamodule()
+    if dm is not None:
+        dm.prepare_data()
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+    else:
+        loader = verifier.make_module().train_dataloader()
+    return loader.dataset
+
+
+def _permutation_check(verifier: PoLVerifierModule, index_log: Any) -> dict[str, Any]:
+    """Each full epoch's indices must be a permutation of the dataset (or, with drop_last or a limit, distinct)."""
+    n = verifier.manifest["data"]["size"]
+    runs = verifier._epoch_runs + [(index_log.steps, None)]
+    training = verifier.training
+    partial_ok = bool(training.get("drop_last")) or training.get("limit_train_batches") not in (1, 1.0, None)
+    bad = []
+    for (first, epoch), (nxt, _) in zip(runs, runs[1:]):
+        idx = index_log.indices[index_log.offsets[first] : index_log.offsets[nxt]]
+        counts = torch.bincount(idx, minlength=n)
+        complete = nxt - first == training.get("steps_per_epoch")
+        if int(counts.max()) > 1 or (complete and not partial_ok and int((counts == 0).sum()) > 0):
+            bad.append(epoch)
+    sampler = training.get("sampler")
+    return {
+        "passed": not bad,
+        "epochs_not_permutations": bad,
+        "sampler": sampler,
+        "summary": "every epoch is a permutation" if not bad else f"epochs {bad[:5]} are not permutations of the dataset (sampler {sampler} is not a permutation sampler)",
+    }
