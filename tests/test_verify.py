@@ -1,0 +1,226 @@
+"""Issue 3's acceptance: the honest proof of the unseen project verifies bit-exactly; tampered copies are rejected."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_pol import ProofReader
+from lightning_pol import proof_format as pf
+from lightning_pol.distances import distances
+from lightning_pol.state_codec import encode_state
+from lightning_pol.verifier import verify_proof
+from lightning_pol.writer import manifest_bytes, safetensors_bytes
+from tests.conftest import train_with_proof
+from tests.unseen_project import UnseenDataModule, UnseenModule
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("honest")
+    proof, _, _ = train_with_proof(root, UnseenModule, UnseenDataModule(), every_n_steps=8, max_epochs=3, gradient_clip_val=1.0)
+    return proof
+
+
+@pytest.fixture
+def proof(pristine, tmp_path):
+    copy = tmp_path / "proof"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def relist(proof: Path, rel: str) -> None:
+    """Update the manifest's digest of ``rel``, as a prover who controls every file would."""
+    m = json.loads((proof / pf.MANIFEST).read_text())
+    data = (proof / rel).read_bytes()
+    m["files"][rel] = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
+    for c in m["checkpoints"]:
+        if c["path"] == rel:
+            c["sha256"] = m["files"][rel]["sha256"]
+    (proof / pf.MANIFEST).write_bytes(manifest_bytes(m))
+
+
+def rewrite_model(proof: Path, step: int, model: dict[str, torch.Tensor]) -> None:
+    reader = ProofReader(proof)
+    entry = next(c for c in reader.checkpoints if c["step"] == step)
+    state = reader.load_checkpoint(entry)
+    state["model"] = model
+    tensors, tree = encode_state(state)
+    (proof / entry["path"]).write_bytes(safetensors_bytes(tensors, {pf.CHECKPOINT_STATE_KEY: json.dumps(tree)}))
+    relist(proof, entry["path"])
+
+
+def models(proof: Path) -> dict[int, dict[str, torch.Tensor]]:
+    reader = ProofReader(proof)
+    return {c["step"]: reader.load_checkpoint(c)["model"] for c in reader.checkpoints}
+
+
+def cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "lightning_pol.verify", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+# -- the honest proof ----------------------------------------------------------------------
+
+def test_full_replay_is_valid_and_every_segment_bit_exact(pristine):
+    report = verify_proof(pristine, q=0)
+    assert report.valid, report.summary()
+    assert len(report.segments) == 22 and {s.reason for s in report.segments} == {"all"}
+    assert all(s.bit_exact and s.distances["l2"] == 0.0 for s in report.segments)
+    assert report.mode["effective"] == "exact" and report.environment["matches"]
+    assert report.coverage["expected"] == 1.0 and report.coverage["measured"] == 1.0
+    assert report.checks["hyperparameters"]["schedule_simulated"]
+
+
+def test_q1_replays_the_largest_update_of_each_epoch(pristine):
+    report = verify_proof(pristine, q=1, random=0)
+    assert report.valid, report.summary()
+    ms = models(pristine)
+    steps = sorted(ms)
+    by_epoch = {0: [], 1: [], 2: []}
+    for a, b in zip(steps, steps[1:]):
+        by_epoch[min(a // 57, 2)].append((distances(ms[a], ms[b])["l2"], a))
+    expected = sorted(max(v)[1] for v in by_epoch.values())
+    assert [s.start_step for s in report.segments] == expected
+    assert all(s.reason == "topq" for s in report.segments)
+    assert 0 < report.coverage["compute_fraction"] < 0.2
+
+
+def test_default_settings_add_random_segments_from_a_recorded_seed(pristine):
+    report = verify_proof(pristine, q=1, random=1)
+    assert report.valid
+    assert sorted(s.reason for s in report.segments) == ["random"] * 3 + ["topq"] * 3
+    again = verify_proof(pristine, q=1, random=1, seed=report.selection["seed"])
+    assert [s.start_step for s in again.segments] == [s.start_step for s in report.segments]
+    assert 0 < report.selection["detection_probability_one_fake_per_epoch"][0] <= 1
+
+
+def test_cli_exit_codes_and_report_schema(pristine, tmp_path):
+    out = tmp_path / "verification.json"
+    done = cli(f"proof_dir={pristine}", "verifier.q=1", "verifier.random=1", f"report={out}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "verdict VALID" in done.stdout
+    r = json.loads(out.read_text())
+    assert r["valid"] is True
+    assert {"integrity", "initialization", "data", "replay"} <= set(r["checks"])
+    for s in r["segments"]:
+        assert {"start_step", "end_step", "epoch", "reason", "distances", "passed"} <= set(s)
+        assert set(s["distances"]) == {"l1", "l2", "linf", "cos"}
+    assert set(r["coverage"]) >= {"expected", "measured", "compute_fraction"}
+    assert "verifier" in r["environment"]
+
+
+# -- tampered copies -------------------------------------------------------------------------
+
+def test_flipped_byte_is_rejected_by_the_cli(proof):
+    path = proof / pf.checkpoint_path(64)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    done = cli(f"proof_dir={proof}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "digest mismatch: checkpoints/step-000000064" in done.stdout
+
+
+def test_checkpoint_replaced_by_the_mean_of_its_neighbours(proof):
+    ms = models(proof)
+    rewrite_model(proof, 64, {k: (ms[56][k] + ms[72][k]) / 2 if ms[56][k].is_floating_point() else ms[64][k] for k in ms[64]})
+    report = verify_proof(proof, q=0)
+    assert not report.valid
+    assert {tuple(x) for x in report.checks["replay"]["failed"]} >= {(56, 64), (64, 72)}
+
+
+def test_linear_interpolation_from_w0_to_wt(proof):
+    ms = models(proof)
+    steps = sorted(ms)
+    final = steps[-1]
+    for s in steps[1:-1]:
+        a = s / final
+        rewrite_model(proof, s, {k: (1 - a) * ms[0][k] + a * ms[final][k] if ms[0][k].is_floating_point() else ms[s][k] for k in ms[s]})
+    report = verify_proof(proof)  # the default verifier: q=1, one random segment per epoch
+    assert not report.valid and report.checks["replay"]["passed"] is False
+
+
+def test_two_batches_of_a_segment_swapped(proof):
+    reader = ProofReader(proof)
+    log = reader.index_log()
+    idx = log.indices.clone()
+    a, b = int(log.offsets[9]), int(log.offsets[10])
+    c = int(log.offsets[11])
+    assert b - a == c - b == 32
+    idx[a:b], idx[b:c] = log.indices[b:c].clone(), log.indices[a:b].clone()
+    tensors = dict(log.to_tensors(), indices=idx)
+    (proof / pf.INDEX_LOG_FINAL).write_bytes(safetensors_bytes(tensors))
+    relist(proof, pf.INDEX_LOG_FINAL)
+    report = verify_proof(proof, q=0)
+    assert not report.valid
+    assert [8, 16] in report.checks["replay"]["failed"]
+
+
+def test_w0_replaced_by_trained_weights_fails_initialization(proof):
+    ms = models(proof)
+    rewrite_model(proof, 0, ms[max(ms)])
+    report = verify_proof(proof, q=1, random=0)
+    assert not report.valid
+    assert report.checks["initialization"]["passed"] is False
+
+
+def test_pickle_checkpoint_is_rejected_and_never_run(proof, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    rel = pf.checkpoint_path(64)
+    (proof / rel).write_bytes(pickle.dumps(Boom()))
+    relist(proof, rel)
+    done = cli(f"proof_dir={proof}")
+    assert done.returncode in (1, 2) and "Traceback" not in done.stderr
+    assert not marker.exists()
+    report = verify_proof(proof)
+    assert not report.valid and report.checks["integrity"]["passed"] is False
+    assert not marker.exists()
+
+
+def test_manifest_path_outside_the_proof(proof):
+    m = json.loads((proof / pf.MANIFEST).read_text())
+    m["files"]["../../etc/passwd"] = {"sha256": "0" * 64, "bytes": 10}
+    (proof / pf.MANIFEST).write_bytes(manifest_bytes(m))
+    done = cli(f"proof_dir={proof}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: unsafe path in manifest") and "Traceback" not in done.stderr
+
+
+def test_last_checkpoint_deleted(proof):
+    (proof / pf.checkpoint_path(171)).unlink()
+    report = verify_proof(proof)
+    assert not report.valid and report.checks["integrity"]["passed"] is False
+    assert any("missing file: checkpoints/step-000000171" in p for p in report.checks["integrity"]["problems"])
+
+
+def test_training_sample_changed_after_training(pristine, monkeypatch):
+    import tests.unseen_project as project
+
+    original = project.NoisyDigits.__init__
+
+    def tampered(self, augment):
+        original(self, augment)
+        self.x[123, 0, 3, 3] += 0.25
+
+    monkeypatch.setattr(project.NoisyDigits, "__init__", tampered)
+    report = verify_proof(pristine, q=0)
+    assert not report.valid
+    assert report.checks["data"]["passed"] is False
+    assert report.checks["data"]["mismatched_samples"] == [123]
+    assert "123" in report.checks["data"]["summary"]
