@@ -1,0 +1,447 @@
+"""The public registry of initialization strategies, and the "verify initialization" check.
+
+Proof-of-Learning requires the prover's initial weights W_0 to be a fresh draw
+from a strategy agreed in advance; otherwise a prover could start from (a
+perturbation of) someone else's trained model. :func:`initialize` draws W_0
+with one of :data:`STRATEGIES`; :func:`check_initialization` tests, layer by
+layer, whether a model's current parameters and buffers look like such a draw.
+
+Conventions (a verifier relies on every one of them)
+----------------------------------------------------
+
+Walk. ``module.named_modules()`` is walked and, for each module, only its
+direct parameters and *persistent* buffers (``recurse=False``); each tensor is
+named like its ``state_dict`` key (``prefix + "." + local name``).
+Non-persistent buffers are skipped: they are not part of the saved state.
+
+Supported layers (every strategy covers the same set):
+
+* dense: ``nn.Linear``, ``nn.Bilinear``, ``nn.Conv{1,2,3}d`` and
+  ``nn.ConvTranspose{1,2,3}d`` (anything deriving from them);
+* embeddings: ``nn.Embedding``, ``nn.EmbeddingBag``; the ``padding_idx`` row,
+  if any, is exactly 0 under every strategy (as torch does) and the strategy
+  applies to the other rows;
+* normalization: ``BatchNorm*``, ``SyncBatchNorm``, ``InstanceNorm*`` (with
+  affine params and/or running stats), ``LayerNorm``, ``GroupNorm``,
+  ``RMSNorm``: weight == 1 and bias == 0 exactly, ``running_mean == 0``,
+  ``running_var == 1`` exactly, under every strategy.
+
+Any integer or bool buffer, in any module, must be exactly 0 (e.g.
+``num_batches_tracked``); all-zero tensors carry no information. Any other
+parameter or buffer (a module type without a rule, or an unexpected tensor on a
+supported one) gives ``LayerCheck(test="unsupported", passed=False)``: the
+check fails closed, because a prover could otherwise hide trained weights
+there. :func:`initialize` leaves such tensors untouched.
+
+Fans come from ``torch.nn.init._calculate_fan_in_and_fan_out(weight)`` (for a
+ConvTranspose weight of shape ``(in, out/groups, *k)`` that is torch's own rule,
+``fan_in = out/groups * prod(k)``). Weight rules per strategy:
+
+* ``pytorch_default`` (what torch's constructors do; :func:`initialize` calls
+  each layer's ``reset_parameters()``): dense weight and bias
+  ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (``nn.Bilinear``: 1/sqrt(in1_features));
+  embedding ~ N(0, 1).
+* ``kaiming_normal`` / ``kaiming_uniform``: ``mode="fan_in"``,
+  ``nonlinearity="relu"``, ``a=0`` (gain sqrt(2)); std = gain/sqrt(fan),
+  uniform bound = sqrt(3)*std.
+* ``xavier_normal`` / ``xavier_uniform``: gain 1; std = gain*sqrt(2/(fan_in+fan_out)),
+  uniform bound = sqrt(3)*std.
+* ``orthogonal``: gain 1 on the weight viewed as (rows, cols) =
+  (size(0), numel/size(0)) (embedding with padding: the non-padding rows).
+* ``normal``: N(mean, std), ``mean=0.0``, ``std=0.02`` by default.
+
+Every strategy but ``pytorch_default`` sets dense biases to exactly 0.
+Optional ``**params`` override the defaults: ``a``, ``mode``, ``nonlinearity``
+(kaiming), ``gain`` (xavier, orthogonal), ``mean``, ``std`` (normal); a verifier
+must pass the same ones as the prover.
+
+Tests.
+
+* ``"ks"``: one-sample Kolmogorov-Smirnov test (``scipy.stats.kstest``) of the
+  tensor's entries (as float64) against the strategy's exact CDF. Tensors with
+  fewer than 2 entries are not tested (passed, detail "too small"). For float16
+  and bfloat16 each value is first spread uniformly over its rounding interval
+  (fixed numpy seed, so the result is deterministic): rounding to a coarse grid
+  would otherwise make honest large tensors fail.
+* ``"orthogonal"``: every singular value of the (rows, cols) view equals the gain
+  within relative tolerance ``max(1e-4, 8 * eps(dtype))``. The entries are also
+  KS-tested against the exact marginal of a (scaled) coordinate of a uniform unit
+  vector in R^d, d = max(rows, cols) (variance gain^2/d; (x/gain)^2 ~
+  Beta(1/2, (d-1)/2)), which a Haar-random semi-orthogonal matrix has: this
+  catches an orthogonal matrix that was not drawn at random (e.g. the identity).
+* ``"constant"``: exact equality; ``statistic`` is the largest absolute deviation.
+
+With ``bonferroni=True`` (default) each KS test passes when its p-value is at
+least ``alpha / m``, m = number of KS tests actually run, so an honest draw is
+rejected with probability at most about ``alpha``. Overall ``passed`` = every
+layer check passed. Non-finite values fail every test.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import special, stats
+from torch import nn
+from torch.nn import init as tinit
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
+
+from lightning_pol.errors import PoLError
+
+STRATEGIES: tuple[str, ...] = (
+    "pytorch_default",
+    "kaiming_normal",
+    "kaiming_uniform",
+    "xavier_normal",
+    "xavier_uniform",
+    "orthogonal",
+    "normal",
+)
+
+_PARAM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pytorch_default": {},
+    "kaiming_normal": {"a": 0.0, "mode": "fan_in", "nonlinearity": "relu"},
+    "kaiming_uniform": {"a": 0.0, "mode": "fan_in", "nonlinearity": "relu"},
+    "xavier_normal": {"gain": 1.0},
+    "xavier_uniform": {"gain": 1.0},
+    "orthogonal": {"gain": 1.0},
+    "normal": {"mean": 0.0, "std": 0.02},
+}
+
+_DENSE = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
+_EMBEDDING = (nn.Embedding, nn.EmbeddingBag)
+_NORM = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+_NORM_CONSTANTS = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+
+_MIN_KS = 2
+_SV_RTOL = 1e-4
+
+
+@dataclass
+class LayerCheck:
+    """The outcome of one test on one tensor (``name`` is its state_dict key)."""
+
+    name: str
+    test: str  # "ks", "constant", "orthogonal", "unsupported"
+    statistic: float | None
+    p_value: float | None
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class InitCheck:
+    """The outcome of :func:`check_initialization` over a whole module."""
+
+    strategy: str
+    passed: bool
+    alpha: float
+    bonferroni: bool
+    threshold: float
+    layers: list[LayerCheck] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: plain floats, non-finite numbers as None, layers as dicts."""
+        out = asdict(self)
+        out["alpha"], out["threshold"] = float(self.alpha), float(self.threshold)
+        for layer in out["layers"]:
+            for key in ("statistic", "p_value"):
+                v = layer[key]
+                layer[key] = float(v) if v is not None and math.isfinite(v) else None
+        return out
+
+    @property
+    def p_values(self) -> dict[str, float]:
+        """p-value of each tensor that was KS-tested, keyed by state_dict name."""
+        return {c.name: float(c.p_value) for c in self.layers if c.test == "ks" and c.p_value is not None}
+
+
+# ----------------------------------------------------------------- parameters
+
+
+def _resolve(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The strategy's parameters with defaults filled in; PoLError on anything unknown."""
+    if name not in _PARAM_DEFAULTS:
+        raise PoLError(f"unknown initialization strategy {name!r}; choose one of {list(STRATEGIES)}")
+    defaults = _PARAM_DEFAULTS[name]
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise PoLError(f"strategy {name!r} takes no parameter(s) {unknown}; it takes {sorted(defaults) or 'none'}")
+    resolved = {**defaults, **params}
+    if name.startswith("kaiming") and resolved["mode"] not in ("fan_in", "fan_out"):
+        raise PoLError(f"kaiming mode must be 'fan_in' or 'fan_out', not {resolved['mode']!r}")
+    if name == "normal" and not float(resolved["std"]) > 0:
+        raise PoLError(f"normal std must be > 0, not {resolved['std']!r}")
+    return resolved
+
+
+def _kaiming_std(weight: torch.Tensor, p: dict[str, Any]) -> float:
+    fan_in, fan_out = tinit._calculate_fan_in_and_fan_out(weight)
+    fan = fan_in if p["mode"] == "fan_in" else fan_out
+    return tinit.calculate_gain(p["nonlinearity"], p["a"]) / math.sqrt(fan)
+
+
+def _xavier_std(weight: torch.Tensor, p: dict[str, Any]) -> float:
+    fan_in, fan_out = tinit._calculate_fan_in_and_fan_out(weight)
+    return float(p["gain"]) * math.sqrt(2.0 / float(fan_in + fan_out))
+
+
+def _default_dense_bound(module: nn.Module) -> float:
+    """The bound torch's constructors use for a dense layer's weight and bias."""
+    if isinstance(module, nn.Bilinear):
+        return 1.0 / math.sqrt(module.weight.size(1))
+    fan_in, _ = tinit._calculate_fan_in_and_fan_out(module.weight)
+    return 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+
+# ----------------------------------------------------------------- rules
+# A rule says what one tensor (or a row-slice of it) must look like:
+# ("constant", value), ("uniform", bound), ("normal", (mean, std)), ("orthogonal", gain).
+
+Rule = tuple[str, Any]
+
+
+def _weight_rule(module: nn.Module, weight: torch.Tensor, name: str, p: dict[str, Any]) -> Rule:
+    """The distribution the strategy draws a dense or embedding weight from."""
+    if name == "pytorch_default":
+        if isinstance(module, _EMBEDDING):
+            return ("normal", (0.0, 1.0))
+        bound = _default_dense_bound(module)
+        return ("uniform", bound) if bound > 0 else ("constant", 0.0)
+    if name == "kaiming_normal":
+        return ("normal", (0.0, _kaiming_std(weight, p)))
+    if name == "kaiming_uniform":
+        return ("uniform", math.sqrt(3.0) * _kaiming_std(weight, p))
+    if name == "xavier_normal":
+        return ("normal", (0.0, _xavier_std(weight, p)))
+    if name == "xavier_uniform":
+        return ("uniform", math.sqrt(3.0) * _xavier_std(weight, p))
+    if name == "orthogonal":
+        return ("orthogonal", float(p["gain"]))
+    return ("normal", (float(p["mean"]), float(p["std"])))
+
+
+def _rules(
+    module: nn.Module, local: str, tensor: torch.Tensor, name: str, p: dict[str, Any],
+) -> list[tuple[str, Rule, torch.Tensor]] | str:
+    """(suffix, rule, values) pieces for one direct tensor of ``module``, or why it is unsupported."""
+    if isinstance(tensor, (UninitializedParameter, UninitializedBuffer)):
+        return "uninitialized lazy tensor"
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return [("", ("constant", 0), tensor)]
+    if tensor.is_complex():
+        return f"complex tensor on {type(module).__name__}"
+    if isinstance(module, _DENSE):
+        if local == "weight":
+            return [("", _weight_rule(module, tensor, name, p), tensor)]
+        if local == "bias":
+            if name == "pytorch_default":
+                bound = _default_dense_bound(module)
+                return [("", ("uniform", bound) if bound > 0 else ("constant", 0.0), tensor)]
+            return [("", ("constant", 0.0), tensor)]
+    elif isinstance(module, _EMBEDDING) and local == "weight":
+        rule = _weight_rule(module, tensor, name, p)
+        pad = module.padding_idx
+        if pad is None:
+            return [("", rule, tensor)]
+        keep = torch.ones(tensor.size(0), dtype=torch.bool, device=tensor.device)
+        keep[pad] = False
+        return [("", rule, tensor[keep]), (f"[{pad}]", ("constant", 0.0), tensor[pad])]
+    elif isinstance(module, _NORM) and local in _NORM_CONSTANTS:
+        return [("", ("constant", _NORM_CONSTANTS[local]), tensor)]
+    return f"no initialization rule for {type(module).__name__}.{local}"
+
+
+def _direct_tensors(module: nn.Module) -> Iterator[tuple[str, str, nn.Module, torch.Tensor]]:
+    """(state_dict name, local name, owner, tensor) for every direct param and persistent buffer."""
+    for prefix, mod in module.named_modules():
+        dot = prefix + "." if prefix else ""
+        for local, t in mod.named_parameters(recurse=False):
+            yield dot + local, local, mod, t
+        skip = getattr(mod, "_non_persistent_buffers_set", set())
+        for local, t in mod.named_buffers(recurse=False):
+            if local not in skip:
+                yield dot + local, local, mod, t
+
+
+# ----------------------------------------------------------------- initialize
+
+
+def _orthogonal_into(target: torch.Tensor, gain: float) -> None:
+    """torch's orthogonal_, drawn in float32 when the target's dtype has no QR (half, bfloat16)."""
+    dtype = target.dtype if target.dtype in (torch.float32, torch.float64) else torch.float32
+    tmp = torch.empty(target.shape, dtype=dtype, device=target.device)
+    tinit.orthogonal_(tmp, gain=gain)
+    target.copy_(tmp)
+
+
+def _draw_weight(weight: torch.Tensor, name: str, p: dict[str, Any], pad: int | None) -> None:
+    if name == "orthogonal":
+        if pad is None:
+            _orthogonal_into(weight, float(p["gain"]))
+        else:
+            keep = [i for i in range(weight.size(0)) if i != pad % weight.size(0)]
+            sub = torch.empty((len(keep), *weight.shape[1:]), dtype=weight.dtype, device=weight.device)
+            _orthogonal_into(sub, float(p["gain"]))
+            weight[keep] = sub
+    elif name == "kaiming_normal":
+        tinit.kaiming_normal_(weight, a=p["a"], mode=p["mode"], nonlinearity=p["nonlinearity"])
+    elif name == "kaiming_uniform":
+        tinit.kaiming_uniform_(weight, a=p["a"], mode=p["mode"], nonlinearity=p["nonlinearity"])
+    elif name == "xavier_normal":
+        tinit.xavier_normal_(weight, gain=float(p["gain"]))
+    elif name == "xavier_uniform":
+        tinit.xavier_uniform_(weight, gain=float(p["gain"]))
+    elif name == "normal":
+        tinit.normal_(weight, mean=float(p["mean"]), std=float(p["std"]))
+    if pad is not None:
+        weight[pad].fill_(0)
+
+
+def initialize(module: nn.Module, name: str, **params: Any) -> nn.Module:
+    """Re-initialize every supported layer of ``module`` in place with strategy ``name``.
+
+    Draws from torch's global RNG, layer by layer in ``named_modules()`` order,
+    so a seed fixes W_0. Tensors without a rule are left untouched (and
+    :func:`check_initialization` will reject them). Returns ``module``.
+    """
+    p = _resolve(name, params)
+    with torch.no_grad():
+        for mod in module.modules():
+            if not isinstance(mod, _DENSE + _EMBEDDING + _NORM):
+                continue
+            if name == "pytorch_default" or isinstance(mod, _NORM):
+                mod.reset_parameters()  # exactly what the constructor did
+                continue
+            weight = mod.weight
+            if isinstance(weight, UninitializedParameter):
+                continue
+            _draw_weight(weight, name, p, getattr(mod, "padding_idx", None))
+            bias = getattr(mod, "bias", None)
+            if isinstance(bias, torch.Tensor) and not isinstance(bias, UninitializedParameter):
+                bias.zero_()
+    return module
+
+
+# ----------------------------------------------------------------- check
+
+
+def _dequantize(values: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """Spread each low-precision value uniformly over its rounding interval.
+
+    A continuous draw rounded to float16/bfloat16 sits on a coarse grid, which
+    a KS test on a large tensor detects as non-continuity; undoing the rounding
+    with (seeded) uniform noise restores a continuous sample of the draw.
+    """
+    fi = torch.finfo(dtype)
+    _, exp = np.frexp(values)
+    spacing = np.where(values == 0, fi.tiny * fi.eps, np.maximum(np.ldexp(fi.eps, exp - 1), fi.tiny * fi.eps))
+    rng = np.random.default_rng(0)
+    return values + (rng.random(values.shape) - 0.5) * spacing
+
+
+def _sphere_coordinate_cdf(d: int, gain: float) -> Callable[[np.ndarray], np.ndarray]:
+    """CDF of gain * (one coordinate of a uniform unit vector in R^d)."""
+    b = (d - 1) / 2.0
+
+    def cdf(x: np.ndarray) -> np.ndarray:
+        y = np.asarray(x, dtype=np.float64) / gain
+        return 0.5 + 0.5 * np.sign(y) * special.betainc(0.5, b, np.minimum(y * y, 1.0))
+
+    return cdf
+
+
+@dataclass
+class _KSJob:
+    index: int  # position of the placeholder in the layer list
+    values: np.ndarray
+    cdf: Callable[[np.ndarray], np.ndarray]
+    what: str
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).reshape(-1).numpy()
+
+
+def _constant_check(name: str, t: torch.Tensor, value: float) -> LayerCheck:
+    if t.numel() == 0:
+        return LayerCheck(name, "constant", 0.0, None, True, f"== {value} (empty)")
+    dev = (t.detach().cpu().to(torch.float64) - float(value)).abs().max().item()
+    passed = bool((t.detach() == value).all().item())
+    return LayerCheck(name, "constant", dev, None, passed, f"== {value}" + ("" if passed else f"; max |deviation| {dev:.3g}"))
+
+
+def _orthogonal_check(name: str, t: torch.Tensor, gain: float) -> tuple[LayerCheck, int]:
+    """Singular values of the (rows, cols) view vs gain; also returns d for the entries' KS."""
+    rows = t.size(0) if t.dim() else 1
+    cols = t.numel() // rows if rows else 0
+    if t.dim() < 2 or t.numel() == 0:
+        return LayerCheck(name, "orthogonal", None, None, t.dim() >= 2, "too small" if t.dim() >= 2 else "not a matrix"), 0
+    sv = np.linalg.svd(_to_numpy(t).reshape(rows, cols), compute_uv=False)
+    dev = float(np.abs(sv / gain - 1.0).max())
+    rtol = max(_SV_RTOL, 8 * torch.finfo(t.dtype).eps)
+    passed = dev <= rtol
+    detail = f"singular values in [{sv.min():.6g}, {sv.max():.6g}], expected {gain:g} (rtol {rtol:.1e})"
+    return LayerCheck(name, "orthogonal", dev, None, passed, detail), max(rows, cols)
+
+
+def check_initialization(
+    module: nn.Module, name: str, alpha: float = 0.01, bonferroni: bool = True, **params: Any,
+) -> InitCheck:
+    """Test whether the module's current parameters and buffers look freshly drawn from strategy ``name``.
+
+    Deterministic (no RNG is consumed). See the module docstring for the rules.
+    """
+    p = _resolve(name, params)
+    if not 0 < alpha < 1:
+        raise PoLError(f"alpha must be in (0, 1), not {alpha!r}")
+    layers: list[LayerCheck] = []
+    jobs: list[_KSJob] = []
+
+    def add_ks(label: str, t: torch.Tensor, cdf: Callable[[np.ndarray], np.ndarray], what: str) -> None:
+        if t.numel() < _MIN_KS:
+            layers.append(LayerCheck(label, "ks", None, None, True, "too small"))
+            return
+        values = _to_numpy(t)
+        if torch.finfo(t.dtype).eps > 2.0**-20:
+            values = _dequantize(values, t.dtype)
+        layers.append(LayerCheck(label, "ks", None, None, False, what))
+        jobs.append(_KSJob(len(layers) - 1, values, cdf, what))
+
+    for key, local, mod, tensor in _direct_tensors(module):
+        pieces = _rules(mod, local, tensor, name, p)
+        if isinstance(pieces, str):
+            layers.append(LayerCheck(key, "unsupported", None, None, False, pieces))
+            continue
+        for suffix, (kind, arg), t in pieces:
+            label = key + suffix
+            if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t.detach()).all().item()):
+                test = "constant" if kind == "constant" else "ks"
+                layers.append(LayerCheck(label, test, None, None, False, "non-finite values"))
+            elif kind == "constant":
+                layers.append(_constant_check(label, t, arg))
+            elif kind == "uniform":
+                add_ks(label, t, stats.uniform(loc=-arg, scale=2 * arg).cdf, f"U(-{arg:.6g}, {arg:.6g})")
+            elif kind == "normal":
+                add_ks(label, t, stats.norm(loc=arg[0], scale=arg[1]).cdf, f"N({arg[0]:.6g}, {arg[1]:.6g}^2)")
+            else:  # orthogonal
+                check, d = _orthogonal_check(label, t, arg)
+                layers.append(check)
+                if d >= 2:
+                    add_ks(label, t, _sphere_coordinate_cdf(d, arg), f"{arg:g} x coordinate of a uniform unit vector in R^{d}")
+
+    threshold = alpha / len(jobs) if bonferroni and jobs else alpha
+    for job in jobs:
+        res = stats.kstest(job.values, job.cdf)
+        p_value = float(res.pvalue)
+        passed = p_value >= threshold
+        layers[job.index] = LayerCheck(
+            layers[job.index].name, "ks", float(res.statistic), p_value, passed,
+            f"{job.what}; p={p_value:.3g} {'>=' if passed else '<'} {threshold:.3g}",
+        )
+    return InitCheck(name, all(c.passed for c in layers), float(alpha), bool(bonferroni), float(threshold), layers)
