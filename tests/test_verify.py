@@ -224,3 +224,54 @@ def test_training_sample_changed_after_training(pristine, monkeypatch):
     assert report.checks["data"]["passed"] is False
     assert report.checks["data"]["mismatched_samples"] == [123]
     assert "123" in report.checks["data"]["summary"]
+
+
+def test_learning_rate_that_differs_from_the_declared_schedule(proof):
+    reader = ProofReader(proof)
+    entry = next(c for c in reader.checkpoints if c["step"] == 64)
+    state = reader.load_checkpoint(entry)
+    state["optimizers"][0]["param_groups"][0]["lr"] *= 1e-6  # a "tiny learning rate" that was never declared
+    tensors, tree = encode_state(state)
+    (proof / entry["path"]).write_bytes(safetensors_bytes(tensors, {pf.CHECKPOINT_STATE_KEY: json.dumps(tree)}))
+    relist(proof, entry["path"])
+    report = verify_proof(proof, q=1, random=0)
+    assert not report.valid
+    check = report.checks["hyperparameters"]
+    assert check["passed"] is False and "checkpoint 64" in check["problems"][0]
+
+
+def test_full_data_flag_recomputes_every_leaf(pristine, monkeypatch):
+    import tests.unseen_project as project
+
+    original = project.NoisyDigits.__init__
+
+    def tampered(self, augment):
+        original(self, augment)
+        self.y[1500] = (self.y[1500] + 1) % 10
+
+    report = verify_proof(pristine, q=1, random=0, full_data=True)
+    assert report.valid and report.checks["data"]["full_dataset"]
+    monkeypatch.setattr(project.NoisyDigits, "__init__", tampered)
+    report = verify_proof(pristine, q=1, random=0, full_data=True)
+    assert report.checks["data"]["mismatched_samples"] == [1500]
+    assert "Merkle root differs" in " ".join(report.checks["data"]["problems"])
+
+
+def test_another_thread_count_is_reported_and_tolerant_mode_accepts_within_delta(pristine):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = verify_proof(pristine, q=1, random=0, match_threads=False, mode="auto", delta={"l2": 0.05, "linf": 0.05})
+    finally:
+        torch.set_num_threads(threads)
+    if threads == 1:
+        pytest.skip("the proof was made with one thread; nothing differs")
+    assert report.environment["matches"] is False
+    assert "torch_threads" in report.environment["differences"]
+    assert report.mode["effective"] == "tolerant"
+    assert report.valid, report.summary()
+    # another thread count sums in another order: real hardware noise, so not bit-exact
+    assert not all(s.bit_exact for s in report.segments)
+    assert all(0 <= s.distances["l2"] <= 0.05 for s in report.segments)
+    with pytest.raises(Exception, match="tolerant mode needs"):
+        verify_proof(pristine, mode="tolerant")
