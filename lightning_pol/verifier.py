@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -178,12 +179,11 @@ def _verify_content(verifier: PoLVerifierModule, reader: ProofReader, index_log:
     k = m["every_n_steps"]
     final = m["final_step"]
 
-    states: dict[int, dict[str, Any]] = {}
+    entries = {c["step"]: c for c in reader.checkpoints}
 
+    @functools.lru_cache(maxsize=3)  # walks over consecutive checkpoints; never the whole proof in memory
     def state(step: int) -> dict[str, Any]:
-        if step not in states:
-            states[step] = reader.load_checkpoint(next(c for c in reader.checkpoints if c["step"] == step))
-        return states[step]
+        return reader.load_checkpoint(entries[step])
 
     # -- initialization ------------------------------------------------------------
     _check_initialization(verifier, state(0), report)
@@ -211,7 +211,6 @@ def _verify_content(verifier: PoLVerifierModule, reader: ProofReader, index_log:
             seg.passed, seg.error = False, str(e)
         except Exception as e:  # the prover's module raised while replaying its own steps
             seg.passed, seg.error = False, f"replay failed: {type(e).__name__}: {e}".splitlines()[0]
-        states.pop(seg.start_step, None)
     if progress is not None:
         progress(len(mine), len(mine))
     report.segments = mine
@@ -380,14 +379,8 @@ def _select(verifier: PoLVerifierModule, steps: list[int], state: Callable[[int]
             n_random: int, seed: int, report: Report) -> list[Segment]:
     """Top-Q segments per epoch by update magnitude, plus ``n_random`` per epoch drawn from ``seed``."""
     by_epoch: dict[int, list[tuple[int, int, float]]] = {}
-    previous = None
     for a, b in zip(steps, steps[1:]):
-        if q > 0:
-            cur = state(b)["model"] if previous is None or previous[0] != b else previous[1]
-            magnitude = distances(state(a)["model"], cur)["l2"]
-            previous = (b, cur)
-        else:
-            magnitude = math.nan
+        magnitude = distances(state(a)["model"], state(b)["model"])["l2"] if q > 0 else math.nan
         by_epoch.setdefault(verifier.step_epoch(a), []).append((a, b, magnitude))
     rng = _random.Random(seed)
     chosen: list[Segment] = []
