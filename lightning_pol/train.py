@@ -1,0 +1,67 @@
+"""``python -m lightning_pol.train``: train the configured model with a Proof-of-Learning.
+
+Any group can be overridden: ``model=resnet20 data=fake_cifar10 init=kaiming_normal
+pol.every_n_steps=4 trainer.max_steps=12``. The proof goes to ``pol.dirpath``,
+relative to the run directory unless absolute. Exit 0 on success (and a valid
+proof with ``verify=true``), 1 for a rejected proof, 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lightning_pol.errors import PoLError
+from lightning_pol.init import initialize
+from lightning_pol.reader import ProofReader
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> int:
+    """Train as ``cfg`` says; returns the exit code."""
+    try:
+        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        init_params = OmegaConf.to_container(cfg.init.params) or {}
+        model = instantiate(cfg.model)
+        initialize(model, str(cfg.init.strategy), **init_params)
+        datamodule = instantiate(cfg.data)
+        dirpath = Path(cfg.pol.dirpath)
+        if not dirpath.is_absolute():
+            dirpath = Path(HydraConfig.get().runtime.output_dir) / dirpath
+        pol = instantiate(cfg.pol, dirpath=str(dirpath), init_strategy=str(cfg.init.strategy), init_params=init_params)
+        trainer = instantiate(cfg.trainer, callbacks=[pol])
+        trainer.fit(model, datamodule=datamodule)
+        proof = ProofReader(dirpath)
+    except (PoLError, OmegaConfBaseException, OSError, ImportError) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    size = sum(e["bytes"] for e in proof.manifest["files"].values())
+    print(f"proof: {dirpath.resolve()}")
+    print(f"size: {size / 1e6:.2f} MB, {len(proof.checkpoints)} checkpoints, final step {proof.manifest['final_step']}")
+    print(f"identity: {proof.identity}")
+    if not cfg.verify:
+        return 0
+    from lightning_pol.verify import REPORT, verify_with
+
+    return verify_with(cfg.verifier, dirpath, Path(HydraConfig.get().runtime.output_dir) / REPORT)
+
+
+@hydra.main(config_path=CONF, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    code = run(cfg)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The Hydra apps: every config composes, train and verify run end to end, and a 2-shard multirun merges."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from lightning_pol import ProofReader, verify_proof
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_train(*overrides: str, hydra_cfg: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra_cfg)
+
+
+@pytest.mark.parametrize("group", ["model", "data", "init", "trainer", "experiment"])
+def test_every_option_of_every_group_composes(group):
+    for name in options(group):
+        cfg = compose_train(f"{group}={name}")
+        assert cfg[group if group != "experiment" else "model"] is not None
+
+
+def test_experiments_are_the_papers_settings():
+    c10 = compose_train("experiment=paper_cifar10")
+    assert c10.model.net == "resnet20" and c10.data.name == "cifar10" and c10.data.batch_size == 128
+    assert (c10.model.momentum, c10.model.weight_decay, list(c10.model.milestones)) == (0.9, 1e-4, [100, 150])
+    assert c10.trainer.max_epochs == 200
+    c100 = compose_train("experiment=paper_cifar100")
+    assert c100.model.net == "resnet50_cifar" and c100.data.name == "cifar100" and c100.model.num_classes == 100
+    assert (c100.model.weight_decay, list(c100.model.milestones), c100.model.gamma) == (5e-4, [60, 120, 160], 0.2)
+
+
+@pytest.mark.parametrize("launcher, target", [("local", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
+def test_launchers_compose(launcher, target):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="verify", overrides=["proof_dir=x", f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+
+
+def run_app(app: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", f"lightning_pol.{app}", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    done = run_app("train", "trainer.max_epochs=2", "pol.every_n_steps=10", f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"proof: {run_dir / 'proof'}" in done.stdout
+    return run_dir / "proof"
+
+
+def test_train_app_proof_verifies_with_full_replay(trained):
+    reader = ProofReader(trained)
+    assert reader.manifest["module"]["class"] == "lightning_pol.zoo.digits_cnn:DigitsCNN"
+    assert [c["step"] for c in reader.checkpoints] == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]
+    report = verify_proof(trained, q=0)
+    assert report.valid and all(s.bit_exact for s in report.segments)
+
+
+def test_two_shard_joblib_multirun_merges_into_the_full_replay(trained, tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_app("verify", "--multirun", f"proof_dir={trained}", "verifier.q=0", "verifier.num_shards=2",
+                   "verifier.shard=0,1", "hydra/launcher=local", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    merged = json.loads((sweep / "verification.json").read_text())
+    shards = [json.loads((sweep / str(i) / "verification.json").read_text()) for i in (0, 1)]
+    assert merged["valid"] is True and all(not s["valid"] is False for s in shards)
+    single = verify_proof(trained, q=0)
+    assert [(s["start_step"], s["end_step"]) for s in merged["segments"]] == [(s.start_step, s.end_step) for s in single.segments]
+    assert {s["selection"]["seed"] for s in shards} == {merged["selection"]["seed"]}
+    assert len(shards[0]["segments"]) + len(shards[1]["segments"]) == len(merged["segments"])
+    assert set(merged) == set(single.to_dict())
+    assert "| verification.json |" in (sweep / "summary.md").read_text()
+
+
+def test_sweep_over_q_gives_a_report_per_job_and_a_summary(trained, tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_app("verify", "--multirun", f"proof_dir={trained}", "verifier.q=1,2", "verifier.random=0", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (sweep / "0" / "verification.json").exists() and (sweep / "1" / "verification.json").exists()
+    summary = (sweep / "summary.md").read_text()
+    assert summary.count("VALID") == 2 and "| 1 | 0 |" in summary and "| 2 | 0 |" in summary
+
+
+def test_resnet20_on_fake_cifar10_with_kaiming_normal(tmp_path):
+    run_dir = tmp_path / "run"
+    done = run_app("train", "model=resnet20", "data=fake_cifar10", "init=kaiming_normal", "trainer.max_steps=12",
+                   "pol.every_n_steps=4", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    reader = ProofReader(run_dir / "proof")
+    assert reader.manifest["init"]["strategy"] == "kaiming_normal"
+    report = verify_proof(run_dir / "proof", q=1, random=1)
+    assert report.checks["initialization"]["passed"] is True
+    assert report.valid, report.summary()
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    done = run_app("verify", f"proof_dir={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'v'}")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: no proof directory")
+    done = run_app("train", "data=cifar10", "data.root=" + str(tmp_path / "nodata"), "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 't'}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "download" in done.stderr.strip().splitlines()[-1]
