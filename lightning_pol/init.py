@@ -92,16 +92,11 @@ from torch.nn import init as tinit
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from lightning_pol.errors import PoLError
+from lightning_pol.proof_format import INIT_STRATEGIES
 
-STRATEGIES: tuple[str, ...] = (
-    "pytorch_default",
-    "kaiming_normal",
-    "kaiming_uniform",
-    "xavier_normal",
-    "xavier_uniform",
-    "orthogonal",
-    "normal",
-)
+#: The strategies a fresh start may declare: the format's public list, less ``warm_start``
+#: (a warm start is checked through its parent proof, not by a statistical test).
+STRATEGIES: tuple[str, ...] = tuple(s for s in INIT_STRATEGIES if s != "warm_start")
 
 _PARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     "pytorch_default": {},

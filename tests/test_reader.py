@@ -13,7 +13,7 @@ import pytest
 from lightning_pol import ProofFormatError, ProofReader
 from lightning_pol import proof_format as pf
 from lightning_pol.writer import manifest_bytes
-from tests.conftest import train_with_proof
+from tests.conftest import relist, train_with_proof
 from tests.unseen_project import UnseenDataModule, UnseenModule
 
 
@@ -35,18 +35,6 @@ def edit_manifest(proof, fn):
     m = json.loads((proof / pf.MANIFEST).read_text())
     fn(m)
     (proof / pf.MANIFEST).write_bytes(manifest_bytes(m))
-
-
-def relist(proof, rel):
-    data = (proof / rel).read_bytes()
-
-    def fn(m):
-        m["files"][rel] = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
-        for c in m["checkpoints"]:
-            if c["path"] == rel:
-                c["sha256"] = m["files"][rel]["sha256"]
-
-    edit_manifest(proof, fn)
 
 
 def test_pristine_proof_reads(proof):

@@ -19,7 +19,7 @@ from lightning_pol.distances import distances
 from lightning_pol.state_codec import encode_state
 from lightning_pol.verifier import verify_proof
 from lightning_pol.writer import manifest_bytes, safetensors_bytes
-from tests.conftest import train_with_proof
+from tests.conftest import relist, train_with_proof
 from tests.unseen_project import UnseenDataModule, UnseenModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,17 +37,6 @@ def proof(pristine, tmp_path):
     copy = tmp_path / "proof"
     shutil.copytree(pristine, copy)
     return copy
-
-
-def relist(proof: Path, rel: str) -> None:
-    """Update the manifest's digest of ``rel``, as a prover who controls every file would."""
-    m = json.loads((proof / pf.MANIFEST).read_text())
-    data = (proof / rel).read_bytes()
-    m["files"][rel] = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
-    for c in m["checkpoints"]:
-        if c["path"] == rel:
-            c["sha256"] = m["files"][rel]["sha256"]
-    (proof / pf.MANIFEST).write_bytes(manifest_bytes(m))
 
 
 def rewrite_model(proof: Path, step: int, model: dict[str, torch.Tensor]) -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_pol.zoo.classification import ClassificationSteps
 
 from lightning_pol.zoo.networks import build_network
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(ClassificationSteps):
     """Example::
 
         model = ImageClassifier(net="resnet20", num_classes=10)
@@ -42,19 +42,6 @@ class ImageClassifier(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True)
-        self.val_acc(logits, y)
-        self.log("val/acc", self.val_acc, prog_bar=True)
 
     def configure_optimizers(self):  # type: ignore[override]
         h = self.hparams

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_pol.zoo.classification import ClassificationSteps
 
-class DigitsCNN(pl.LightningModule):
+
+class DigitsCNN(ClassificationSteps):
     """Example::
 
         model = DigitsCNN(width=32, lr=0.05)
@@ -44,19 +44,6 @@ class DigitsCNN(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True)
-        self.val_acc(logits, y)
-        self.log("val/acc", self.val_acc, prog_bar=True)
 
     def configure_optimizers(self):  # type: ignore[override]
         h = self.hparams
