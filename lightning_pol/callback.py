@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
 from lightning_pol import proof_format as pf
+from lightning_pol.chain import parent_record, same_weights
 from lightning_pol.commitment import SAMPLE_ENCODING, TREE, compute_leaves, root_of
 from lightning_pol.errors import PoLError
 from lightning_pol.index_log import IndexLog
@@ -95,6 +96,10 @@ class ProofOfLearning(Callback):
         fsync: flush files to stable storage before renaming them into place.
         check_recreation: build ``Module(**hparams)`` on the meta device at fit
             start and compare its ``state_dict`` shapes with the live module.
+        parent: for ``init_strategy="warm_start"``, the proof whose final
+            weights W_0 is; the manifest records its identity and final
+            checkpoint digest, and fit refuses to start unless W_0 equals
+            those weights bit for bit.
     """
 
     def __init__(
@@ -107,13 +112,17 @@ class ProofOfLearning(Callback):
         overwrite: bool = False,
         fsync: bool = True,
         check_recreation: bool = True,
+        parent: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps <= 0:
             raise PoLError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
         if init_strategy not in pf.INIT_STRATEGIES:
             raise PoLError(f"unknown init_strategy {init_strategy!r}; choose one of {list(pf.INIT_STRATEGIES)}")
-        if init_strategy == "warm_start":
-            raise PoLError("init_strategy='warm_start' needs a parent proof (chain of trust), which this version cannot record yet")
+        if (init_strategy == "warm_start") != (parent is not None):
+            raise PoLError(
+                "a warm start names the proof of its weights: pass parent=PARENT_PROOF_DIR with init_strategy='warm_start'"
+                if parent is None else "parent= means W_0 comes from that proof: set init_strategy='warm_start'"
+            )
         if seed is not None and not 0 <= int(seed) < 2**63:
             raise PoLError(f"seed must be in [0, 2**63), got {seed}")
         self.dirpath = Path(dirpath)
@@ -124,6 +133,7 @@ class ProofOfLearning(Callback):
         self.overwrite = overwrite
         self.fsync = fsync
         self.check_recreation = check_recreation
+        self.parent = None if parent is None else Path(parent)
         self._reset_run_state()
 
     def _reset_run_state(self) -> None:
@@ -163,6 +173,15 @@ class ProofOfLearning(Callback):
             check_module_recreates(pl_module, self._specs["module"])
         dm = trainer.datamodule
         self._specs["datamodule"] = recreation_spec(dm, "LightningDataModule") if dm is not None else None
+        if self.parent is not None:
+            record, final = parent_record(self.parent)
+            differ = same_weights(pl_module.state_dict(), final)
+            if differ:
+                raise PoLError(
+                    f"W_0 is not the parent proof's final state ({len(differ)} tensors differ, e.g. {differ[0]!r}); "
+                    "load it with model.load_state_dict() before fit"
+                )
+            self._specs["parent"] = record
         if trainer.world_size > 1:
             raise PoLError("ProofOfLearning records single-process training only in this version (world_size > 1)")
         self._unpatch = patch_train_dataloader(trainer, lambda loader: self._instrument(trainer, loader))
@@ -323,6 +342,7 @@ class ProofOfLearning(Callback):
             "seed": self._seed_in_use,
             "every_n_steps": self.every_n_steps,
             "init": {"strategy": self.init_strategy, "params": encode_state(self.init_params)[1]},
+            "parent": self._specs.get("parent"),
             "module": self._specs["module"],
             "datamodule": self._specs["datamodule"],
             "training": self._training_settings(trainer, pl_module, size),

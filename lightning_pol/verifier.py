@@ -15,11 +15,13 @@ import numpy as np
 import torch
 
 from lightning_pol import proof_format as pf
+from lightning_pol.chain import find_parent, same_weights
 from lightning_pol.commitment import compute_leaves, root_of, sample_leaf
 from lightning_pol.distances import METRICS, distances
 from lightning_pol.errors import PoLError
 from lightning_pol.metadata import environment, import_path, resolve_import_path
 from lightning_pol.reader import ProofFormatError, ProofReader, parse_safetensors_header
+from lightning_pol.registry import Registry
 from lightning_pol.replay import PoLVerifierModule
 from lightning_pol.report import Report, Segment
 from lightning_pol.state_codec import decode_state
@@ -71,6 +73,9 @@ def verify_proof(
     accelerator: str = "cpu",
     match_threads: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    registry: str | os.PathLike[str] | Registry | None = None,
+    parents: str | os.PathLike[str] | None = None,
+    _chain: tuple[str, ...] = (),
 ) -> Report:
     """Verify the proof in ``proof_dir``; returns a :class:`~lightning_pol.report.Report`.
 
@@ -87,6 +92,11 @@ def verify_proof(
     tolerant with ``delta`` otherwise). ``num_shards``/``shard`` split the
     selected segments across jobs; every shard computes the same selection.
 
+    ``registry``: a :class:`~lightning_pol.registry.Registry` (or its path)
+    of verified proofs; a proof with a parent looks the parent up there, or
+    finds it (at its recorded path or under ``parents``) and verifies it with
+    the same settings. The result is recorded in the registry.
+
     Raises :class:`~lightning_pol.reader.ProofFormatError` only when the
     manifest itself is unusable; every other problem is a failed check.
     """
@@ -101,7 +111,13 @@ def verify_proof(
         raise PoLError("tolerant mode needs at least one threshold, e.g. verifier.delta.l2=1e-4")
     seed = int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else int(seed)
 
+    if registry is not None and not isinstance(registry, Registry):
+        registry = Registry(registry)
+    settings = dict(q=q, random=random, seed=seed, mode=mode, delta=delta, d_ref=d_ref, full_data=full_data,
+                    accelerator=accelerator, match_threads=match_threads, registry=registry, parents=parents)
     reader = ProofReader(proof_dir)
+    if reader.identity in _chain or len(_chain) > 64:
+        raise ProofFormatError("the chain of parent proofs loops or is deeper than 64")
     m = reader.manifest
     report = Report(proof_dir=str(proof_dir), proof_identity=reader.identity, valid=False)
     prover_env = m.get("environment") if isinstance(m.get("environment"), dict) else {}
@@ -120,12 +136,81 @@ def verify_proof(
         if differs and effective == "exact":
             report.reasons.append(f"the verifier's environment differs from the proof's ({', '.join(differs)}); exact replay may fail")
         _verify(reader, report, q, random, seed, effective, delta, d_ref, full_data, num_shards, shard, accelerator, progress)
+        _check_chain(reader, report, settings, _chain + (reader.identity,))
     finally:
         torch.set_num_threads(threads_before)
     report.valid = all(c.get("passed") is not False for c in report.checks.values()) and all(
-        c.get("passed") is True for name, c in report.checks.items() if name in ("integrity", "initialization", "data", "replay")
+        c.get("passed") is True for name, c in report.checks.items() if name in ("integrity", "initialization", "data", "replay", "chain")
     )
+    report.checks["chain"]["vsr"] = _vsr(report) * report.checks["chain"].pop("parent_vsr", 1.0)
+    if registry is not None and num_shards == 1 and report.checks.get("integrity", {}).get("passed"):
+        final = reader.checkpoints[-1]["sha256"] if reader.checkpoints else ""
+        registry.record(reader.identity, final, report.valid, report.checks["chain"]["vsr"],
+                        {"q": q, "random": random, "seed": seed, "mode": mode, "delta": delta,
+                         "chain": report.checks["chain"]["proofs"]}, report.environment.get("verifier", {}))
     return report
+
+
+def _vsr(report: Report) -> float:
+    """Per-proof verification success rate: see docs/verification.md ("Chain of trust")."""
+    checks = [c for name, c in report.checks.items() if name not in ("replay", "chain")]
+    if any(c.get("passed") is False for c in checks):
+        return 0.0
+    if not report.segments:
+        return 1.0 if report.checks.get("replay", {}).get("passed") else 0.0
+    return sum(1 for s in report.segments if s.passed) / len(report.segments)
+
+
+def _check_chain(reader: ProofReader, report: Report, settings: dict[str, Any], chain: tuple[str, ...]) -> None:
+    """W_0 of a warm start must be its parent's final state, and the parent must be valid (registry or verification)."""
+    parent = reader.manifest.get("parent")
+    if not parent:
+        report.checks["chain"] = {"passed": True, "proofs": [reader.identity], "parent_from_registry": None,
+                                  "summary": "fresh start, no parent"}
+        return
+    check: dict[str, Any] = {"passed": False, "proofs": [reader.identity], "parent_from_registry": False}
+    report.checks["chain"] = check
+    problems: list[str] = []
+    if not isinstance(parent, dict) or not isinstance(parent.get("identity"), str):
+        problems.append("the manifest's parent entry is malformed")
+    elif report.checks.get("integrity", {}).get("passed"):
+        preader = find_parent(reader, settings["parents"])
+        if preader is None:
+            problems.append(f"the parent proof {parent['identity'][:16]}... was not found (pass parents=DIR)")
+        else:
+            try:
+                final = preader.checkpoints[-1]
+                if final["sha256"] != parent.get("final_checkpoint_sha256"):
+                    problems.append("the parent's final checkpoint is not the one the proof names")
+                w0 = reader.load_checkpoint(reader.checkpoints[0])["model"]
+                differ = same_weights(w0, preader.load_checkpoint(final)["model"])
+                if differ:
+                    problems.append(f"W_0 is not the parent's final state ({len(differ)} tensors differ, e.g. {differ[0]})")
+                registry = settings["registry"]
+                record = registry.lookup(preader.identity) if registry is not None else None
+                if record is not None and record["valid"] and record["final_digest"] == final["sha256"]:
+                    check["parent_from_registry"] = True
+                    check["proofs"] += list(record["settings"].get("chain") or [preader.identity])
+                    check["parent_vsr"] = float(record["vsr"])
+                else:
+                    sub = verify_proof(preader.root, num_shards=1, shard=0, _chain=chain, **settings)
+                    check["proofs"] += sub.checks["chain"]["proofs"]
+                    check["parent_vsr"] = sub.checks["chain"]["vsr"]
+                    check["parent_report"] = {"valid": sub.valid, "reasons": sub.reasons}
+                    if not sub.valid:
+                        problems.append(f"the parent proof is not valid: {(sub.reasons or ['rejected'])[0]}")
+            except ProofFormatError as e:
+                problems.append(f"the parent proof is unusable: {e}")
+    else:
+        problems.append("integrity failed; the chain was not followed")
+    check["passed"] = not problems
+    check["problems"] = problems
+    check["summary"] = f"chain of {len(check['proofs'])} proofs" + (" (parent from registry)" if check["parent_from_registry"] else "") if not problems else problems[0]
+    report.reasons.extend(problems[:2])
+    init = report.checks.get("initialization")
+    if init is not None and init.get("strategy") == "warm_start":
+        report.checks["initialization"] = {"passed": check["passed"], "strategy": "warm_start",
+                                           "summary": "W_0 is the parent's final state" if check["passed"] else check["summary"]}
 
 
 def _verify(reader: ProofReader, report: Report, q: int, n_random: int, seed: int, mode: str, delta: dict[str, float],
@@ -252,7 +337,8 @@ def _check_initialization(verifier: PoLVerifierModule, w0: dict[str, Any], repor
 
         params = decode_state({}, declared.get("params") or {})
         if name == "warm_start":
-            raise PoLError("the proof claims a warm start, but chains of trust are not supported yet")
+            report.checks["initialization"] = {"passed": None, "strategy": name, "summary": "checked through the chain"}
+            return
         module = verifier.make_module()
         module.load_state_dict(w0["model"])
         result = init_registry.check_initialization(module, name, **params)

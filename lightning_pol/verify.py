@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -28,7 +29,8 @@ ERROR = "verification.error.json"
 SHARED_SEED = "verifier_seed.txt"
 
 
-def verify_with(v: DictConfig, proof_dir: str | Path, out: Path, seed: int | None = None) -> int:
+def verify_with(v: DictConfig, proof_dir: str | Path, out: Path, seed: int | None = None,
+                registry: str | None = None, parents: str | None = None) -> int:
     """Verify with the ``verifier`` config group ``v``, write the report to ``out``; returns the exit code."""
     try:
         proof_dir = Path(proof_dir)
@@ -47,9 +49,10 @@ def verify_with(v: DictConfig, proof_dir: str | Path, out: Path, seed: int | Non
             proof_dir, q=int(v.q), random=int(v.random), seed=v.seed if v.seed is not None else seed, mode=str(v.mode),
             delta=delta, full_data=bool(v.full_data), num_shards=int(v.num_shards), shard=int(v.shard),
             accelerator=str(v.accelerator), match_threads=bool(v.match_threads), progress=progress,
+            registry=registry, parents=parents,
         )
         bar.close()
-    except (PoLError, OmegaConfBaseException, OSError) as e:
+    except (PoLError, OmegaConfBaseException, OSError, sqlite3.Error) as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {message}", file=sys.stderr)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,14 +71,15 @@ def run(cfg: DictConfig) -> int:
     try:
         proof_dir = str(cfg.proof_dir)
         report = cfg.report
+        chain = {"registry": cfg.get("registry"), "parents": cfg.get("parents")}
     except OmegaConfBaseException as e:
         print(f"error: {str(e).splitlines()[0]} (pass proof_dir=DIR)", file=sys.stderr)
         return 2
     if hc.mode == RunMode.MULTIRUN:
         seed_file = Path(hc.sweep.dir) / SHARED_SEED
         seed = int(seed_file.read_text()) if seed_file.exists() else None
-        return verify_with(cfg.verifier, proof_dir, job_dir / REPORT, seed)
-    return verify_with(cfg.verifier, proof_dir, Path(report) if report else job_dir / REPORT)
+        return verify_with(cfg.verifier, proof_dir, job_dir / REPORT, seed, **chain)
+    return verify_with(cfg.verifier, proof_dir, Path(report) if report else job_dir / REPORT, **chain)
 
 
 @hydra.main(config_path=CONF, config_name="verify", version_base="1.3")
