@@ -176,3 +176,16 @@ def test_concurrent_writers_lose_no_record(tmp_path):
     for t in threads:
         t.join()
     assert Registry(db).count() == 200
+
+
+def test_chain_of_three(family, tmp_path):
+    _, parent, child, _ = family
+    child_final = ProofReader(child)
+    pl.seed_everything(3, verbose=False)
+    grandchild_model = DigitsCNN()
+    grandchild_model.load_state_dict(child_final.load_checkpoint(child_final.checkpoints[-1])["model"])
+    grandchild = train(tmp_path / "grandchild", grandchild_model, 1, init_strategy="warm_start", parent=child)
+    report = verify_proof(grandchild, q=1, random=0, registry=tmp_path / "r.sqlite")
+    assert report.valid, report.summary()
+    assert report.checks["chain"]["proofs"] == [ProofReader(p).identity for p in (grandchild, child, parent)]
+    assert report.checks["chain"]["vsr"] == 1.0
