@@ -169,8 +169,9 @@ class PoLVerifierModule:
     captured it.
     """
 
-    def __init__(self, reader: ProofReader, accelerator: str = "cpu") -> None:
+    def __init__(self, reader: ProofReader, accelerator: str = "cpu", deterministic: bool | None = None) -> None:
         self.reader = reader
+        self.deterministic = deterministic
         self.manifest = reader.manifest
         self.seed = int(self.manifest["seed"])
         self.accelerator = accelerator
@@ -242,7 +243,7 @@ class PoLVerifierModule:
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
-            deterministic=bool(t.get("deterministic")) or None,
+            deterministic=self.deterministic if self.deterministic is not None else (bool(t.get("deterministic")) or None),
         )
 
     def _loops_state(self, trainer: pl.Trainer, step: int, epoch: int, batch_idx: int) -> dict[str, Any]:

@@ -75,6 +75,7 @@ def verify_proof(
     progress: Callable[[int, int], None] | None = None,
     registry: str | os.PathLike[str] | Registry | None = None,
     parents: str | os.PathLike[str] | None = None,
+    calibration: str | os.PathLike[str] | None = None,
     _chain: tuple[str, ...] = (),
 ) -> Report:
     """Verify the proof in ``proof_dir``; returns a :class:`~lightning_pol.report.Report`.
@@ -92,6 +93,10 @@ def verify_proof(
     tolerant with ``delta`` otherwise). ``num_shards``/``shard`` split the
     selected segments across jobs; every shard computes the same selection.
 
+    ``calibration``: a file written by ``python -m lightning_pol.reproduce``;
+    its d_ref normalizes the distances and its δ is used when ``delta`` is
+    not given.
+
     ``registry``: a :class:`~lightning_pol.registry.Registry` (or its path)
     of verified proofs; a proof with a parent looks the parent up there, or
     finds it (at its recorded path or under ``parents``) and verifies it with
@@ -104,6 +109,12 @@ def verify_proof(
         raise PoLError(f"bad verifier settings: q={q}, random={random}, num_shards={num_shards}, shard={shard}")
     if mode not in ("auto", "exact", "tolerant"):
         raise PoLError(f"verifier mode must be auto, exact or tolerant, not {mode!r}")
+    if calibration is not None:  # from python -m lightning_pol.reproduce: its d_ref, and its δ unless one is given
+        from lightning_pol.reproducibility import read_calibration
+
+        cal = read_calibration(calibration)
+        d_ref = d_ref or cal["d_ref"]
+        delta = delta or cal["delta"]
     delta = {k: float(v) for k, v in (delta or {}).items() if v is not None}
     if set(delta) - set(METRICS):
         raise PoLError(f"delta names unknown metrics {sorted(set(delta) - set(METRICS))}; use {list(METRICS)}")
@@ -113,7 +124,7 @@ def verify_proof(
 
     if registry is not None and not isinstance(registry, Registry):
         registry = Registry(registry)
-    settings = dict(q=q, random=random, seed=seed, mode=mode, delta=delta, d_ref=d_ref, full_data=full_data,
+    settings = dict(q=q, random=random, seed=seed, mode=mode, delta=delta, d_ref=d_ref, full_data=full_data, calibration=None,
                     accelerator=accelerator, match_threads=match_threads, registry=registry, parents=parents)
     reader = ProofReader(proof_dir)
     if reader.identity in _chain or len(_chain) > 64:

@@ -49,7 +49,7 @@ def verify_with(v: DictConfig, proof_dir: str | Path, out: Path, seed: int | Non
             proof_dir, q=int(v.q), random=int(v.random), seed=v.seed if v.seed is not None else seed, mode=str(v.mode),
             delta=delta, full_data=bool(v.full_data), num_shards=int(v.num_shards), shard=int(v.shard),
             accelerator=str(v.accelerator), match_threads=bool(v.match_threads), progress=progress,
-            registry=registry, parents=parents,
+            registry=registry, parents=parents, calibration=v.get("calibration"),
         )
         bar.close()
     except (PoLError, OmegaConfBaseException, OSError, sqlite3.Error) as e:
