@@ -70,3 +70,20 @@ def relist(proof: Path, rel: str) -> None:
         if c["path"] == rel:
             c["sha256"] = m["files"][rel]["sha256"]
     (proof / pf.MANIFEST).write_bytes(manifest_bytes(m))
+
+
+class _Boom:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def pickle_bomb(marker: Path) -> bytes:
+    """A pickle that creates ``marker`` when loaded: a proof file must never be unpickled."""
+    import pickle
+
+    return pickle.dumps(_Boom(marker))

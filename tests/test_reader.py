@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import struct
 
@@ -13,7 +12,7 @@ import pytest
 from lightning_pol import ProofFormatError, ProofReader
 from lightning_pol import proof_format as pf
 from lightning_pol.writer import manifest_bytes
-from tests.conftest import relist, train_with_proof
+from tests.conftest import pickle_bomb, relist, train_with_proof
 from tests.unseen_project import UnseenDataModule, UnseenModule
 
 
@@ -57,13 +56,8 @@ def test_flipped_byte_is_a_digest_mismatch(proof):
 
 def test_pickle_in_place_of_a_checkpoint_is_never_loaded(proof, tmp_path):
     marker = tmp_path / "pwned"
-
-    class Boom:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     rel = pf.checkpoint_path(4)
-    (proof / rel).write_bytes(pickle.dumps(Boom()))
+    (proof / rel).write_bytes(pickle_bomb(marker))
     relist(proof, rel)
     reader = ProofReader(proof)
     with pytest.raises(ProofFormatError):

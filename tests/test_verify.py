@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from lightning_pol.distances import distances
 from lightning_pol.state_codec import encode_state
 from lightning_pol.verifier import verify_proof
 from lightning_pol.writer import manifest_bytes, safetensors_bytes
-from tests.conftest import relist, train_with_proof
+from tests.conftest import pickle_bomb, relist, train_with_proof
 from tests.unseen_project import UnseenDataModule, UnseenModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,13 +165,8 @@ def test_w0_replaced_by_trained_weights_fails_initialization(proof):
 
 def test_pickle_checkpoint_is_rejected_and_never_run(proof, tmp_path):
     marker = tmp_path / "pwned"
-
-    class Boom:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     rel = pf.checkpoint_path(64)
-    (proof / rel).write_bytes(pickle.dumps(Boom()))
+    (proof / rel).write_bytes(pickle_bomb(marker))
     relist(proof, rel)
     done = cli(f"proof_dir={proof}")
     assert done.returncode in (1, 2) and "Traceback" not in done.stderr
