@@ -79,8 +79,10 @@ class IndexLog:
 
     def micro_batches(self, t: int) -> list[list[int]]:
         """The micro-batches of step ``t``, in training order."""
-        lo, hi = int(self.offsets[t]), int(self.offsets[t + 1])
-        bounds = [b for b in self.batch_offsets.tolist() if lo <= b <= hi]
+        lo, hi = self.offsets[t], self.offsets[t + 1]
+        first = int(torch.searchsorted(self.batch_offsets, lo))
+        last = int(torch.searchsorted(self.batch_offsets, hi))
+        bounds = self.batch_offsets[first : last + 1].tolist()
         return [self.indices[a:b].tolist() for a, b in zip(bounds, bounds[1:])]
 
     def batches_before(self, t: int) -> int:

@@ -119,6 +119,12 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     cov["replayed_steps"] = sum(s["end_step"] - s["start_step"] for s in merged["segments"])
     cov["measured"] = _measured_coverage(first["proof_dir"], merged["segments"], cov.get("measured"))
     merged["valid"] = all(r["valid"] for r in reports)
+    chain = merged["checks"].get("chain")
+    if chain is not None:  # the VSR over all shards' segments, times the parent chain's
+        others = [c for name, c in merged["checks"].items() if name not in ("replay", "chain")]
+        segs = merged["segments"]
+        own = 0.0 if any(c.get("passed") is False for c in others) else (sum(1 for x in segs if x.get("passed")) / len(segs) if segs else 1.0)
+        chain["vsr"] = own * float(chain.get("parent_vsr", 1.0))
     return merged
 
 
@@ -130,5 +136,5 @@ def _measured_coverage(proof_dir: str, segments: list[dict[str, Any]], fallback:
         log = reader.index_log()
         seen = {int(i) for s in segments for t in range(s["start_step"], s["end_step"]) for i in log.step(t).tolist()}
         return len(seen) / max(1, reader.manifest["data"]["size"])
-    except (ProofFormatError, OSError):
+    except (ProofFormatError, OSError, ValueError):
         return fallback

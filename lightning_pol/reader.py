@@ -36,6 +36,11 @@ class ProofFormatError(PoLError, ValueError):
     """The proof is malformed, tampered with, or not a proof at all."""
 
 
+def _int(value: Any, minimum: int = 0) -> bool:
+    """A JSON integer (not a bool) of at least ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def _open_regular(root: Path, rel: str) -> Path:
     """Resolve ``rel`` inside ``root`` without following any symlink."""
     if not pf.is_safe_relative_path(rel):
@@ -137,8 +142,7 @@ class ProofReader:
                 not isinstance(entry, dict)
                 or not isinstance(entry.get("sha256"), str)
                 or len(entry["sha256"]) != 64
-                or not isinstance(entry.get("bytes"), int)
-                or entry["bytes"] < 0
+                or not _int(entry.get("bytes"))
             ):
                 raise ProofFormatError(f"bad file entry for {rel}")
         ckpts = m.get("checkpoints")
@@ -146,7 +150,7 @@ class ProofReader:
             raise ProofFormatError("manifest has no checkpoint list")
         last = -1
         for c in ckpts:
-            if not isinstance(c, dict) or not isinstance(c.get("step"), int) or not isinstance(c.get("epoch"), int):
+            if not isinstance(c, dict) or not _int(c.get("step")) or not _int(c.get("epoch")) or not isinstance(c.get("path"), str):
                 raise ProofFormatError("bad checkpoint entry")
             if c["step"] <= last:
                 raise ProofFormatError("checkpoint steps are not strictly increasing")
@@ -154,19 +158,49 @@ class ProofReader:
             if c.get("path") not in files or files[c["path"]]["sha256"] != c.get("sha256"):
                 raise ProofFormatError(f"checkpoint at step {c['step']} is not listed with a matching digest")
         for key in ("every_n_steps", "seed"):
-            if not isinstance(m.get(key), int) or m[key] < (1 if key == "every_n_steps" else 0):
+            if not _int(m.get(key), 1 if key == "every_n_steps" else 0):
                 raise ProofFormatError(f"manifest field {key} is missing or invalid")
         chunks = m.get("index_log")
         if not isinstance(chunks, list):
             raise ProofFormatError("manifest has no index log")
         expected = 0
         for c in chunks:
-            if not isinstance(c, dict) or c.get("path") not in files or c.get("first_step") != expected:
+            if not isinstance(c, dict) or not isinstance(c.get("path"), str) or c["path"] not in files or c.get("first_step") != expected:
                 raise ProofFormatError("index log chunks are missing, unlisted or out of order")
-            if not isinstance(c.get("steps"), int) or c["steps"] < 0:
+            if not _int(c.get("steps")):
                 raise ProofFormatError("bad index log chunk")
             expected += c["steps"]
+        ProofReader._validate_fields(m)
         return m
+
+    @staticmethod
+    def _validate_fields(m: dict[str, Any]) -> None:
+        """Types of the fields the verifier and the replay read, so none reaches them malformed."""
+        data = m.get("data")
+        if not isinstance(data, dict) or not _int(data.get("size")) or not isinstance(data.get("leaves"), str) or not isinstance(data.get("root"), str):
+            raise ProofFormatError("manifest field data is missing or invalid")
+        for key in ("training", "environment", "init"):
+            if not isinstance(m.get(key), dict):
+                raise ProofFormatError(f"manifest field {key} is missing or invalid")
+        for key, required in (("module", True), ("datamodule", False)):
+            spec = m.get(key)
+            if spec is None and not required:
+                continue
+            if not isinstance(spec, dict) or not isinstance(spec.get("class"), str) or not isinstance(spec.get("hparams"), dict):
+                raise ProofFormatError(f"manifest field {key} is missing or invalid")
+        if m.get("final_step") is not None and not _int(m["final_step"]):
+            raise ProofFormatError("manifest field final_step is invalid")
+        if m.get("parent") is not None and not isinstance(m["parent"], dict):
+            raise ProofFormatError("manifest field parent is invalid")
+        runs = m.get("sample_epochs")
+        if not isinstance(runs, list) or not all(isinstance(r, list) and len(r) == 2 and _int(r[0]) and _int(r[1]) for r in runs):
+            raise ProofFormatError("manifest field sample_epochs is missing or invalid")
+        if any(b[0] <= a[0] for a, b in zip(runs, runs[1:])):
+            raise ProofFormatError("manifest field sample_epochs is not in step order")
+        training = m["training"]
+        for key in ("steps_per_epoch", "accumulate_grad_batches"):
+            if training.get(key) is not None and not _int(training[key], 1):
+                raise ProofFormatError(f"manifest field training.{key} is invalid")
 
     @property
     def checkpoints(self) -> list[dict[str, Any]]:
@@ -217,12 +251,12 @@ class ProofReader:
 
     def read_tensors(self, rel: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         data = self.read_file(rel)
-        parse_safetensors_header(data, rel)
+        _, metadata = parse_safetensors_header(data, rel)
         try:
             tensors = safetensors_load(data)
         except Exception as e:  # safetensors raises its own error types
             raise ProofFormatError(f"{rel}: unreadable safetensors ({e})") from None
-        return tensors, parse_safetensors_header(data, rel)[1]
+        return tensors, metadata
 
     # -- typed content ---------------------------------------------------------------
     def load_checkpoint(self, entry: dict[str, Any]) -> dict[str, Any]:
@@ -256,8 +290,8 @@ class ProofReader:
                 raise ProofFormatError(f"{chunk['path']}: holds {part.steps} steps, the manifest says {chunk['steps']}")
             parts.append(part)
         log = IndexLog.concat(parts)
-        size = self.manifest.get("data", {}).get("size")
-        if len(log.indices) and isinstance(size, int) and (log.indices.min() < 0 or log.indices.max() >= size):
+        size = self.manifest["data"]["size"]
+        if len(log.indices) and (log.indices.min() < 0 or log.indices.max() >= size):
             raise ProofFormatError("index log holds indices outside the dataset")
         return log
 

@@ -169,14 +169,16 @@ class PoLVerifierModule:
     captured it.
     """
 
-    def __init__(self, reader: ProofReader, accelerator: str = "cpu", deterministic: bool | None = None) -> None:
+    def __init__(
+        self, reader: ProofReader, accelerator: str = "cpu", deterministic: bool | None = None, index_log: IndexLog | None = None
+    ) -> None:
         self.reader = reader
         self.deterministic = deterministic
         self.manifest = reader.manifest
         self.seed = int(self.manifest["seed"])
         self.accelerator = accelerator
         self.training = decode_state({}, self.manifest["training"])
-        self.log: IndexLog = reader.index_log()
+        self.log: IndexLog = index_log if index_log is not None else reader.index_log()
         self._module_cls = self._resolve(self.manifest["module"], "module")
         dm = self.manifest.get("datamodule")
         self._dm_cls = self._resolve(dm, "datamodule") if dm is not None else None
@@ -296,15 +298,18 @@ class PoLVerifierModule:
             raise ReplayError("the module's configure_optimizers could not be run")
         return callback.captured
 
-    def replay(self, start: int, end: int) -> dict[str, Any]:
-        """Re-run steps [start, end) from checkpoint ``start``; returns the state at step ``end``."""
+    def replay(self, start: int, end: int, start_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Re-run steps [start, end) from checkpoint ``start``; returns the state at step ``end``.
+
+        ``start_state``: the decoded checkpoint, when the caller has already loaded it.
+        """
         entries = {c["step"]: c for c in self.reader.checkpoints}
         if start not in entries:
             raise ReplayError(f"the proof has no checkpoint at step {start}")
         final = end == self.manifest.get("final_step")
         if end > self.log.steps or (not final and end >= self.log.steps):
             raise ReplayError(f"the index log does not reach step {end}")
-        state = self.reader.load_checkpoint(entries[start])
+        state = start_state if start_state is not None else self.reader.load_checkpoint(entries[start])
         progress = state["progress"]
         batch_idx = progress.get("batch_idx")
         if not isinstance(batch_idx, int) or batch_idx < 0:

@@ -153,7 +153,7 @@ def verify_proof(
     report.valid = all(c.get("passed") is not False for c in report.checks.values()) and all(
         c.get("passed") is True for name, c in report.checks.items() if name in ("integrity", "initialization", "data", "replay", "chain")
     )
-    report.checks["chain"]["vsr"] = _vsr(report) * report.checks["chain"].pop("parent_vsr", 1.0)
+    report.checks["chain"]["vsr"] = _vsr(report) * report.checks["chain"].setdefault("parent_vsr", 1.0)
     if registry is not None and num_shards == 1 and report.checks.get("integrity", {}).get("passed"):
         final = reader.checkpoints[-1]["sha256"] if reader.checkpoints else ""
         registry.record(reader.identity, final, report.valid, report.checks["chain"]["vsr"],
@@ -190,6 +190,8 @@ def _check_chain(reader: ProofReader, report: Report, settings: dict[str, Any], 
             problems.append(f"the parent proof {parent['identity'][:16]}... was not found (pass parents=DIR)")
         else:
             try:
+                if preader.manifest.get("status") != pf.STATUS_COMPLETE or not preader.checkpoints:
+                    raise ProofFormatError("the parent proof is not complete")
                 final = preader.checkpoints[-1]
                 if final["sha256"] != parent.get("final_checkpoint_sha256"):
                     problems.append("the parent's final checkpoint is not the one the proof names")
@@ -229,7 +231,9 @@ def _verify(reader: ProofReader, report: Report, q: int, n_random: int, seed: in
             progress: Callable[[int, int], None] | None) -> None:
     m = reader.manifest
     # -- integrity ---------------------------------------------------------------
-    problems = [p for p in reader.verify_files() if not p.startswith("unlisted file")]
+    found = reader.verify_files()
+    unlisted = [p.removeprefix("unlisted file: ") for p in found if p.startswith("unlisted file")]
+    problems = [p for p in found if not p.startswith("unlisted file")]
     steps = [c["step"] for c in reader.checkpoints]
     final = m.get("final_step")
     if m.get("status") != pf.STATUS_COMPLETE:
@@ -239,8 +243,8 @@ def _verify(reader: ProofReader, report: Report, q: int, n_random: int, seed: in
     if not isinstance(final, int) or not steps or steps[-1] != final:
         problems.append(f"the last checkpoint is not at the final step {final}")
     k = m["every_n_steps"]
-    if steps and any(s % k for s in steps[1:-1]):
-        problems.append(f"checkpoints are not every k={k} steps")
+    if isinstance(final, int) and steps and steps != sorted(set(range(0, final, k)) | {final}):
+        problems.append(f"checkpoints are missing: the proof needs one at 0, every k={k} steps and at {final}")
     log_steps = None
     if not problems:
         try:  # a checkpoint that does not parse is caught where it is first loaded (below)
@@ -250,13 +254,14 @@ def _verify(reader: ProofReader, report: Report, q: int, n_random: int, seed: in
                 problems.append(f"the index log holds {log_steps} steps, the proof claims {final}")
         except ProofFormatError as e:
             problems.append(str(e))
-    report.checks["integrity"] = {"passed": not problems, "problems": problems,
+    # Files the manifest does not list are not part of the proof; they are reported, and nothing reads them.
+    report.checks["integrity"] = {"passed": not problems, "problems": problems, "unlisted": unlisted,
                                   "summary": "all files match the manifest" if not problems else problems[0]}
     if problems:
         report.reasons.extend(problems[:3])
         return
     # Raises (unusable input, exit 2) when this machine cannot import the proof's classes.
-    verifier = PoLVerifierModule(reader, accelerator=accelerator)
+    verifier = PoLVerifierModule(reader, accelerator=accelerator, index_log=index_log)
     try:
         _verify_content(verifier, reader, index_log, steps, report, q, n_random, seed, mode, delta, d_ref, full_data,
                         num_shards, shard, progress)
@@ -294,7 +299,7 @@ def _verify_content(verifier: PoLVerifierModule, reader: ProofReader, index_log:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                got = verifier.replay(seg.start_step, seg.end_step)
+                got = verifier.replay(seg.start_step, seg.end_step, start_state=state(seg.start_step))
             target = state(seg.end_step)
             seg.distances = distances(got["model"], target["model"])
             if d_ref:

@@ -52,7 +52,8 @@ def verify_with(v: DictConfig, proof_dir: str | Path, out: Path, seed: int | Non
             registry=registry, parents=parents, calibration=v.get("calibration"),
         )
         bar.close()
-    except (PoLError, OmegaConfBaseException, OSError, sqlite3.Error) as e:
+    except (PoLError, OmegaConfBaseException, OSError, sqlite3.Error, ValueError, TypeError, KeyError) as e:
+        # Everything a hostile proof could provoke ends here as one line, never a traceback.
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {message}", file=sys.stderr)
         out.parent.mkdir(parents=True, exist_ok=True)

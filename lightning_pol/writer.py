@@ -82,6 +82,7 @@ class ProofWriter:
         self.fsync = fsync
         self._dropped: list[str] = []
         self.manifest.setdefault("files", {})
+        self._bytes = sum(e["bytes"] for e in self.manifest["files"].values())
 
     # -- opening ---------------------------------------------------------------
     @staticmethod
@@ -164,6 +165,8 @@ class ProofWriter:
             raise ValueError(f"unsafe proof path {rel!r}")
         atomic_write(self.root / rel, data, self.fsync)
         entry = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
+        old = self.manifest["files"].get(rel)
+        self._bytes += len(data) - (old["bytes"] if old else 0)
         self.manifest["files"][rel] = entry
         if rel in self._dropped:
             self._dropped.remove(rel)
@@ -171,7 +174,9 @@ class ProofWriter:
 
     def drop(self, rel: str) -> None:
         """Unlist ``rel``; the file is deleted after the next commit."""
-        if self.manifest["files"].pop(rel, None) is not None:
+        entry = self.manifest["files"].pop(rel, None)
+        if entry is not None:
+            self._bytes -= entry["bytes"]
             self._dropped.append(rel)
 
     def commit(self) -> str:
@@ -185,4 +190,5 @@ class ProofWriter:
 
     @property
     def total_bytes(self) -> int:
-        return sum(e["bytes"] for e in self.manifest["files"].values())
+        """Bytes of the listed files (kept as a running total: the progress bar reads it every batch)."""
+        return self._bytes
