@@ -119,3 +119,23 @@ def test_index_log_out_of_range_is_refused(proof):
     edit_manifest(proof, lambda m: m["data"].update(size=5))
     with pytest.raises(ProofFormatError, match="outside the dataset"):
         ProofReader(proof).index_log()
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda m: m.update(data=None), "data is missing or invalid"),
+        (lambda m: m.update(every_n_steps=True), "every_n_steps"),
+        (lambda m: m["checkpoints"][1].update(path=["a"]), "bad checkpoint entry"),
+        (lambda m: m["index_log"][0].update(path={"x": 1}), "index log chunks"),
+        (lambda m: m.update(sample_epochs=[[0, 0], ["57", 1]]), "sample_epochs"),
+        (lambda m: m.update(module={"class": 3, "hparams": {}}), "module is missing or invalid"),
+        (lambda m: m.update(training=[]), "training is missing or invalid"),
+        (lambda m: m["training"].update(steps_per_epoch="57"), "training.steps_per_epoch"),
+    ],
+    ids=["data-null", "k-bool", "path-list", "chunk-path-dict", "epochs-str", "module-class-int", "training-list", "spe-str"],
+)
+def test_malformed_manifest_fields_are_format_errors(proof, mutate, message):
+    edit_manifest(proof, mutate)
+    with pytest.raises(ProofFormatError, match=message):
+        ProofReader(proof)
