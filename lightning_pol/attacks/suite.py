@@ -1,0 +1,187 @@
+"""Run the red-team suite: an honest proof, every spoof, the verifier on each; write attacks.json and attacks.md."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_pol.attacks import ATTACKS
+from lightning_pol.attacks.toolkit import Setup, Stopwatch, snapshot, train_plain, train_with_proof
+from lightning_pol.attacks.victim import Spoof, Victim
+from lightning_pol.distances import distances
+from lightning_pol.errors import PoLError
+from lightning_pol.reader import ProofReader
+from lightning_pol.report import Report
+from lightning_pol.verifier import detection_probability, verify_proof
+
+log = logging.getLogger(__name__)
+
+#: The order in which a rejection is attributed: the first failed check is the one that caught the spoof.
+CHECK_ORDER = ("integrity", "initialization", "hyperparameters", "chain", "data", "replay")
+
+
+def caught_by(report: Report) -> list[str]:
+    """The checks that failed, in :data:`CHECK_ORDER`."""
+    failed = [name for name, c in report.checks.items() if c.get("passed") is False]
+    return sorted(failed, key=lambda n: CHECK_ORDER.index(n) if n in CHECK_ORDER else len(CHECK_ORDER))
+
+
+def _row(name: str, report: Report, seconds: float, unit: float, details: Mapping[str, Any]) -> dict[str, Any]:
+    failed = caught_by(report)
+    return {
+        "name": name,
+        "verdict": "accepted" if report.valid else "rejected",
+        "caught_by": failed[0] if failed else None,
+        "failed_checks": failed,
+        "cost_ratio": seconds / unit if unit > 0 else math.inf,
+        "seconds": seconds,
+        "reasons": report.reasons[:3],
+        "verifier_seed": report.selection.get("seed"),
+        "details": dict(details),
+    }
+
+
+def blindfold_detection(spoof: Spoof, verifier: Mapping[str, Any], trials: int) -> dict[str, Any]:
+    """Detection of a blindfold spoof: the stated probability of the random segments, and the rate over ``trials`` verifier seeds.
+
+    Also verifies with top-Q alone (``random=0``): the attack is only sound if that accepts.
+    """
+    q, r = int(verifier.get("q", 1)), int(verifier.get("random", 1))
+    per_epoch = []
+    for e, segments in spoof.details["segments_by_epoch"].items():
+        fakes = spoof.details["fake_segments_by_epoch"][e]
+        per_epoch.append(detection_probability(max(0, segments - q), r, fakes))
+    miss = math.prod(1.0 - p for p in per_epoch)
+    settings = {**verifier, "random": 0}
+    topq_only = verify_proof(spoof.proof, **settings).valid
+    rejected = sum(not verify_proof(spoof.proof, **{**verifier, "seed": s}).valid for s in range(trials))
+    return {
+        "detection_probability": 1.0 - miss,
+        "detection_probability_per_epoch": per_epoch,
+        "empirical_detection_rate": rejected / trials if trials else None,
+        "trials": trials,
+        "accepted_by_topq_only": topq_only,
+    }
+
+
+def calibrate(setup: Setup, victim: Victim, noise_threads: int = 1) -> dict[str, float]:
+    """A quick δ for tolerant mode: the honest proof's reproduction error under another thread count, against d_ref."""
+    from lightning_pol.reproducibility import mean_std, reproduction_errors, suggested_delta
+
+    k = setup.every_n_steps
+    eps = reproduction_errors(victim.proof, [k], noise="threads", noise_threads=noise_threads, max_segments=4)[k]["max"]
+    other = train_plain(setup, setup.fresh_model(setup.seed + 100), setup.seed + 100)
+    d_ref = mean_std([distances(victim.final, snapshot(other))])
+    return suggested_delta(eps, d_ref)
+
+
+def run_suite(
+    setup: Setup,
+    out: Path,
+    names: Sequence[str] | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    verifier: Mapping[str, Any] | None = None,
+    detection_trials: int = 20,
+    tolerant: Mapping[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Build the honest proof and every spoof under ``out``, verify each; returns what ``attacks.json`` holds.
+
+    ``verifier``: keyword arguments of :func:`~lightning_pol.verify_proof` (the
+    default verifier when empty). ``tolerant``: ``{"delta": {...}}`` or
+    ``{"calibration": PATH}`` or ``{}`` (calibrate here) to run the suite a
+    second time against tolerant mode; None skips it.
+    """
+    names = list(ATTACKS) if names is None else list(names)
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown:
+        raise PoLError(f"unknown attacks {unknown}; choose from {list(ATTACKS)}")
+    params = {n: dict(p or {}) for n, p in (params or {}).items()}
+    verifier = dict(verifier or {})
+    say = progress or log.info
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    clock = Stopwatch()
+    with clock:
+        model = train_with_proof(setup, out / "honest", seed=setup.seed)
+    steps = ProofReader(out / "honest").manifest["final_step"]
+    victim = Victim(setup, out / "honest", snapshot(model), steps, clock.seconds,
+                    q=int(verifier.get("q", 1)), random=int(verifier.get("random", 1)))
+    say(f"honest proof: {steps} steps in {clock.seconds:.1f} s")
+    result: dict[str, Any] = {
+        "honest_train_seconds": clock.seconds,
+        "verifier": {k: v for k, v in verifier.items() if k != "progress"},
+        "attacks": _attack_rows(victim, out / "default", names, params, verifier, detection_trials, say),
+    }
+    if tolerant is not None:
+        if tolerant.get("delta"):
+            delta, source = {k: float(v) for k, v in tolerant["delta"].items() if v is not None}, "given"
+        elif tolerant.get("calibration"):
+            from lightning_pol.reproducibility import read_calibration
+
+            delta, source = read_calibration(tolerant["calibration"])["delta"], str(tolerant["calibration"])
+        else:
+            delta, source = calibrate(setup, victim), "calibrated on the honest proof (1 thread vs the proof's)"
+        say(f"tolerant mode: delta {delta}")
+        tolerant_victim = Victim(**{**victim.__dict__, "delta": delta})
+        settings = {**verifier, "mode": "tolerant", "delta": delta, "calibration": None}
+        result["tolerant"] = {
+            "delta": delta, "delta_source": source,
+            "attacks": _attack_rows(tolerant_victim, out / "tolerant", names, params, settings, detection_trials, say),
+        }
+    (out / "attacks.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "attacks.md").write_text(markdown(result))
+    return result
+
+
+def _attack_rows(victim: Victim, out: Path, names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
+                 verifier: Mapping[str, Any], trials: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    rows = [_row("honest", verify_proof(victim.proof, **verifier), victim.train_seconds, victim.train_seconds, {})]
+    say(f"honest: {rows[0]['verdict']}")
+    for name in names:
+        spoof = ATTACKS[name](victim, out / name, **params.get(name, {}))
+        report = verify_proof(spoof.proof, **verifier)
+        details = dict(spoof.details)
+        if name == "blindfold_topq":
+            details.update(blindfold_detection(spoof, verifier, trials))
+        rows.append(_row(name, report, spoof.seconds, victim.train_seconds, details))
+        say(f"{name}: {rows[-1]['verdict']} ({', '.join(rows[-1]['failed_checks']) or 'no check failed'}), cost {rows[-1]['cost_ratio']:.2f}x")
+    return rows
+
+
+def _note(row: Mapping[str, Any]) -> str:
+    d = row["details"]
+    if row["name"] == "blindfold_topq" and "detection_probability" in d:
+        return (f"top-Q alone {'accepts' if d['accepted_by_topq_only'] else 'rejects'}; random segments detect with "
+                f"P = {d['detection_probability']:.3f}, measured {d['empirical_detection_rate']:.2f} over {d['trials']} seeds")
+    if row["name"] == "infinitesimal_update":
+        return f"{d['segments']} segments of l2 spacing {d['spacing_l2']:.3g}" + (f" (needs {d['segments_needed']})" if d["capped"] else "")
+    if row["name"] == "adversarial_examples":
+        return f"step error l2 mean {d['step_error_l2']['mean']:.3g}; {d['perturbed_samples']} perturbed samples committed"
+    return "; ".join(row["reasons"][:1])
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = ["| attack | verdict | caught by | failed checks | cost ratio | notes |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        note = _note(r).replace("|", "\\|")
+        lines.append(f"| {r['name']} | {r['verdict']} | {r['caught_by'] or '—'} | {', '.join(r['failed_checks']) or '—'} | {r['cost_ratio']:.2f} | {note} |")
+    return lines
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """The suite's results as Markdown tables (default verifier, then tolerant mode when run)."""
+    v = result["verifier"]
+    lines = [f"## Default verifier (q={v.get('q', 1)}, random={v.get('random', 1)}, mode={v.get('mode', 'auto')})", "",
+             f"Cost ratio: the attack's wall-clock time over honest training's ({result['honest_train_seconds']:.1f} s), same machine, same run.", ""]
+    lines += _table(result["attacks"])
+    if "tolerant" in result:
+        t = result["tolerant"]
+        delta = ", ".join(f"{k}={x:.3g}" for k, x in t["delta"].items())
+        lines += ["", f"## Tolerant mode (δ: {delta}; {t['delta_source']})", ""] + _table(t["attacks"])
+    return "\n".join(lines) + "\n"
