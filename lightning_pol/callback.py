@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
 import uuid
+from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
 from lightning_pol import proof_format as pf
+from lightning_pol.background import BackgroundWriter
 from lightning_pol.chain import parent_record, same_weights
 from lightning_pol.commitment import SAMPLE_ENCODING, TREE, compute_leaves, root_of
 from lightning_pol.errors import PoLError
@@ -100,6 +103,12 @@ class ProofOfLearning(Callback):
             weights W_0 is; the manifest records its identity and final
             checkpoint digest, and fit refuses to start unless W_0 equals
             those weights bit for bit.
+        background: serialize, hash and write checkpoints on a background
+            thread. The training thread only copies the state to CPU memory
+            (non-blocking from a GPU); at most ``max_pending`` copies wait,
+            then training waits for the disk. Write errors are raised in
+            training at the next checkpoint or at train end.
+        max_pending: checkpoints that may wait for the background writer.
     """
 
     def __init__(
@@ -113,6 +122,8 @@ class ProofOfLearning(Callback):
         fsync: bool = True,
         check_recreation: bool = True,
         parent: str | os.PathLike[str] | None = None,
+        background: bool = True,
+        max_pending: int = 2,
     ) -> None:
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps <= 0:
             raise PoLError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
@@ -134,6 +145,11 @@ class ProofOfLearning(Callback):
         self.fsync = fsync
         self.check_recreation = check_recreation
         self.parent = None if parent is None else Path(parent)
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise PoLError(f"max_pending must be a positive integer, got {max_pending!r}")
+        self.background = background
+        self.max_pending = max_pending
+        self._jobs: BackgroundWriter | None = None
         self._reset_run_state()
 
     def _reset_run_state(self) -> None:
@@ -155,6 +171,8 @@ class ProofOfLearning(Callback):
         self._resume_epoch: int | None = None
         self._iter_epoch: int | None = None
         self._trainer: pl.Trainer | None = None
+        self._checkpoints = 0
+        self._logged = -1
 
     @property
     def state_key(self) -> str:
@@ -226,6 +244,10 @@ class ProofOfLearning(Callback):
             self._open_resumed(trainer, root)
         else:
             self._open_new(trainer, pl_module, leaves, root, size)
+        self._checkpoints = len(self._writer.manifest["checkpoints"]) if self._writer is not None else 0
+        if self.background:
+            self._stop_jobs()
+            self._jobs = BackgroundWriter(self.max_pending)
         log.info("proof of learning: writing to %s (k=%d, %d samples committed)", self.dirpath, self.every_n_steps, size)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -236,7 +258,6 @@ class ProofOfLearning(Callback):
         epoch, indices = self._recorder.pop()
         self._inflight = (step, epoch, indices)
         if step >= self._next_due and step > self._last_written:
-            self._flush_index(step)
             self._write_checkpoint(trainer, pl_module, step, self._stream.state, batch_idx)
 
     def on_train_batch_end(
@@ -254,10 +275,12 @@ class ProofOfLearning(Callback):
         self._pending[slot].append(indices)
         if not self._sample_epochs or self._sample_epochs[-1][1] != epoch:
             self._sample_epochs.append([step, epoch])
-        pl_module.log_dict(
-            {"pol/checkpoints": float(len(self._writer.manifest["checkpoints"])), "pol/MB": self._writer.total_bytes / 1e6},
-            on_step=True, on_epoch=False, prog_bar=True, logger=trainer.logger is not None, batch_size=1,
-        )
+        if self._logged != self._checkpoints:  # logged when it changes: Lightning's logging costs more than the rest of this hook
+            self._logged = self._checkpoints
+            pl_module.log_dict(
+                {"pol/checkpoints": float(self._checkpoints), "pol/MB": self._writer.total_bytes / 1e6},
+                on_step=True, on_epoch=False, prog_bar=True, logger=trainer.logger is not None, batch_size=1,
+            )
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The training stream is saved right after the backward pass, the last
@@ -273,9 +296,12 @@ class ProofOfLearning(Callback):
         step = trainer.global_step
         if self._stream.state is None:  # no batch ran at all
             self._stream.batch_start()
-        self._flush_index(self._flushed + len(self._pending))
         if step > self._last_written:
             self._write_checkpoint(trainer, pl_module, step, self._stream.state, None)
+        else:
+            self._run(self._index_job(self._flushed + len(self._pending)))
+        if self._jobs is not None:
+            self._jobs.flush()
         self._finalize(step)
         log.info(
             "proof of learning: %s (%d checkpoints, %.2f MB)",
@@ -285,6 +311,7 @@ class ProofOfLearning(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._stop_jobs()
         if self._unpatch is not None:
             self._unpatch()
             self._unpatch = None
@@ -294,6 +321,8 @@ class ProofOfLearning(Callback):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        if self._jobs is not None:  # a Lightning checkpoint must not promise files still in the queue
+            self._jobs.flush()
         stream = self._stream.state
         stream_tensors, stream_tree = encode_state({"rng": stream}) if stream is not None else ({}, None)
         return {
@@ -329,6 +358,8 @@ class ProofOfLearning(Callback):
         """SHA-256 of the current manifest: the proof's identity."""
         if self._writer is None:
             raise PoLError("no proof has been written yet")
+        if self._jobs is not None:
+            self._jobs.flush()
         return pf.sha256_file(self.dirpath / pf.MANIFEST)
 
     def _open_new(self, trainer: pl.Trainer, pl_module: pl.LightningModule, leaves: torch.Tensor, root: str, size: int) -> None:
@@ -409,38 +440,70 @@ class ProofOfLearning(Callback):
         writer.put(rel, safetensors_bytes(log.to_tensors()))
         writer.manifest["index_log"].append({"path": rel, "first_step": first_step, "steps": log.steps})
 
-    def _flush_index(self, upto: int) -> None:
-        """Move the indices of steps [_flushed, upto) from memory to an index-log chunk."""
+    def _stop_jobs(self) -> None:
+        if self._jobs is not None:
+            self._jobs.close()  # runs what is queued: every queued job leaves a consistent proof
+            self._jobs = None
+
+    def _run(self, job: Any) -> None:
+        """Run a file job on the background writer (in order), or here when ``background`` is off."""
+        if job is None:
+            return
+        if self._jobs is not None:
+            self._jobs.submit(job)
+        else:
+            job()
+
+    def _index_job(self, upto: int) -> Any:
+        """Take the indices of steps [_flushed, upto) out of memory; returns the job that writes them as a chunk."""
         n = upto - self._flushed
         if n <= 0:
-            return
+            return None
         steps = self._pending[:n] + [[] for _ in range(n - len(self._pending))]
-        self._write_index_chunk(self._writer, self._flushed, IndexLog.from_steps(steps))
+        first = self._flushed
         self._pending = self._pending[n:]
         self._flushed = upto
+        writer = self._writer
+        assert writer is not None
+
+        def job() -> None:
+            self._write_index_chunk(writer, first, IndexLog.from_steps(steps))
+
+        return job
 
     def _write_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, rng: dict[str, Any], batch_idx: int | None
     ) -> None:
-        state = capture_training_state(trainer, pl_module, rng, step, batch_idx)
-        tensors, tree = encode_state(state)
-        # One metadata key only: safetensors writes its metadata map in hash
-        # order, and checkpoints of identical runs must be identical bytes.
-        data = safetensors_bytes(tensors, {pf.CHECKPOINT_STATE_KEY: json.dumps(tree, allow_nan=False, separators=(",", ":"))})
-        assert self._writer is not None
-        rel = pf.checkpoint_path(step)
-        entry = self._writer.put(rel, data)
-        self._writer.manifest["checkpoints"].append(
-            {"step": step, "epoch": trainer.current_epoch, "path": rel, "sha256": entry["sha256"]}
-        )
-        self._update_manifest_progress()
-        self._writer.commit()
+        """Snapshot the training state here; encode, write and commit it (after the pending indices) on the writer."""
+        index_job = self._index_job(step if batch_idx is not None else self._flushed + len(self._pending))
+        state, ready = snapshot_state(capture_training_state(trainer, pl_module, rng, step, batch_idx))
+        epoch = trainer.current_epoch
+        sample_epochs = self._recorded_epochs()
+        writer = self._writer
+        assert writer is not None
+
+        def job() -> None:
+            if index_job is not None:
+                index_job()
+            if ready is not None:
+                ready.synchronize()  # the non-blocking copies from the GPU have landed
+            tensors, tree = encode_state(state)
+            # One metadata key only: safetensors writes its metadata map in hash
+            # order, and checkpoints of identical runs must be identical bytes.
+            data = safetensors_bytes(tensors, {pf.CHECKPOINT_STATE_KEY: json.dumps(tree, allow_nan=False, separators=(",", ":"))})
+            rel = pf.checkpoint_path(step)
+            entry = writer.put(rel, data)
+            writer.manifest["checkpoints"].append({"step": step, "epoch": epoch, "path": rel, "sha256": entry["sha256"]})
+            writer.manifest["sample_epochs"] = sample_epochs
+            writer.commit()
+
+        self._run(job)
+        self._checkpoints += 1
         self._last_written = step
         self._next_due = (step // self.every_n_steps + 1) * self.every_n_steps
 
-    def _update_manifest_progress(self) -> None:
-        assert self._writer is not None
-        self._writer.manifest["sample_epochs"] = [r for r in self._sample_epochs if r[0] < self._flushed]
+    def _recorded_epochs(self) -> list[list[int]]:
+        return [list(r) for r in self._sample_epochs if r[0] < self._flushed]
 
     def _finalize(self, final_step: int) -> None:
         writer = self._writer
@@ -452,7 +515,7 @@ class ProofOfLearning(Callback):
                 writer.drop(chunk["path"])
             writer.manifest["index_log"] = []
             self._write_index_chunk(writer, 0, log, rel=pf.INDEX_LOG_FINAL)
-        self._update_manifest_progress()
+        writer.manifest["sample_epochs"] = self._recorded_epochs()
         writer.manifest["status"] = pf.STATUS_COMPLETE
         writer.manifest["final_step"] = final_step
         writer.commit()
@@ -495,3 +558,36 @@ class ProofOfLearning(Callback):
 
 def _type_path(obj: Any) -> str | None:
     return None if obj is None else f"{type(obj).__module__}:{type(obj).__qualname__}"
+
+
+def snapshot_state(state: Any) -> tuple[Any, Any]:
+    """A copy of ``state`` that training cannot change, with tensors in CPU memory.
+
+    GPU tensors are copied non-blocking into pinned memory; the returned CUDA
+    event (None without GPU tensors) must be synchronized before the copy is read.
+    """
+    event = None
+
+    def copy_of(obj: Any) -> Any:
+        nonlocal event
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach()
+            if t.is_cuda:
+                out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                out.copy_(t, non_blocking=True)
+                event = event or torch.cuda.Event()
+                return out
+            return t.clone()
+        if isinstance(obj, dict):
+            items = {k: copy_of(v) for k, v in obj.items()}
+            return type(obj)(items) if isinstance(obj, OrderedDict) else items
+        if isinstance(obj, list):
+            return [copy_of(v) for v in obj]
+        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+            return tuple(copy_of(v) for v in obj)
+        return copy.deepcopy(obj)
+
+    out = copy_of(state)
+    if event is not None:
+        event.record()
+    return out, event

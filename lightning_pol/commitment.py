@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_pol.errors import PoLError
-from lightning_pol.seeding import commitment_seed, seeded
+from lightning_pol.seeding import commitment_seed, preserved_rng, seed_everything_local
 
 SAMPLE_ENCODING = "lightning-pol/sample-v1"
 TREE = "rfc6962-sha256"
@@ -159,6 +160,9 @@ def verify_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes], 
 
 
 class _LeafDataset(Dataset):
+    """Leaf of sample i, fetched under its commitment seed. The caller keeps its RNG streams
+    (``preserved_rng`` around a loop, or a worker process whose RNG serves nothing else)."""
+
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
 
@@ -166,14 +170,15 @@ class _LeafDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with seeded(commitment_seed(index)):
-            sample = self.dataset[index]
+        seed_everything_local(commitment_seed(index))
+        sample = self.dataset[index]
         return torch.frombuffer(bytearray(leaf_hash(sample)), dtype=torch.uint8)
 
 
 def sample_leaf(dataset: Dataset, index: int) -> bytes:
     """The leaf of one sample: what a verifier recomputes for each replayed sample."""
-    return bytes(_LeafDataset(dataset)[index].tolist())
+    with preserved_rng():
+        return bytes(_LeafDataset(dataset)[index].tolist())
 
 
 def compute_leaves(
@@ -181,18 +186,41 @@ def compute_leaves(
     num_workers: int = 0,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    worker_threshold_s: float = 1.0,
 ) -> torch.Tensor:
     """Leaf hashes of every sample, as a ``uint8`` tensor of shape ``[len(dataset), 32]``.
 
-    Hashing runs in DataLoader workers, so a dataset with costly transforms
-    is committed in parallel.
+    The first samples are hashed here; when the rest would take more than
+    ``worker_threshold_s`` at that pace, it is hashed in ``num_workers``
+    DataLoader workers, so a dataset with costly transforms is committed in
+    parallel while a small one does not pay for starting worker processes.
     """
     n = len(dataset)  # type: ignore[arg-type]
-    if n == 0:
-        return torch.empty((0, DIGEST_SIZE), dtype=torch.uint8)
-    loader = DataLoader(_LeafDataset(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     out = torch.empty((n, DIGEST_SIZE), dtype=torch.uint8)
-    pos = 0
+    if n == 0:
+        return out
+    leaf = _LeafDataset(dataset)
+    probe = min(n, batch_size)
+    with preserved_rng():
+        t = time.perf_counter()
+        for i in range(probe):
+            out[i] = leaf[i]
+        pace = (time.perf_counter() - t) / probe
+        if progress is not None:
+            progress(probe)
+        if probe == n:
+            return out
+        if num_workers == 0 or pace * (n - probe) < worker_threshold_s:
+            for i in range(probe, n):
+                out[i] = leaf[i]
+                if progress is not None and (i + 1) % batch_size == 0:
+                    progress(i + 1)
+            if progress is not None:
+                progress(n)
+            return out
+    rest = Subset(leaf, range(probe, n))
+    loader = DataLoader(rest, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    pos = probe
     for block in loader:
         out[pos : pos + len(block)] = block
         pos += len(block)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import multiprocessing
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +117,15 @@ class _ReplayCallback(Callback):
         self.sampler.batched = loader.batch_sampler is not None
         object.__setattr__(loader, "batch_sampler" if self.sampler.batched else "sampler", self.sampler)
         object.__setattr__(loader, "dataset", SeededDataset(loader.dataset, self.owner.seed))
+        if loader.num_workers > 0 and loader.multiprocessing_context is None and (
+            multiprocessing.current_process().daemon
+            or multiprocessing.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver")
+        ):
+            # A multirun job of Hydra's joblib launcher runs in a loky process, whose default start method
+            # cannot start DataLoader workers (nor can a daemonic process). Every sample is fetched under its
+            # own seed, so fetching in this process replays the same batches.
+            object.__setattr__(loader, "num_workers", 0)
+            object.__setattr__(loader, "persistent_workers", False)
         return loader
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -141,6 +152,62 @@ class _ReplayCallback(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.final and trainer.global_step == self.end_step:
             self.captured = capture_training_state(trainer, pl_module, self.stream.state, trainer.global_step, None)
+
+
+class _ChainCallback(_ReplayCallback):
+    """Replays consecutive segments in one run: at each inner boundary it hands over the replayed state
+    and re-seats the proof's recorded state, so every segment starts from the proof's W_t as a
+    separate replay would."""
+
+    def __init__(self, owner: PoLVerifierModule, rng: dict[str, Any], boundaries: list[int], final: bool,
+                 sampler: ReplaySampler, recorded: Callable[[int], dict[str, Any]],
+                 on_segment: Callable[[int, int, dict[str, Any]], None]) -> None:
+        super().__init__(owner, rng, boundaries[-1], final, sampler)
+        self.boundaries = boundaries
+        self.recorded = recorded
+        self.on_segment = on_segment
+        self.position = 0  # index in boundaries of the segment being replayed
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.stream.batch_start()
+        step = trainer.global_step
+        if step == self._started_step:
+            return
+        self._started_step = step
+        if step != self.boundaries[self.position + 1]:
+            return
+        last = self.position + 2 == len(self.boundaries)
+        if last and self.final:
+            return
+        state = copy.deepcopy(capture_training_state(trainer, pl_module, self.stream.state, step, batch_idx))
+        self.on_segment(self.boundaries[self.position], step, state)
+        self.position += 1
+        if last:
+            self.captured = state
+            raise _SegmentDone
+        _reseat(trainer, pl_module, self.recorded(step))
+        self.stream = TrainingStream(self.recorded(step)["rng"])
+        self.stream.batch_start()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.final and trainer.global_step == self.end_step and self.position + 2 == len(self.boundaries):
+            self.captured = capture_training_state(trainer, pl_module, self.stream.state, trainer.global_step, None)
+            self.on_segment(self.boundaries[self.position], self.end_step, self.captured)
+            self.position += 1
+
+
+def _reseat(trainer: pl.Trainer, pl_module: pl.LightningModule, state: dict[str, Any]) -> None:
+    """Load a checkpoint's model, optimizer, scheduler and grad-scaler state into a running fit."""
+    pl_module.load_state_dict(state["model"])
+    if len(state["optimizers"]) != len(trainer.optimizers) or len(state["lr_schedulers"]) != len(trainer.lr_scheduler_configs):
+        raise ReplayError("a checkpoint holds other optimizers or schedulers than configure_optimizers builds")
+    for opt, sd in zip(trainer.optimizers, state["optimizers"]):
+        opt.load_state_dict(sd)
+    for cfg, sd in zip(trainer.lr_scheduler_configs, state["lr_schedulers"]):
+        cfg.scheduler.load_state_dict(sd)
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    if scaler is not None and state.get("grad_scaler") is not None:
+        scaler.load_state_dict(state["grad_scaler"])
 
 
 class PoLVerifierModule:
@@ -303,20 +370,62 @@ class PoLVerifierModule:
 
         ``start_state``: the decoded checkpoint, when the caller has already loaded it.
         """
+        state = start_state if start_state is not None else self._load(start)
+        final = self._check_range(start, end)
+        callback = _ReplayCallback(self, state["rng"], end, final, ReplaySampler(self._portions(start, end, final), 0, True))
+        self._fit(callback, start, state)
+        if callback.captured is None:
+            raise ReplayError(f"the replay of steps {start}..{end} ended without reaching step {end}")
+        return callback.captured
+
+    def replay_chain(
+        self, boundaries: list[int], recorded: Callable[[int], dict[str, Any]],
+        on_segment: Callable[[int, int, dict[str, Any]], None],
+    ) -> None:
+        """Replay the consecutive segments b0→b1→…→bn in one Lightning run.
+
+        ``on_segment(start, end, state)`` receives each replayed end state as it
+        is reached; then the proof's recorded state at that boundary
+        (``recorded(step)``) is loaded into the running fit, so each segment
+        starts from the proof's W_t exactly as :meth:`replay` would, without
+        building a Trainer, a module, a datamodule and DataLoader workers per
+        segment. Raises what the module raises; segments already handed over
+        stand.
+        """
+        if len(boundaries) < 2 or any(b <= a for a, b in zip(boundaries, boundaries[1:])):
+            raise ReplayError(f"a chain needs increasing boundaries, got {boundaries}")
+        start, end = boundaries[0], boundaries[-1]
+        final = self._check_range(start, end)
+        state = recorded(start)
+        sampler = ReplaySampler(self._portions(start, end, final), 0, True)
+        callback = _ChainCallback(self, state["rng"], list(boundaries), final, sampler, recorded, on_segment)
+        self._fit(callback, start, state)
+        if callback.position != len(boundaries) - 1:
+            reached = boundaries[callback.position]
+            raise ReplayError(f"the replay of steps {start}..{end} ended without reaching step {boundaries[callback.position + 1]} (last boundary {reached})")
+
+    def _load(self, step: int) -> dict[str, Any]:
         entries = {c["step"]: c for c in self.reader.checkpoints}
-        if start not in entries:
+        if step not in entries:
+            raise ReplayError(f"the proof has no checkpoint at step {step}")
+        return self.reader.load_checkpoint(entries[step])
+
+    def _check_range(self, start: int, end: int) -> bool:
+        """Whether ``end`` is the final step; raises when the proof cannot be replayed from ``start`` to ``end``."""
+        if start not in {c["step"] for c in self.reader.checkpoints}:
             raise ReplayError(f"the proof has no checkpoint at step {start}")
         final = end == self.manifest.get("final_step")
         if end > self.log.steps or (not final and end >= self.log.steps):
             raise ReplayError(f"the index log does not reach step {end}")
-        state = start_state if start_state is not None else self.reader.load_checkpoint(entries[start])
+        return final
+
+    def _fit(self, callback: _ReplayCallback, start: int, state: dict[str, Any]) -> None:
+        """Resume Lightning's own fit from checkpoint state ``state`` at step ``start``, driven by ``callback``."""
         progress = state["progress"]
         batch_idx = progress.get("batch_idx")
         if not isinstance(batch_idx, int) or batch_idx < 0:
             raise ReplayError(f"checkpoint {start} has no batch position to resume from")
         epoch = int(progress["epoch"])
-        sampler = ReplaySampler(self._portions(start, end, final), 0, True)
-        callback = _ReplayCallback(self, state["rng"], end, final, sampler)
         with _quiet_lightning():
             trainer = pl.Trainer(callbacks=[callback], **self._trainer_kwargs())
         module = self.make_module()
@@ -341,6 +450,3 @@ class PoLVerifierModule:
                     trainer.fit(module, datamodule=datamodule, ckpt_path=path, weights_only=False)
                 except _SegmentDone:
                     pass
-        if callback.captured is None:
-            raise ReplayError(f"the replay of steps {start}..{end} ended at step {trainer.global_step} without reaching step {end}")
-        return callback.captured

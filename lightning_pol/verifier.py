@@ -293,25 +293,7 @@ def _verify_content(verifier: PoLVerifierModule, reader: ProofReader, index_log:
     mine = segments[shard::num_shards]
     report.selection.update({"num_shards": num_shards, "shard": shard, "replayed_here": len(mine)})
     # -- replay --------------------------------------------------------------------
-    for i, seg in enumerate(mine):
-        if progress is not None:
-            progress(i, len(mine))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                got = verifier.replay(seg.start_step, seg.end_step, start_state=state(seg.start_step))
-            target = state(seg.end_step)
-            seg.distances = distances(got["model"], target["model"])
-            if d_ref:
-                seg.normalized = {k: seg.distances[k] / d_ref[k] for k in seg.distances if d_ref.get(k)}
-            seg.bit_exact = identical(_comparable(got), _comparable(target))
-            seg.passed = seg.bit_exact if mode == "exact" else all(seg.distances[k] <= v for k, v in delta.items())
-        except PoLError as e:
-            seg.passed, seg.error = False, str(e)
-        except Exception as e:  # the prover's module raised while replaying its own steps
-            seg.passed, seg.error = False, f"replay failed: {type(e).__name__}: {e}".splitlines()[0]
-    if progress is not None:
-        progress(len(mine), len(mine))
+    _replay_segments(verifier, mine, state, mode, delta, d_ref, progress)
     report.segments = mine
     failed = [s for s in mine if not s.passed]
     report.checks["replay"] = {
@@ -337,6 +319,73 @@ def _verify_content(verifier: PoLVerifierModule, reader: ProofReader, index_log:
         "replayed_steps": sum(s.end_step - s.start_step for s in mine),
         "total_steps": final,
     }
+
+
+def _chains(segments: list[Segment]) -> list[list[Segment]]:
+    """Runs of consecutive segments (each ending where the next starts): each is replayed in one Lightning run."""
+    chains: list[list[Segment]] = []
+    for seg in segments:
+        if chains and chains[-1][-1].end_step == seg.start_step:
+            chains[-1].append(seg)
+        else:
+            chains.append([seg])
+    return chains
+
+
+def _replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state: Callable[[int], dict[str, Any]], mode: str,
+                     delta: dict[str, float], d_ref: Mapping[str, float] | None,
+                     progress: Callable[[int, int], None] | None) -> None:
+    """Replay ``segments`` and judge each against the next checkpoint, chain by chain.
+
+    A chain that raises leaves the segments it finished judged; the segment
+    it was in fails with the error, and the rest are replayed one by one, so
+    one broken segment never hides the others.
+    """
+    done = 0
+
+    def judge(seg: Segment, got: dict[str, Any]) -> None:
+        nonlocal done
+        target = state(seg.end_step)
+        seg.distances = distances(got["model"], target["model"])
+        if d_ref:
+            seg.normalized = {k: seg.distances[k] / d_ref[k] for k in seg.distances if d_ref.get(k)}
+        seg.bit_exact = identical(_comparable(got), _comparable(target))
+        seg.passed = seg.bit_exact if mode == "exact" else all(seg.distances[k] <= v for k, v in delta.items())
+        done += 1
+        if progress is not None:
+            progress(done, len(segments))
+
+    def fail(seg: Segment, e: BaseException) -> None:
+        nonlocal done
+        seg.passed = False
+        seg.error = str(e) if isinstance(e, PoLError) else f"replay failed: {type(e).__name__}: {e}".splitlines()[0]
+        done += 1
+
+    if progress is not None:
+        progress(0, len(segments))
+    for chain in _chains(segments):
+        by_start = {seg.start_step: seg for seg in chain}
+        judged: set[int] = set()
+
+        def on_segment(start: int, end: int, got: dict[str, Any]) -> None:
+            judge(by_start[start], got)
+            judged.add(start)
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                verifier.replay_chain([seg.start_step for seg in chain] + [chain[-1].end_step], state, on_segment)
+        except Exception as e:  # the prover's module raised while replaying its own steps, or the proof cannot run here
+            rest = [seg for seg in chain if seg.start_step not in judged]
+            if rest:
+                fail(rest[0], e)
+            for seg in rest[1:]:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        judge(seg, verifier.replay(seg.start_step, seg.end_step, start_state=state(seg.start_step)))
+                except Exception as e2:
+                    fail(seg, e2)
 
 
 def _comparable(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,118 @@
+"""Issue 8's fast paths change nothing a verifier can see: background writing, chained replay, parallel hashing."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+import torch
+
+from lightning_pol import PoLVerifierModule, ProofReader
+from lightning_pol.background import BackgroundWriter
+from lightning_pol.commitment import compute_leaves
+from lightning_pol.verifier import _comparable, identical, verify_proof
+from tests.conftest import train_with_proof
+from tests.test_verify import models, rewrite_model
+from tests.unseen_project import UnseenDataModule, UnseenModule
+
+
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fast")
+    proof, _, _ = train_with_proof(root, UnseenModule, UnseenDataModule(), every_n_steps=8, max_epochs=2)
+    return proof
+
+
+def test_chained_replay_equals_separate_replays_across_an_epoch_boundary(honest):
+    reader = ProofReader(honest)
+    verifier = PoLVerifierModule(reader)
+    entries = {c["step"]: c for c in reader.checkpoints}
+    boundaries = [48, 56, 64, 72]  # 1,797 samples / 32 → 57 steps per epoch: 56→64 crosses into epoch 1
+    chained: dict[int, dict] = {}
+    verifier.replay_chain(boundaries, lambda s: reader.load_checkpoint(entries[s]), lambda a, b, got: chained.setdefault(a, got))
+    assert sorted(chained) == boundaries[:-1]
+    for a, b in zip(boundaries, boundaries[1:]):
+        alone = verifier.replay(a, b)
+        assert identical(_comparable(chained[a]), _comparable(alone)), (a, b)
+        assert identical(_comparable(alone), _comparable(reader.load_checkpoint(entries[b])))
+
+
+def test_chained_replay_restarts_from_the_recorded_state_after_a_bad_checkpoint(honest, tmp_path):
+    proof = tmp_path / "proof"
+    shutil.copytree(honest, proof)
+    ms = models(proof)
+    rewrite_model(proof, 64, {k: (ms[56][k] + ms[72][k]) / 2 if ms[56][k].is_floating_point() else ms[64][k] for k in ms[64]})
+    report = verify_proof(proof, q=0)
+    # Only the two segments that touch the forged checkpoint fail; every later one starts from the recorded state.
+    assert sorted(map(tuple, report.checks["replay"]["failed"])) == [(56, 64), (64, 72)]
+    assert len(report.segments) == len(ProofReader(proof).checkpoints) - 1
+
+
+def test_background_writer_runs_in_order_bounds_its_queue_and_raises_job_errors():
+    done: list[int] = []
+    gate = threading.Event()
+    jobs = BackgroundWriter(max_pending=1)
+    jobs.submit(lambda: (gate.wait(), done.append(0)))  # taken by the thread, which then blocks
+    time.sleep(0.05)
+    jobs.submit(lambda: done.append(1))  # fills the queue
+    blocked = threading.Thread(target=jobs.submit, args=(lambda: done.append(2),))
+    blocked.start()
+    time.sleep(0.1)
+    assert blocked.is_alive(), "submit must wait while max_pending jobs wait"
+    gate.set()
+    blocked.join(5)
+    jobs.flush()
+    assert done == [0, 1, 2]
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    jobs.submit(fail)
+    jobs.submit(lambda: done.append(3))
+    with pytest.raises(OSError, match="disk full"):
+        jobs.flush()
+    assert done == [0, 1, 2], "nothing runs after a failed job"
+    with pytest.raises(OSError, match="disk full"):
+        jobs.submit(lambda: done.append(4))
+    jobs.close()
+
+
+def test_background_and_synchronous_writing_give_identical_proofs(tmp_path):
+    digests = []
+    for background in (True, False):
+        proof, _, _ = train_with_proof(tmp_path / str(background), UnseenModule, UnseenDataModule(num_workers=0), every_n_steps=4,
+                                       max_epochs=1, pol_kwargs={"background": background, "max_pending": 1})
+        manifest = ProofReader(proof).manifest
+        digests.append({rel: e["sha256"] for rel, e in manifest["files"].items()})
+    assert digests[0] == digests[1] and len(digests[0]) > 10
+
+
+def test_commitment_hashed_in_workers_equals_in_process():
+    dm = UnseenDataModule()
+    dm.setup("fit")
+    dataset = dm.train_dataloader().dataset
+    here = compute_leaves(dataset, num_workers=0)
+    workers = compute_leaves(dataset, num_workers=2, batch_size=100, worker_threshold_s=0.0)
+    assert torch.equal(here, workers) and here.shape == (len(dataset), 32)
+
+
+def test_two_shard_multirun_replays_a_proof_whose_loader_has_workers(honest, tmp_path):
+    """Hydra's joblib launcher runs jobs in loky processes, which cannot start DataLoader workers: replay fetches in-process."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert ProofReader(honest).manifest["training"]["num_workers"] == 2
+    repo = Path(__file__).resolve().parents[1]
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, "-m", "lightning_pol.verify", "--multirun", f"proof_dir={honest}", "verifier.q=0",
+                           "verifier.seed=0", "verifier.num_shards=2", "verifier.shard=0,1", "hydra/launcher=local",
+                           "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"],
+                          cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    merged = json.loads((sweep / "verification.json").read_text())
+    assert merged["valid"] and len(merged["segments"]) == len(ProofReader(honest).checkpoints) - 1
