@@ -1,0 +1,1 @@
+"""Benchmarks of lightning-pol: ``python -m benchmarks.run`` (see docs/performance.md)."""

@@ -1,0 +1,255 @@
+"""``python -m benchmarks.run [--quick] [--repeats N] [--out DIR]``: every benchmark of docs/performance.md.
+
+Timings are ratios taken in the same run, medians over ``--repeats``
+interleaved repetitions (these machines are noisy). Writes ``results.json``
+and ``results.md`` to ``--out`` and prints the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from benchmarks.baseline import TorchSaveEveryK
+from lightning_pol import ProofOfLearning, ProofReader, verify_proof
+from lightning_pol.commitment import canonical_chunks, compute_leaves
+from lightning_pol.metadata import cpu_model
+from lightning_pol.zoo import CifarDataModule, DigitsCNN, DigitsDataModule, ImageClassifier
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _trainer(callbacks: list[pl.Callback], root: Path, **kw: Any) -> pl.Trainer:
+    return pl.Trainer(accelerator=kw.pop("accelerator", "cpu"), devices=1, callbacks=callbacks, default_root_dir=root, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kw)
+
+
+class Workload:
+    """A model, its data and its training length; ``fit(callbacks)`` returns wall-clock seconds of ``Trainer.fit``."""
+
+    def __init__(self, name: str, model: Callable[[], pl.LightningModule], data: Callable[[], pl.LightningDataModule],
+                 steps_per_epoch: int, **trainer: Any) -> None:
+        self.name, self.model, self.data, self.steps_per_epoch, self.trainer = name, model, data, steps_per_epoch, trainer
+
+    def fit(self, callbacks: list[pl.Callback], root: Path, seed: int = 0) -> float:
+        pl.seed_everything(seed, workers=True, verbose=False)
+        model, dm = self.model(), self.data()
+        trainer = _trainer(callbacks, root, **self.trainer)
+        t = time.perf_counter()
+        trainer.fit(model, datamodule=dm)
+        return time.perf_counter() - t
+
+
+def digits(epochs: int = 3) -> Workload:
+    return Workload("digits CNN (width 32)", lambda: DigitsCNN(width=32),
+                    lambda: DigitsDataModule(batch_size=32, augment=True, num_workers=2), 45, max_epochs=epochs)
+
+
+def resnet20(steps: int) -> Workload:
+    return Workload("ResNet-20, 32x32 FakeData", lambda: ImageClassifier(net="resnet20"),
+                    lambda: CifarDataModule("cifar10", fake=True, fake_train_size=1024, batch_size=32, num_workers=2),
+                    32, max_steps=steps)
+
+
+def _median_ratio(pairs: list[tuple[float, float]]) -> float:
+    return statistics.median(a / b for a, b in pairs)
+
+
+def callback_overhead(work: Workload, ks: list[int], repeats: int, tmp: Path) -> dict[str, Any]:
+    """Training time with ProofOfLearning (and with the torch.save baseline) over training time without, per k."""
+    rows = {}
+    tag = "".join(c for c in work.name if c.isalnum())[:16]
+    for k in ks:
+        pol, base = [], []
+        for r in range(repeats):  # interleaved, so drift hits every condition alike
+            plain = work.fit([], tmp / "plain")
+            with_pol = work.fit([ProofOfLearning(tmp / f"{tag}-pol-{k}-{r}", every_n_steps=k)], tmp / "pol")
+            with_base = work.fit([TorchSaveEveryK(tmp / f"{tag}-base-{k}-{r}", k)], tmp / "base")
+            pol.append((with_pol, plain))
+            base.append((with_base, plain))
+        rows[str(k)] = {"lightning_pol": _median_ratio(pol), "torch_save_baseline": _median_ratio(base),
+                        "plain_seconds": statistics.median(p for _, p in pol)}
+    return rows
+
+
+def replay_costs(work: Workload, k: int, repeats: int, tmp: Path) -> dict[str, Any]:
+    """Full replay (q=0) and top-Q (q=1, random=0) verification time over training time without a proof."""
+    full, topq, selected = [], [], None
+    for r in range(repeats):
+        plain = work.fit([], tmp / "plain")
+        proof = tmp / f"replay-{r}"
+        work.fit([ProofOfLearning(proof, every_n_steps=k)], tmp / "pol")
+        t = time.perf_counter()
+        report = verify_proof(proof, q=0)
+        full.append((time.perf_counter() - t, plain))
+        assert report.valid, report.reasons
+        t = time.perf_counter()
+        report = verify_proof(proof, q=1, random=0)
+        topq.append((time.perf_counter() - t, plain))
+        selected = report.coverage["compute_fraction"]
+    return {"k": k, "full_replay_over_training": _median_ratio(full), "topq_over_training": _median_ratio(topq),
+            "topq_theoretical_fraction": selected}
+
+
+def _raw_state_bytes(reader: ProofReader) -> int:
+    total = 0
+    for entry in reader.checkpoints:
+        tensors, _ = reader.read_tensors(entry["path"])
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+    return total
+
+
+def storage(k_values: list[int], widths: list[int], tmp: Path) -> dict[str, Any]:
+    """Proof bytes over the raw bytes of the tensors its checkpoints hold; and what zlib would save on a checkpoint."""
+    import zlib
+
+    rows = {}
+    for w in widths:
+        for k in k_values:
+            proof = tmp / f"storage-{w}-{k}"
+            work = Workload(f"digits width {w}", lambda w=w: DigitsCNN(width=w), lambda: DigitsDataModule(batch_size=32), 45, max_epochs=1)
+            work.fit([ProofOfLearning(proof, every_n_steps=k)], tmp / "storage")
+            reader = ProofReader(proof)
+            files = sum(e["bytes"] for e in reader.manifest["files"].values()) + (proof / "manifest.json").stat().st_size
+            ckpt_bytes = sum(reader.manifest["files"][c["path"]]["bytes"] for c in reader.checkpoints)
+            raw = _raw_state_bytes(reader)
+            sample = reader.read_file(reader.checkpoints[-1]["path"])
+            rows[f"width {w}, k={k}"] = {
+                "checkpoints": len(reader.checkpoints), "raw_state_bytes": raw, "checkpoint_bytes": ckpt_bytes, "proof_bytes": files,
+                "checkpoints_over_raw": ckpt_bytes / raw, "proof_over_raw": files / raw,
+                "zlib6_over_checkpoint": len(zlib.compress(sample, 6)) / len(sample),
+            }
+    return rows
+
+
+def commitment_throughput(samples: int, tmp: Path) -> dict[str, Any]:
+    """MB/s of computing the data commitment (leaves) of in-memory CIFAR-shaped samples, against raw SHA-256 of
+    the same bytes on one core."""
+    # In memory, so the dataset's own __getitem__ costs nothing and what is measured is the commitment.
+    gen = torch.Generator().manual_seed(0)
+    dataset = [(torch.rand(3, 32, 32, generator=gen), int(i % 10)) for i in range(samples)]
+    payload = [b"".join(canonical_chunks(dataset[i])) for i in range(samples)]
+    nbytes = sum(len(p) for p in payload)
+    t = time.perf_counter()
+    for p in payload:
+        hashlib.sha256(b"\x00" + p).digest()
+    raw = time.perf_counter() - t
+    out = {"samples": samples, "megabytes": nbytes / 1e6, "raw_sha256_mb_s": nbytes / 1e6 / raw}
+    for workers in (0, 2):
+        t = time.perf_counter()
+        compute_leaves(dataset, num_workers=workers, worker_threshold_s=0.0)  # workers forced, to measure them
+        took = time.perf_counter() - t
+        out[f"leaves_{workers}_workers_mb_s"] = nbytes / 1e6 / took
+        out[f"leaves_{workers}_workers_over_raw"] = raw / took
+    return out
+
+
+def multirun_scaling(proof: Path, tmp: Path) -> dict[str, Any]:
+    """Wall time of a 1-job verification over a 2-shard joblib multirun, both full replay, as separate processes."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def run(args: list[str]) -> float:
+        t = time.perf_counter()
+        flags = [a for a in args if a.startswith("--")]  # Hydra's flags come before the overrides
+        overrides = [a for a in args if not a.startswith("--")]
+        subprocess.run([sys.executable, "-m", "lightning_pol.verify", *flags, f"proof_dir={proof}", "verifier.q=0", "verifier.seed=0",
+                        *overrides], cwd=REPO, env=env, check=True, capture_output=True)
+        return time.perf_counter() - t
+
+    single = run([f"hydra.run.dir={tmp / 'single'}"])
+    sharded = run(["--multirun", f"hydra.sweep.dir={tmp / 'sweep'}", "hydra/launcher=local", "hydra.launcher.n_jobs=2",
+                   "verifier.num_shards=2", "verifier.shard=0,1"])
+    return {"single_seconds": single, "two_shards_seconds": sharded, "speedup": single / sharded}
+
+
+def machine() -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__, "lightning": pl.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), GPU: {m['gpu'] or 'none'}; "
+             f"medians of {res['repeats']} interleaved runs.", ""]
+    for name, rows in res["overhead"].items():
+        lines += [f"**Callback overhead, {name}** (training time with / without)", "", "| k | lightning-pol | torch.save every k (reference impl.) | plain training (s) |", "| --- | --- | --- | --- |"]
+        lines += [f"| {k} | {r['lightning_pol']:.3f}x | {r['torch_save_baseline']:.3f}x | {r['plain_seconds']:.2f} |" for k, r in rows.items()]
+        lines.append("")
+    r = res["replay"]
+    lines += [f"**Replay** (digits, k={r['k']}): full replay / training = {r['full_replay_over_training']:.2f}x; "
+              f"top-Q (q=1, random=0) / training = {r['topq_over_training']:.2f}x against the theoretical {r['topq_theoretical_fraction']:.2f}", ""]
+    lines += ["**Storage** (1 epoch)", "", "| model, k | checkpoints | raw state MB | checkpoints / raw | proof / raw | zlib-6 / checkpoint |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {n} | {r['checkpoints']} | {r['raw_state_bytes'] / 1e6:.2f} | {r['checkpoints_over_raw']:.4f} | {r['proof_over_raw']:.4f} | {r['zlib6_over_checkpoint']:.3f} |"
+              for n, r in res["storage"].items()]
+    c = res["commitment"]
+    lines += ["", f"**Data commitment** ({c['samples']} 3x32x32 samples, {c['megabytes']:.1f} MB): raw SHA-256 {c['raw_sha256_mb_s']:.0f} MB/s on one core; "
+              f"leaves {c['leaves_0_workers_mb_s']:.0f} MB/s in-process ({c['leaves_0_workers_over_raw']:.2f}x), "
+              f"{c['leaves_2_workers_mb_s']:.0f} MB/s with 2 workers ({c['leaves_2_workers_over_raw']:.2f}x)"]
+    if "multirun" in res:
+        mr = res["multirun"]
+        lines += ["", f"**Multirun** (full replay as `python -m lightning_pol.verify`): 1 job {mr['single_seconds']:.1f} s, "
+                  f"2 shards {mr['two_shards_seconds']:.1f} s, speedup {mr['speedup']:.2f}x"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, one repeat: checks that everything runs")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = p.parse_args(argv)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning_pol"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    repeats = 1 if args.quick else args.repeats
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="pol-bench-"))
+    res: dict[str, Any] = {"machine": machine(), "repeats": repeats, "quick": args.quick}
+
+    def section(name: str, measure: Callable[[], Any]) -> None:
+        t = time.perf_counter()
+        res[name] = measure()
+        (args.out / "results.json").write_text(json.dumps(res, indent=1))  # what is measured survives a later failure
+        print(f"{name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+
+    try:
+        work = digits(1 if args.quick else 3)
+        steps = 8 if args.quick else 32
+        net = resnet20(steps)
+        section("overhead", lambda: {
+            work.name: callback_overhead(work, [1, 16, work.steps_per_epoch * (1 if args.quick else 3)], repeats, tmp),
+            f"{net.name}, {steps} steps": callback_overhead(net, [1, 16, steps], repeats, tmp),
+        })
+        section("replay", lambda: replay_costs(work, 16, repeats, tmp))
+        section("storage", lambda: storage([1, 16] if args.quick else [1, 16, 45], [8, 32] if args.quick else [8, 32, 128], tmp))
+        section("commitment", lambda: commitment_throughput(500 if args.quick else 10000, tmp))
+        if not args.quick:
+            section("multirun", lambda: multirun_scaling(tmp / "replay-0", tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    text = markdown(res)
+    (args.out / "results.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The benchmark command runs (quick sizes) and reports what docs/performance.md needs; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quick_benchmarks_run_and_report_every_measure(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res) >= {"machine", "overhead", "replay", "storage", "commitment"}
+    for rows in res["overhead"].values():
+        assert {"1", "16"} <= set(rows) and len(rows) == 3  # k = 1, 16 and the whole run
+        assert all(r["lightning_pol"] > 0 and r["torch_save_baseline"] > 0 for r in rows.values())
+    # A proof holds at least the raw bytes of its tensors; the rest is headers, the index log and the data commitment.
+    for row in res["storage"].values():
+        assert row["proof_over_raw"] >= row["checkpoints_over_raw"] >= 1.0
+    assert 0 < res["replay"]["topq_theoretical_fraction"] <= 1
+    assert "| k | lightning-pol |" in (tmp_path / "results.md").read_text()
