@@ -136,13 +136,18 @@ class _ReplayCallback(Callback):
             }
             raise _SegmentDone
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def _step_started(self, trainer: pl.Trainer) -> int | None:
+        """At every batch start: restore the training stream; returns the step when this batch starts a new one."""
         self.stream.batch_start()
         step = trainer.global_step
-        if step == self._started_step:
-            return
+        if step == self._started_step:  # a later micro-batch of an accumulating step
+            return None
         self._started_step = step
-        if step == self.end_step and not self.final:
+        return step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        step = self._step_started(trainer)
+        if step is not None and step == self.end_step and not self.final:
             self.captured = capture_training_state(trainer, pl_module, self.stream.state, step, batch_idx)
             raise _SegmentDone
 
@@ -169,12 +174,8 @@ class _ChainCallback(_ReplayCallback):
         self.position = 0  # index in boundaries of the segment being replayed
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self.stream.batch_start()
-        step = trainer.global_step
-        if step == self._started_step:
-            return
-        self._started_step = step
-        if step != self.boundaries[self.position + 1]:
+        step = self._step_started(trainer)
+        if step is None or step != self.boundaries[self.position + 1]:
             return
         last = self.position + 2 == len(self.boundaries)
         if last and self.final:
