@@ -139,7 +139,7 @@ def storage(k_values: list[int], widths: list[int], tmp: Path) -> dict[str, Any]
     return rows
 
 
-def commitment_throughput(samples: int, tmp: Path) -> dict[str, Any]:
+def commitment_throughput(samples: int) -> dict[str, Any]:
     """MB/s of computing the data commitment (leaves) of in-memory CIFAR-shaped samples, against raw SHA-256 of
     the same bytes on one core."""
     # In memory, so the dataset's own __getitem__ costs nothing and what is measured is the commitment.
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         })
         section("replay", lambda: replay_costs(work, 16, repeats, tmp))
         section("storage", lambda: storage([1, 16] if args.quick else [1, 16, 45], [8, 32] if args.quick else [8, 32, 128], tmp))
-        section("commitment", lambda: commitment_throughput(500 if args.quick else 10000, tmp))
+        section("commitment", lambda: commitment_throughput(500 if args.quick else 10000))
         if not args.quick:
             section("multirun", lambda: multirun_scaling(tmp / "replay-0", tmp))
     finally:

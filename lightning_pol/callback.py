@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 import os
 import uuid
-from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from lightning_pol.recording import (
 )
 from lightning_pol.seeding import TrainingStream
 from lightning_pol.state_codec import decode_state, encode_state
-from lightning_pol.training_state import capture_training_state
+from lightning_pol.training_state import capture_training_state, snapshot_state
 from lightning_pol.writer import ProofDirectoryError, ProofWriter, safetensors_bytes
 
 log = logging.getLogger(__name__)
@@ -559,35 +557,3 @@ class ProofOfLearning(Callback):
 def _type_path(obj: Any) -> str | None:
     return None if obj is None else f"{type(obj).__module__}:{type(obj).__qualname__}"
 
-
-def snapshot_state(state: Any) -> tuple[Any, Any]:
-    """A copy of ``state`` that training cannot change, with tensors in CPU memory.
-
-    GPU tensors are copied non-blocking into pinned memory; the returned CUDA
-    event (None without GPU tensors) must be synchronized before the copy is read.
-    """
-    event = None
-
-    def copy_of(obj: Any) -> Any:
-        nonlocal event
-        if isinstance(obj, torch.Tensor):
-            t = obj.detach()
-            if t.is_cuda:
-                out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                out.copy_(t, non_blocking=True)
-                event = event or torch.cuda.Event()
-                return out
-            return t.clone()
-        if isinstance(obj, dict):
-            items = {k: copy_of(v) for k, v in obj.items()}
-            return type(obj)(items) if isinstance(obj, OrderedDict) else items
-        if isinstance(obj, list):
-            return [copy_of(v) for v in obj]
-        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-            return tuple(copy_of(v) for v in obj)
-        return copy.deepcopy(obj)
-
-    out = copy_of(state)
-    if event is not None:
-        event.record()
-    return out, event

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import multiprocessing
 import os
@@ -24,7 +23,7 @@ from lightning_pol.reader import ProofReader
 from lightning_pol.recording import UnsupportedDataError, patch_train_dataloader
 from lightning_pol.seeding import SeededDataset, TrainingStream
 from lightning_pol.state_codec import decode_state
-from lightning_pol.training_state import capture_training_state
+from lightning_pol.training_state import capture_training_state, snapshot_state
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +179,9 @@ class _ChainCallback(_ReplayCallback):
         last = self.position + 2 == len(self.boundaries)
         if last and self.final:
             return
-        state = copy.deepcopy(capture_training_state(trainer, pl_module, self.stream.state, step, batch_idx))
+        state, ready = snapshot_state(capture_training_state(trainer, pl_module, self.stream.state, step, batch_idx))
+        if ready is not None:
+            ready.synchronize()
         self.on_segment(self.boundaries[self.position], step, state)
         self.position += 1
         if last:

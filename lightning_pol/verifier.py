@@ -343,23 +343,25 @@ def _replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state
     """
     done = 0
 
-    def judge(seg: Segment, got: dict[str, Any]) -> None:
+    def count() -> None:
         nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, len(segments))
+
+    def judge(seg: Segment, got: dict[str, Any]) -> None:
         target = state(seg.end_step)
         seg.distances = distances(got["model"], target["model"])
         if d_ref:
             seg.normalized = {k: seg.distances[k] / d_ref[k] for k in seg.distances if d_ref.get(k)}
         seg.bit_exact = identical(_comparable(got), _comparable(target))
         seg.passed = seg.bit_exact if mode == "exact" else all(seg.distances[k] <= v for k, v in delta.items())
-        done += 1
-        if progress is not None:
-            progress(done, len(segments))
+        count()
 
     def fail(seg: Segment, e: BaseException) -> None:
-        nonlocal done
         seg.passed = False
         seg.error = str(e) if isinstance(e, PoLError) else f"replay failed: {type(e).__name__}: {e}".splitlines()[0]
-        done += 1
+        count()
 
     if progress is not None:
         progress(0, len(segments))

@@ -47,7 +47,7 @@ class _Crafter:
     def __init__(self, path: Any, total: int, iterations: int, epsilon: float, step_size: float) -> None:
         self.path, self.total = path, total
         self.iterations, self.epsilon, self.step_size = iterations, epsilon, step_size
-        self.crafted: dict[int, list[torch.Tensor]] = {}  # step -> perturbed inputs of its micro-batches
+        self.crafted: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # step -> (perturbed inputs, labels) per micro-batch
         self.residuals: list[float] = []
 
     def _target_gradient(self, module: Any, step: int) -> dict[str, torch.Tensor]:
@@ -89,7 +89,7 @@ class _Crafter:
                     delta.clamp_(-self.epsilon, self.epsilon)
         self.residuals.append(residual)
         x_adv = (x + delta.detach()).clamp(0.0, 1.0)
-        self.crafted.setdefault(step, []).append(x_adv.detach().cpu())
+        self.crafted.setdefault(step, []).append((x_adv.detach().cpu(), y.detach().cpu()))
         return real((x_adv, y), batch_idx)
 
 
@@ -101,7 +101,6 @@ def adversarial_examples(
     setup = victim.setup
     seed = setup.seed + seed_offset
     honest = ProofReader(victim.proof)
-    per_epoch = None
     clock = Stopwatch()
     step_errors: list[float] = []
     with clock:
@@ -131,11 +130,9 @@ def adversarial_examples(
         spoof = ProofReader(out)
         log = spoof.index_log()
         leaves = honest.leaves().clone()
-        dataset = dm.train_dataloader().dataset
-        for step, inputs in crafter.crafted.items():
-            for x_adv, indices in zip(inputs, log.micro_batches(step)):
-                for row, i in zip(x_adv, indices):
-                    label = dataset[i][1]
+        for step, batches in crafter.crafted.items():
+            for (x_adv, labels), indices in zip(batches, log.micro_batches(step)):
+                for row, label, i in zip(x_adv, labels.tolist(), indices):
                     leaves[i] = torch.frombuffer(bytearray(leaf_hash((row, label))), dtype=torch.uint8)
 
         def claim(m: dict[str, Any]) -> None:
@@ -144,7 +141,7 @@ def adversarial_examples(
         rewrite_claims(out, claim, {pf.LEAVES: safetensors_bytes({pf.LEAVES_KEY: leaves})})
     return Spoof(out, clock.seconds, {
         "epochs": epochs, "iterations": iterations, "epsilon": epsilon,
-        "perturbed_samples": sum(len(b) for v in crafter.crafted.values() for b in v),
+        "perturbed_samples": sum(len(x) for v in crafter.crafted.values() for x, _ in v),
         "gradient_matching_residual": {"first": crafter.residuals[0], "mean": sum(crafter.residuals) / len(crafter.residuals)},
         "step_error_l2": {"mean": sum(step_errors) / len(step_errors), "max": max(step_errors)},
         "distance_W0_to_W_T_l2": distances(w0, victim.final)["l2"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -128,7 +129,7 @@ def run_suite(
         else:
             delta, source = calibrate(setup, victim), "calibrated on the honest proof (1 thread vs the proof's)"
         say(f"tolerant mode: delta {delta}")
-        tolerant_victim = Victim(**{**victim.__dict__, "delta": delta})
+        tolerant_victim = dataclasses.replace(victim, delta=delta)
         settings = {**verifier, "mode": "tolerant", "delta": delta, "calibration": None}
         result["tolerant"] = {
             "delta": delta, "delta_source": source,
