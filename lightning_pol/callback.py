@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from lightning_pol import proof_format as pf
 from lightning_pol.background import BackgroundWriter
 from lightning_pol.chain import parent_record, same_weights
-from lightning_pol.commitment import SAMPLE_ENCODING, TREE, compute_leaves, root_of
+from lightning_pol.commitment import SAMPLE_ENCODING, TREE, FirstEpochLeaves, compute_leaves, root_of, sample_leaf
 from lightning_pol.errors import PoLError
 from lightning_pol.index_log import IndexLog
 from lightning_pol.metadata import (
@@ -36,7 +36,7 @@ from lightning_pol.recording import (
     patch_train_dataloader,
     uninstrument_loader,
 )
-from lightning_pol.seeding import TrainingStream
+from lightning_pol.seeding import TrainingStream, portable_rng_states
 from lightning_pol.state_codec import decode_state, encode_state
 from lightning_pol.training_state import capture_training_state, snapshot_state
 from lightning_pol.writer import ProofDirectoryError, ProofWriter, safetensors_bytes
@@ -66,15 +66,20 @@ class ProofOfLearning(Callback):
 
     - ``setup``: refuses a module or datamodule the verifier could not
       re-create, and wraps ``train_dataloader()`` so that the DataLoader it
-      returns records its batches and seeds each sample from (proof seed,
-      epoch, index).
+      returns records its batches and fetches them under counter seeds (each
+      sample under its commitment seed in epoch 0, each batch under one seed
+      from (proof seed, epoch, indices) later).
     - ``on_train_start``: opens the proof directory (refusing another run's
-      proof), commits to the data, records settings and environment.
+      proof), records settings and environment.
     - ``on_train_batch_start``: restores the training RNG stream (see below),
       and before the first micro-batch of step t with t a multiple of k, writes
       the checkpoint of step t: the state that step t starts from.
     - ``on_after_backward``: saves the training RNG stream.
     - ``on_train_batch_end``: files the batch's indices under its optimizer step.
+    - ``on_train_epoch_end``: after the first epoch, commits to the data. Epoch 0
+      fetches every sample under its commitment seed, and the DataLoader
+      workers hash the samples as they fetch them, so the commitment costs no
+      pass of its own; samples epoch 0 did not train on are hashed here.
     - ``on_train_end``: writes the final checkpoint and the single index-log
       file, and marks the proof complete.
 
@@ -91,7 +96,7 @@ class ProofOfLearning(Callback):
         init_strategy: the declared initialization, one of
             :data:`lightning_pol.proof_format.INIT_STRATEGIES`.
         init_params: parameters of the strategy (``{"std": 0.02}`` for ``normal``).
-        seed: the proof seed for per-sample randomness; by default
+        seed: the proof seed of the batches' randomness; by default
             ``torch.initial_seed()``, so ``seed_everything`` makes runs repeatable.
         overwrite: replace a proof already in ``dirpath``.
         fsync: flush files to stable storage before renaming them into place.
@@ -171,10 +176,15 @@ class ProofOfLearning(Callback):
         self._trainer: pl.Trainer | None = None
         self._checkpoints = 0
         self._logged = -1
+        self._first_epoch: FirstEpochLeaves | None = None
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(dirpath=str(self.dirpath), every_n_steps=self.every_n_steps)
+        # Lightning reads it at every hook call (as a profiler label): built once.
+        key = self.__dict__.get("_state_key")
+        if key is None:
+            key = self._state_key = self._generate_state_key(dirpath=str(self.dirpath), every_n_steps=self.every_n_steps)
+        return key
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -207,12 +217,14 @@ class ProofOfLearning(Callback):
             uninstrument_loader(self._loader)
         if self._seed_in_use is None:
             self._seed_in_use = self.seed if self.seed is not None else torch.initial_seed() % 2**63
-        self._recorder = instrument_loader(loader, self._seed_in_use, lambda: self._data_epoch(trainer))
+        if self._resume is None and self._first_epoch is None and self._writer is None:  # a fresh run's first loader
+            self._first_epoch = _first_epoch_leaves(loader)
+        self._recorder = instrument_loader(loader, self._seed_in_use, lambda: self._data_epoch(trainer), self._first_epoch)
         self._loader = loader
         return loader
 
     def _data_epoch(self, trainer: pl.Trainer) -> int:
-        """The epoch of the per-sample seeds of an iteration that starts now.
+        """The epoch of the sample seeds of an iteration that starts now.
 
         It is the epoch Lightning gives samplers (``set_epoch``). The first
         iteration after a resume is created before Lightning restores its loop
@@ -236,12 +248,14 @@ class ProofOfLearning(Callback):
             size = len(dataset)
         except TypeError:
             raise UnsupportedDataError("the training dataset has no len(); a proof needs a sized map-style dataset") from None
-        leaves = compute_leaves(dataset, num_workers=self._loader.num_workers)
-        root = root_of(leaves)
-        if self._resume is not None:
-            self._open_resumed(trainer, root)
-        else:
-            self._open_new(trainer, pl_module, leaves, root, size)
+        if self._resume is not None:  # a resumed run checks the data against the commitment: one pass
+            self._open_resumed(trainer, compute_leaves(dataset, num_workers=self._loader.num_workers))
+        elif self._first_epoch is not None:
+            if size:
+                sample_leaf(dataset, 0)  # a sample that cannot be hashed stops the run here, not in a worker
+            self._open_new(trainer, pl_module, None, size)
+        else:  # no shared memory for the workers' hashes: commit in a pass of its own
+            self._open_new(trainer, pl_module, compute_leaves(dataset, num_workers=self._loader.num_workers), size)
         self._checkpoints = len(self._writer.manifest["checkpoints"]) if self._writer is not None else 0
         if self.background:
             self._stop_jobs()
@@ -271,14 +285,21 @@ class ProofOfLearning(Callback):
         while len(self._pending) <= slot:
             self._pending.append([])
         self._pending[slot].append(indices)
+        if epoch == 0 and self._first_epoch is not None:
+            self._first_epoch.trained(indices)
         if not self._sample_epochs or self._sample_epochs[-1][1] != epoch:
             self._sample_epochs.append([step, epoch])
-        if self._logged != self._checkpoints:  # logged when it changes: Lightning's logging costs more than the rest of this hook
+        if self._logged != self._checkpoints and (trainer.logger is not None or trainer.progress_bar_callback is not None):
+            # Logged when it changes, and only where it is shown: Lightning's logging costs more than the rest of this hook.
             self._logged = self._checkpoints
             pl_module.log_dict(
                 {"pol/checkpoints": float(self._checkpoints), "pol/MB": self._writer.total_bytes / 1e6},
                 on_step=True, on_epoch=False, prog_bar=True, logger=trainer.logger is not None, batch_size=1,
             )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._writer is not None and self._first_epoch is not None:
+            self._commit_data()
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The training stream is saved right after the backward pass, the last
@@ -292,6 +313,8 @@ class ProofOfLearning(Callback):
         if self._writer is None:
             return
         step = trainer.global_step
+        if self._first_epoch is not None:  # training ended within the first epoch
+            self._commit_data()
         if self._stream.state is None:  # no batch ran at all
             self._stream.batch_start()
         if step > self._last_written:
@@ -322,7 +345,7 @@ class ProofOfLearning(Callback):
         if self._jobs is not None:  # a Lightning checkpoint must not promise files still in the queue
             self._jobs.flush()
         stream = self._stream.state
-        stream_tensors, stream_tree = encode_state({"rng": stream}) if stream is not None else ({}, None)
+        stream_tensors, stream_tree = encode_state({"rng": portable_rng_states(stream)}) if stream is not None else ({}, None)
         return {
             "format_version": pf.FORMAT_VERSION,
             "run_id": self._run_id,
@@ -360,7 +383,7 @@ class ProofOfLearning(Callback):
             self._jobs.flush()
         return pf.sha256_file(self.dirpath / pf.MANIFEST)
 
-    def _open_new(self, trainer: pl.Trainer, pl_module: pl.LightningModule, leaves: torch.Tensor, root: str, size: int) -> None:
+    def _open_new(self, trainer: pl.Trainer, pl_module: pl.LightningModule, leaves: torch.Tensor | None, size: int) -> None:
         self._run_id = uuid.uuid4().hex
         manifest: dict[str, Any] = {
             "format": pf.FORMAT_NAME,
@@ -378,8 +401,8 @@ class ProofOfLearning(Callback):
             "environment": environment(),
             "data": {
                 "size": size,
-                "leaves": pf.LEAVES,
-                "root": root,
+                "leaves": None,  # set with the root when the data is committed (after the first epoch)
+                "root": None,
                 "tree": TREE,
                 "sample_encoding": SAMPLE_ENCODING,
             },
@@ -390,16 +413,34 @@ class ProofOfLearning(Callback):
             "files": {},
         }
         self._writer = ProofWriter.create(self.dirpath, manifest, self.overwrite, self.fsync)
-        self._writer.put(pf.LEAVES, safetensors_bytes({pf.LEAVES_KEY: leaves}))
+        if leaves is not None:
+            _put_leaves(self._writer, leaves)
         self._writer.commit()
 
-    def _open_resumed(self, trainer: pl.Trainer, root: str) -> None:
+    def _commit_data(self) -> None:
+        """Commit to the data the first epoch fetched; the Merkle tree and the file are built on the writer."""
+        collector, self._first_epoch = self._first_epoch, None
+        assert collector is not None and self._loader is not None
+        self._loader.dataset.first_epoch = None  # in-process fetches stop hashing; workers see epochs > 0 from now on
+        leaves = collector.leaves(self._loader.dataset.dataset)
+        writer = self._writer
+        assert writer is not None
+
+        def job() -> None:
+            _put_leaves(writer, leaves)
+            writer.commit()
+
+        self._run(job)
+
+    def _open_resumed(self, trainer: pl.Trainer, leaves: torch.Tensor) -> None:
         state = self._resume
         assert state is not None
         self._run_id = state["run_id"]
         writer = ProofWriter.reopen(self.dirpath, self._run_id, self.fsync)
         m = writer.manifest
-        if m["data"]["root"] != root:
+        if m["data"]["root"] is None:  # the run stopped within its first epoch, before committing
+            _put_leaves(writer, leaves)
+        elif m["data"]["root"] != root_of(leaves):
             raise ProofDirectoryError("cannot resume: the training data differs from the data this proof committed to")
         self._flushed = int(state["flushed"])
         self._pending = [[list(b) for b in p] for p in state["pending"]]
@@ -552,6 +593,25 @@ class ProofOfLearning(Callback):
             "data_source": "datamodule" if trainer.datamodule is not None else "module",
         }
         return encode_state(settings)[1]
+
+
+def _put_leaves(writer: ProofWriter, leaves: torch.Tensor) -> None:
+    writer.put(pf.LEAVES, safetensors_bytes({pf.LEAVES_KEY: leaves}))
+    writer.manifest["data"]["leaves"] = pf.LEAVES
+    writer.manifest["data"]["root"] = root_of(leaves)
+
+
+def _first_epoch_leaves(loader: Any) -> FirstEpochLeaves | None:
+    """A table for the hashes of the first epoch's samples, or None where shared memory is not to be had."""
+    try:
+        size = len(loader.dataset)
+    except TypeError:
+        return None  # on_train_start refuses the unsized dataset
+    try:
+        return FirstEpochLeaves(size)
+    except (RuntimeError, OSError) as e:
+        log.warning("proof of learning: no shared memory for the data commitment (%s); hashing the data in a pass of its own", e)
+        return None
 
 
 def _type_path(obj: Any) -> str | None:

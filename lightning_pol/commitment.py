@@ -46,47 +46,77 @@ def _text(tag: bytes, s: str) -> bytes:
 
 def canonical_chunks(obj: Any) -> Iterator[bytes]:
     """Yield the canonical, type-tagged serialization of one sample."""
-    if obj is None:
-        yield b"n"
-    elif isinstance(obj, bool):
-        yield b"b" + (b"\x01" if obj else b"\x00")
-    elif isinstance(obj, int):
-        yield _text(b"i", str(obj))
-    elif isinstance(obj, float):
-        yield b"f" + struct.pack("<d", obj)
-    elif isinstance(obj, str):
-        yield _text(b"s", obj)
-    elif isinstance(obj, (bytes, bytearray)):
-        yield b"y" + _u64(len(obj)) + bytes(obj)
-    elif isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
+    out: list[bytes] = []
+    _encode(obj, out)
+    return iter(out)
+
+
+_DTYPE_TAGS: dict[torch.dtype, bytes] = {}
+
+
+def _tensor_tag(dtype: torch.dtype) -> bytes:
+    tag = _DTYPE_TAGS.get(dtype)
+    if tag is None:
+        tag = _DTYPE_TAGS[dtype] = _text(b"T", str(dtype).removeprefix("torch."))
+    return tag
+
+
+def _encode(obj: Any, out: list[bytes]) -> None:
+    # Appends to one list instead of nesting generators: this runs for every
+    # sample of the first epoch, in the DataLoader workers.
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
         if t.is_sparse or t.is_quantized:
             raise UnhashableSampleError(f"cannot hash a {t.layout} tensor")
-        yield _text(b"T", str(t.dtype).removeprefix("torch.")) + _u64(t.dim()) + b"".join(_u64(s) for s in t.shape)
-        data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.empty(0, np.uint8)
-        yield _u64(data.nbytes)
-        yield data.tobytes()
+        if not t.is_contiguous():
+            t = t.contiguous()
+        out.append(_tensor_tag(t.dtype) + struct.pack(f"<{t.dim() + 1}Q", t.dim(), *t.shape))
+        try:
+            data = t.numpy().tobytes()  # the same bytes as the uint8 view below, a third of the cost
+        except (TypeError, RuntimeError):  # dtypes numpy lacks (bfloat16, float8...)
+            data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        out.append(_u64(len(data)))
+        out.append(data)
+    elif obj is None:
+        out.append(b"n")
+    elif isinstance(obj, bool):
+        out.append(b"b" + (b"\x01" if obj else b"\x00"))
+    elif isinstance(obj, int):
+        out.append(_text(b"i", str(obj)))
+    elif isinstance(obj, float):
+        out.append(b"f" + struct.pack("<d", obj))
+    elif isinstance(obj, str):
+        out.append(_text(b"s", obj))
+    elif isinstance(obj, (bytes, bytearray)):
+        out.append(b"y" + _u64(len(obj)) + bytes(obj))
     elif isinstance(obj, (np.ndarray, np.generic)):
         a = np.ascontiguousarray(obj)
         if a.dtype.hasobject:
             raise UnhashableSampleError("cannot hash a numpy object array")
         a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-        yield _text(b"A", a.dtype.str) + _u64(a.ndim) + b"".join(_u64(s) for s in a.shape)
-        yield _u64(a.nbytes)
-        yield a.tobytes()
+        out.append(_text(b"A", a.dtype.str) + _u64(a.ndim) + b"".join(_u64(s) for s in a.shape))
+        out.append(_u64(a.nbytes))
+        out.append(a.tobytes())
     elif isinstance(obj, (list, tuple)):
-        yield b"l" + _u64(len(obj))
+        out.append(b"l" + _u64(len(obj)))
         for v in obj:
-            yield from canonical_chunks(v)
+            _encode(v, out)
     elif isinstance(obj, dict):
-        items = sorted(((b"".join(canonical_chunks(k)), v) for k, v in obj.items()), key=lambda kv: kv[0])
-        yield b"d" + _u64(len(items))
-        for k, v in items:
-            yield k
-            yield from canonical_chunks(v)
+        keyed = []
+        for k, v in obj.items():
+            key: list[bytes] = []
+            _encode(k, key)
+            keyed.append((b"".join(key), v))
+        keyed.sort(key=lambda kv: kv[0])
+        out.append(b"d" + _u64(len(keyed)))
+        for k, v in keyed:
+            out.append(k)
+            _encode(v, out)
     elif _is_pil_image(obj):
         data = obj.tobytes()
-        yield _text(b"P", obj.mode) + _u64(obj.size[0]) + _u64(obj.size[1]) + _u64(len(data)) + data
+        out.append(_text(b"P", obj.mode) + _u64(obj.size[0]) + _u64(obj.size[1]) + _u64(len(data)) + data)
     else:
         raise UnhashableSampleError(f"cannot hash a sample value of type {type(obj).__module__}.{type(obj).__qualname__}")
 
@@ -96,10 +126,9 @@ def _is_pil_image(obj: Any) -> bool:
 
 
 def leaf_hash(sample: Any) -> bytes:
-    h = hashlib.sha256(b"\x00")
-    for chunk in canonical_chunks(sample):
-        h.update(chunk)
-    return h.digest()
+    out = [b"\x00"]
+    _encode(sample, out)
+    return hashlib.sha256(b"".join(out)).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
@@ -179,6 +208,65 @@ def sample_leaf(dataset: Dataset, index: int) -> bytes:
     """The leaf of one sample: what a verifier recomputes for each replayed sample."""
     with preserved_rng():
         return bytes(_LeafDataset(dataset)[index].tolist())
+
+
+class FirstEpochLeaves:
+    """The leaves, hashed as the first training epoch fetches the samples.
+
+    Epoch 0 fetches sample i under its commitment seed
+    (:func:`~lightning_pol.seeding.commitment_seed`), so the sample it trains on
+    is the committed one: hashing it there, in the DataLoader worker that
+    fetched it, makes the commitment cost one hash a sample, off the training
+    thread, instead of a pass over the data before training starts.
+
+    The table lives in shared memory, so worker processes (forked or spawned)
+    write into it. Only samples of batches that reached ``training_step`` are
+    taken from it (:meth:`trained`): the worker wrote their rows before it sent
+    the batch. Every other sample (never fetched in epoch 0, prefetched and
+    dropped, or unhashable in the worker) is hashed here by :meth:`leaves`.
+    """
+
+    def __init__(self, size: int) -> None:
+        # Column 32 says the row was written; it is set after the digest.
+        self.table = torch.zeros((size, DIGEST_SIZE + 1), dtype=torch.uint8).share_memory_()
+        self._rows: np.ndarray | None = None
+        self._trained: np.ndarray | None = np.zeros(size, dtype=bool)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"table": self.table}  # a worker writes rows; what was trained is the main process's business
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.table, self._rows, self._trained = state["table"], None, None
+
+    def record(self, index: int, sample: Any) -> None:
+        """Hash ``sample``, fetched in epoch 0 (in a worker or here), into row ``index``."""
+        try:
+            digest = leaf_hash(sample)
+        except UnhashableSampleError:
+            return  # left to leaves(), which raises it on the training thread
+        if self._rows is None:
+            self._rows = self.table.numpy()
+        row = self._rows[index]
+        row[:DIGEST_SIZE] = np.frombuffer(digest, dtype=np.uint8)
+        row[DIGEST_SIZE] = 1
+
+    def trained(self, indices: Sequence[int]) -> None:
+        """Samples of a batch that reached ``training_step`` in epoch 0."""
+        assert self._trained is not None, "trained() is called in the process that owns the table"
+        self._trained[indices] = True
+
+    def leaves(self, dataset: Dataset) -> torch.Tensor:
+        """All leaves, ``[N, 32]``: rows of trained samples, and every other sample hashed here."""
+        assert self._trained is not None, "leaves() is called in the process that owns the table"
+        table = self.table.numpy()
+        out = torch.from_numpy(table[:, :DIGEST_SIZE].copy())
+        missing = np.flatnonzero(~(self._trained & (table[:, DIGEST_SIZE] == 1)))
+        if missing.size:
+            leaf = _LeafDataset(dataset)
+            with preserved_rng():
+                for i in missing.tolist():
+                    out[i] = leaf[i]
+        return out
 
 
 def compute_leaves(

@@ -14,8 +14,8 @@ from typing import BinaryIO
 
 FORMAT_NAME = "lightning-pol/proof"
 #: Raised on every incompatible change; the reader lists the versions it reads.
-FORMAT_VERSION = 1
-READABLE_VERSIONS = (1,)
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (2,)
 
 MANIFEST = "manifest.json"
 CHECKPOINT_DIR = "checkpoints"

@@ -177,7 +177,11 @@ class ProofReader:
     def _validate_fields(m: dict[str, Any]) -> None:
         """Types of the fields the verifier and the replay read, so none reaches them malformed."""
         data = m.get("data")
-        if not isinstance(data, dict) or not _int(data.get("size")) or not isinstance(data.get("leaves"), str) or not isinstance(data.get("root"), str):
+        if not isinstance(data, dict) or not _int(data.get("size")):
+            raise ProofFormatError("manifest field data is missing or invalid")
+        committed = isinstance(data.get("leaves"), str) and isinstance(data.get("root"), str)
+        # A run commits to its data after its first epoch; until then both are null.
+        if not committed and not (data.get("leaves") is None and data.get("root") is None and m.get("status") == pf.STATUS_IN_PROGRESS):
             raise ProofFormatError("manifest field data is missing or invalid")
         for key in ("training", "environment", "init"):
             if not isinstance(m.get(key), dict):

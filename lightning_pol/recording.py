@@ -34,7 +34,7 @@ class RecordingSampler:
     def __init__(self, inner: Iterable[Any], batched: bool, epoch_fn: Callable[[], int]) -> None:
         self.inner = inner
         self.batched = batched
-        #: Gives the epoch whose per-sample seeds an iteration uses, read when it starts.
+        #: Gives the epoch whose sample seeds an iteration uses, read when it starts.
         self.epoch_fn = epoch_fn
         self._pending: deque[tuple[int, list[int]]] = deque()
         self._generation = 0
@@ -70,6 +70,8 @@ class RecordingSampler:
 
 
 def _as_index(i: Any) -> int:
+    if type(i) is int:  # the common case, first: this runs for every sample in the main process
+        return i
     if isinstance(i, bool) or not isinstance(i, Integral):
         if hasattr(i, "item") and getattr(i, "ndim", 1) == 0:
             return _as_index(i.item())
@@ -79,12 +81,13 @@ def _as_index(i: Any) -> int:
     return int(i)
 
 
-def instrument_loader(loader: Any, proof_seed: int, epoch_fn: Callable[[], int]) -> RecordingSampler:
+def instrument_loader(loader: Any, proof_seed: int, epoch_fn: Callable[[], int], first_epoch: Any = None) -> RecordingSampler:
     """Make ``loader`` record its batches and seed every sample from its counter.
 
     The DataLoader is changed in place (its sampler and dataset are wrapped),
     before it is first iterated, so that worker processes receive the wrapped
-    dataset. Returns the recorder.
+    dataset; ``first_epoch`` receives the samples epoch 0 fetches
+    (:class:`~lightning_pol.seeding.SeededDataset`). Returns the recorder.
     """
     from torch.utils.data import DataLoader, IterableDataset
 
@@ -109,7 +112,7 @@ def instrument_loader(loader: Any, proof_seed: int, epoch_fn: Callable[[], int])
     # DataLoader forbids re-assigning these after __init__; it only reads them
     # when an iterator is created, which has not happened yet.
     object.__setattr__(loader, "batch_sampler" if batched else "sampler", recorder)
-    object.__setattr__(loader, "dataset", SeededDataset(loader.dataset, proof_seed))
+    object.__setattr__(loader, "dataset", SeededDataset(loader.dataset, proof_seed, first_epoch))
     return recorder
 
 

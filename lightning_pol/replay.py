@@ -121,8 +121,8 @@ class _ReplayCallback(Callback):
             or multiprocessing.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver")
         ):
             # A multirun job of Hydra's joblib launcher runs in a loky process, whose default start method
-            # cannot start DataLoader workers (nor can a daemonic process). Every sample is fetched under its
-            # own seed, so fetching in this process replays the same batches.
+            # cannot start DataLoader workers (nor can a daemonic process). Every batch is fetched under seeds
+            # of its own, so fetching in this process replays the same batches.
             object.__setattr__(loader, "num_workers", 0)
             object.__setattr__(loader, "persistent_workers", False)
         return loader
@@ -230,8 +230,8 @@ class PoLVerifierModule:
     ``trainer.estimated_stepping_batches``), ``current_epoch``,
     ``global_step`` and ``batch_idx`` are what they were. The DataLoader of the
     re-created datamodule is kept (dataset, collate_fn, workers) but its
-    batch sampler yields the micro-batches of the index log, and each sample
-    is fetched under its recorded (seed, epoch, index) seed. The RNG stream of
+    batch sampler yields the micro-batches of the index log, and each is
+    fetched under the seeds the prover's was (from seed, epoch, indices). The RNG stream of
     the steps starts from W_t's recorded state and is isolated between steps
     exactly as during training. The state at the start of step t+k (or at the
     end of training for the last segment) is captured like the prover
@@ -271,7 +271,7 @@ class PoLVerifierModule:
         return self._dm_cls(**decode_state({}, self.manifest["datamodule"]["hparams"]))
 
     def step_epoch(self, step: int) -> int:
-        """The epoch whose per-sample seeds step ``step`` used."""
+        """The epoch whose sample seeds step ``step`` used."""
         epoch = None
         for first, e in self._epoch_runs:
             if first <= step:

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_pol import proof_format as pf
+from lightning_pol.seeding import portable_rng_states
 
 
 def capture_training_state(
@@ -24,7 +25,7 @@ def capture_training_state(
         "optimizers": [opt.state_dict() for opt in trainer.optimizers],
         "lr_schedulers": [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs],
         "grad_scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": rng,
+        "rng": portable_rng_states(rng),
         "progress": {"global_step": step, "epoch": trainer.current_epoch, "batch_idx": batch_idx},
     }
 

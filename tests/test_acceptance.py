@@ -39,15 +39,19 @@ def test_no_pickle_and_no_torch_zip(run):
     for path in proof.rglob("*"):
         if not path.is_file():
             continue
-        head = path.read_bytes()[:4]
-        assert head[:1] != b"\x80", f"{path} looks like a pickle"
-        assert head != b"PK\x03\x04", f"{path} looks like a torch.save zip"
+        raw = path.read_bytes()
+        assert raw[:4] != b"PK\x03\x04", f"{path} looks like a torch.save zip"
+        # Each file parses as what its name says, which a pickle does not (its first
+        # byte, 0x80, can also be the low byte of a safetensors header length).
         if path.suffix == ".json":
             json.loads(path.read_text())
         else:
             assert path.suffix == ".safetensors"
-            n = int.from_bytes(path.read_bytes()[:8], "little")
-            json.loads(path.read_bytes()[8 : 8 + n])
+            n = int.from_bytes(raw[:8], "little")
+            assert 8 + n <= len(raw), f"{path} is not a safetensors file"
+            header = json.loads(raw[8 : 8 + n])
+            ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+            assert 8 + n + max(ends, default=0) == len(raw), f"{path} is not a safetensors file"
 
 
 def test_checkpoint_steps(run):

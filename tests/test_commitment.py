@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lightning_pol import ProofReader
+from lightning_pol import commitment
 from lightning_pol.commitment import (
     UnhashableSampleError, compute_leaves, inclusion_proof, leaf_hash, merkle_root, root_of, sample_leaf, verify_inclusion,
 )
@@ -31,6 +32,25 @@ def test_leaves_and_root_match_the_training_data(proof):
     assert torch.equal(compute_leaves(data, num_workers=0), leaves)
     for i in (0, 123, 1796):
         assert sample_leaf(data, i) == bytes(leaves[i].tolist())
+
+
+@pytest.mark.parametrize(
+    "dm_kwargs, not_trained",
+    [(dict(num_workers=0), 0), (dict(num_workers=2, drop_last=True), 1797 % 32), (dict(num_workers=2, persistent_workers=True), 0)],
+    ids=["main-process", "workers-drop-last", "persistent-workers"],
+)
+def test_first_epoch_fetches_are_hashed_into_the_commitment(tmp_path, monkeypatch, dm_kwargs, not_trained):
+    """The leaves hashed as epoch 0 fetched its samples (in workers or here) equal a pass over the data,
+    and the prover hashes on the training thread only sample 0 (its early check) and what epoch 0 did not train on."""
+    here = []
+    fetch = commitment._LeafDataset.__getitem__
+    monkeypatch.setattr(commitment._LeafDataset, "__getitem__", lambda self, i: (here.append(i), fetch(self, i))[1])
+    proof, _, _ = train_with_proof(tmp_path, UnseenModule, UnseenDataModule(**dm_kwargs), max_epochs=2)
+    assert len(here) == 1 + not_trained
+    reader = ProofReader(proof)
+    assert reader.manifest["status"] == "complete"
+    assert torch.equal(reader.leaves(), compute_leaves(NoisyDigits(augment=True)))
+    assert root_of(reader.leaves()) == reader.manifest["data"]["root"]
 
 
 def test_one_changed_value_or_label_changes_exactly_that_leaf(proof):

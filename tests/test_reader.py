@@ -139,3 +139,17 @@ def test_malformed_manifest_fields_are_format_errors(proof, mutate, message):
     edit_manifest(proof, mutate)
     with pytest.raises(ProofFormatError, match=message):
         ProofReader(proof)
+
+
+def test_data_commitment_may_be_null_only_while_in_progress(proof):
+    def uncommitted(status):
+        def fn(m):
+            m["data"].update(leaves=None, root=None)
+            m["status"] = status
+        return fn
+
+    edit_manifest(proof, uncommitted(pf.STATUS_IN_PROGRESS))
+    assert ProofReader(proof).manifest["data"]["root"] is None  # a run stopped in its first epoch, before committing
+    edit_manifest(proof, uncommitted(pf.STATUS_COMPLETE))
+    with pytest.raises(ProofFormatError, match="manifest field data"):
+        ProofReader(proof)
