@@ -78,12 +78,18 @@ def callback_overhead(work: Workload, ks: list[int], repeats: int, tmp: Path) ->
     tag = "".join(c for c in work.name if c.isalnum())[:16]
     for k in ks:
         pol, base = [], []
-        for r in range(repeats):  # interleaved, so drift hits every condition alike
-            plain = work.fit([], tmp / "plain")
-            with_pol = work.fit([ProofOfLearning(tmp / f"{tag}-pol-{k}-{r}", every_n_steps=k)], tmp / "pol")
-            with_base = work.fit([TorchSaveEveryK(tmp / f"{tag}-base-{k}-{r}", k)], tmp / "base")
-            pol.append((with_pol, plain))
-            base.append((with_base, plain))
+        for r in range(repeats):
+            # Interleaved, so drift hits every condition alike, and in alternating order (plain first, then last),
+            # so that a drift within one repetition does not always favour the plain run.
+            runs = {
+                "plain": lambda: work.fit([], tmp / "plain"),
+                "pol": lambda: work.fit([ProofOfLearning(tmp / f"{tag}-pol-{k}-{r}", every_n_steps=k)], tmp / "pol"),
+                "base": lambda: work.fit([TorchSaveEveryK(tmp / f"{tag}-base-{k}-{r}", k)], tmp / "base"),
+            }
+            order = ["plain", "pol", "base"] if r % 2 == 0 else ["base", "pol", "plain"]
+            took = {name: runs[name]() for name in order}
+            pol.append((took["pol"], took["plain"]))
+            base.append((took["base"], took["plain"]))
         rows[str(k)] = {"lightning_pol": _median_ratio(pol), "torch_save_baseline": _median_ratio(base),
                         "plain_seconds": statistics.median(p for _, p in pol)}
     return rows
