@@ -83,3 +83,20 @@ def test_inclusion_proofs_for_every_tree_size():
             path = inclusion_proof(leaves, i)
             assert verify_inclusion(leaves[i], i, n, path, root)
             assert not verify_inclusion(hashlib.sha256(b"x").digest(), i, n, path, root)
+
+
+def test_first_epoch_table_reaches_spawned_workers():
+    """Under the spawn start method the table is pickled to the workers; their rows must land in this process."""
+    from torch.utils.data import DataLoader
+
+    from lightning_pol.commitment import FirstEpochLeaves
+    from lightning_pol.recording import instrument_loader
+
+    data = NoisyDigits(augment=True)
+    loader = DataLoader(data, batch_size=128, shuffle=True, num_workers=2, multiprocessing_context="spawn")
+    table = FirstEpochLeaves(len(data))
+    recorder = instrument_loader(loader, 7, lambda: 0, table)
+    for _ in loader:
+        table.trained(recorder.pop()[1])
+    assert int(table.table[:, 32].sum()) == len(data)  # every row written by a worker
+    assert torch.equal(table.leaves(data), compute_leaves(data))
