@@ -168,6 +168,7 @@ class ProofOfLearning(Callback):
         self._flushed = 0  # steps [0, _flushed) are in index-log files
         self._pending: list[list[list[int]]] = []  # micro-batches of steps _flushed, _flushed+1, ...
         self._sample_epochs: list[list[int]] = []  # [first_step, epoch] runs
+        self._new_run = False  # the next batch starts a run even within the same epoch (a resume)
         self._last_written = -1
         self._next_due = 0
         self._resume: dict[str, Any] | None = None
@@ -287,8 +288,9 @@ class ProofOfLearning(Callback):
         self._pending[slot].append(indices)
         if epoch == 0 and self._first_epoch is not None:
             self._first_epoch.trained(indices)
-        if not self._sample_epochs or self._sample_epochs[-1][1] != epoch:
+        if not self._sample_epochs or self._sample_epochs[-1][1] != epoch or (self._new_run and self._sample_epochs[-1][0] < step):
             self._sample_epochs.append([step, epoch])
+        self._new_run = False
         if self._logged != self._checkpoints and (trainer.logger is not None or trainer.progress_bar_callback is not None):
             # Logged when it changes, and only where it is shown: Lightning's logging costs more than the rest of this hook.
             self._logged = self._checkpoints
@@ -445,6 +447,9 @@ class ProofOfLearning(Callback):
         self._flushed = int(state["flushed"])
         self._pending = [[list(b) for b in p] for p in state["pending"]]
         self._sample_epochs = [list(r) for r in state["sample_epochs"]]
+        # Lightning resumes mid-epoch with a fresh iteration of the sampler (a new shuffle), so what this run
+        # trains on in the epoch is a second draw: recorded as a run of its own, checked on its own.
+        self._new_run = True
         self._last_written = int(state["last_written"])
         self._next_due = int(state["next_due"])
         tree = json.loads(state["stream_tree"])

@@ -165,6 +165,8 @@ def portable_rng_states(states: dict[str, Any]) -> dict[str, Any]:
     2.5 KB of a checkpoint's tensors instead of 7 KB of its JSON tree, and
     one object to copy and encode instead of 625.
     """
+    if isinstance(states["python"], dict):
+        return states  # already portable: a state restored from a checkpoint, before the first step replaced it
     version, internal, gauss_next = states["python"]
     words = torch.from_numpy(np.array(internal, dtype=np.uint32).view(np.int32))
     return {**states, "python": {"version": version, "state": words, "gauss_next": gauss_next}}
