@@ -620,9 +620,13 @@ def _permutation_check(verifier: PoLVerifierModule, index_log: Any) -> dict[str,
         if int(counts.max()) > 1 or (complete and not partial_ok and int((counts == 0).sum()) > 0):
             bad.append(epoch)
     sampler = training.get("sampler")
+    epochs = [e for _, e in verifier._epoch_runs]
+    split = sorted({e for e in epochs if epochs.count(e) > 1})  # resumed mid-epoch: each part checked alone
     return {
         "passed": not bad,
         "epochs_not_permutations": bad,
+        "split_epochs": split,
         "sampler": sampler,
-        "summary": "every epoch is a permutation" if not bad else f"epochs {bad[:5]} are not permutations of the dataset (sampler {sampler} is not a permutation sampler)",
+        "summary": ("every epoch is a permutation" + (f" (epochs {split[:5]} split by a resume: distinct indices in each part)" if split else ""))
+        if not bad else f"epochs {bad[:5]} are not permutations of the dataset (sampler {sampler} is not a permutation sampler)",
     }

@@ -107,6 +107,7 @@ def test_resume_within_the_first_epoch_commits_the_data_and_verifies(tmp_path):
     report = verify_proof(tmp_path / "proof", q=0)
     assert report.valid, report.reasons
     assert report.checks["replay"]["summary"].startswith(f"{len(reader.checkpoints) - 1}/")
+    assert report.checks["data"]["permutation"]["split_epochs"] == [0]  # shown to whoever reads the report
 
 
 def test_sigkill_after_the_fourth_lightning_checkpoint_then_resume_verifies(tmp_path):
