@@ -141,6 +141,7 @@ class ProofOfLearning(Callback):
             raise PoLError(f"seed must be in [0, 2**63), got {seed}")
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
+        self._state_key = self._generate_state_key(dirpath=str(self.dirpath), every_n_steps=self.every_n_steps)
         self.init_strategy = init_strategy
         self.init_params = dict(init_params or {})
         self.seed = None if seed is None else int(seed)
@@ -181,11 +182,7 @@ class ProofOfLearning(Callback):
 
     @property
     def state_key(self) -> str:
-        # Lightning reads it at every hook call (as a profiler label): built once.
-        key = self.__dict__.get("_state_key")
-        if key is None:
-            key = self._state_key = self._generate_state_key(dirpath=str(self.dirpath), every_n_steps=self.every_n_steps)
-        return key
+        return self._state_key  # Lightning reads it at every hook call (as a profiler label): built in __init__
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

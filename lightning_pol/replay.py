@@ -187,8 +187,9 @@ class _ChainCallback(_ReplayCallback):
         if last:
             self.captured = state
             raise _SegmentDone
-        _reseat(trainer, pl_module, self.recorded(step))
-        self.stream = TrainingStream(self.recorded(step)["rng"])
+        recorded = self.recorded(step)
+        _reseat(trainer, pl_module, recorded)
+        self.stream = TrainingStream(recorded["rng"])
         self.stream.batch_start()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
