@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from lightning_pol import proof_format as pf
 from lightning_pol.background import BackgroundWriter
 from lightning_pol.chain import parent_record, same_weights
+from lightning_pol.distributed import broadcast_from_zero, check_ddp_recordable, gather_to_zero
 from lightning_pol.commitment import SAMPLE_ENCODING, TREE, FirstEpochLeaves, compute_leaves, root_of, sample_leaf
 from lightning_pol.errors import PoLError
 from lightning_pol.index_log import IndexLog
@@ -179,6 +180,8 @@ class ProofOfLearning(Callback):
         self._checkpoints = 0
         self._logged = -1
         self._first_epoch: FirstEpochLeaves | None = None
+        self._opened = False  # on_train_start ran: this rank records (every rank does; rank 0 alone writes)
+        self._world = 1
 
     @property
     def state_key(self) -> str:
@@ -206,8 +209,12 @@ class ProofOfLearning(Callback):
                     "load it with model.load_state_dict() before fit"
                 )
             self._specs["parent"] = record
-        if trainer.world_size > 1:
-            raise PoLError("ProofOfLearning records single-process training only in this version (world_size > 1)")
+        self._world = trainer.world_size
+        if self._world > 1:
+            check_ddp_recordable(trainer, pl_module)
+            # Rank 0 names the proof seed: every rank must fetch a batch under the seed the proof records.
+            seed = self.seed if self.seed is not None else torch.initial_seed() % 2**63
+            self._seed_in_use = broadcast_from_zero(seed, self._world)
         self._unpatch = patch_train_dataloader(trainer, lambda loader: self._instrument(trainer, loader))
 
     def _instrument(self, trainer: pl.Trainer, loader: Any) -> Any:
@@ -215,8 +222,10 @@ class ProofOfLearning(Callback):
             uninstrument_loader(self._loader)
         if self._seed_in_use is None:
             self._seed_in_use = self.seed if self.seed is not None else torch.initial_seed() % 2**63
-        if self._resume is None and self._first_epoch is None and self._writer is None:  # a fresh run's first loader
+        if self._resume is None and self._first_epoch is None and not self._opened:  # a fresh run's first loader
             self._first_epoch = _first_epoch_leaves(loader)
+            if self._first_epoch is None and self._world > 1:
+                raise PoLError("ProofOfLearning under DDP needs shared memory for the first epoch's sample hashes")
         self._recorder = instrument_loader(loader, self._seed_in_use, lambda: self._data_epoch(trainer), self._first_epoch)
         self._loader = loader
         return loader
@@ -246,6 +255,28 @@ class ProofOfLearning(Callback):
             size = len(dataset)
         except TypeError:
             raise UnsupportedDataError("the training dataset has no len(); a proof needs a sized map-style dataset") from None
+        self._opened = True
+        failure = None
+        if trainer.global_rank == 0:  # the other ranks of a DDP run record for rank 0, which writes
+            try:
+                self._open(trainer, pl_module, dataset, size)
+            except PoLError as e:
+                failure = e
+        # Under DDP every rank stops when rank 0 cannot open the proof, instead of waiting for it at the first step.
+        reason = broadcast_from_zero(None if failure is None else str(failure), self._world)
+        if failure is not None:
+            raise failure
+        if reason is not None:
+            raise PoLError(reason)
+        if self._writer is None:
+            return
+        self._checkpoints = len(self._writer.manifest["checkpoints"])
+        if self.background:
+            self._stop_jobs()
+            self._jobs = BackgroundWriter(self.max_pending)
+        log.info("proof of learning: writing to %s (k=%d, %d samples committed)", self.dirpath, self.every_n_steps, size)
+
+    def _open(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dataset: Any, size: int) -> None:
         if self._resume is not None:  # a resumed run checks the data against the commitment: one pass
             self._open_resumed(trainer, compute_leaves(dataset, num_workers=self._loader.num_workers))
         elif self._first_epoch is not None:
@@ -254,14 +285,9 @@ class ProofOfLearning(Callback):
             self._open_new(trainer, pl_module, None, size)
         else:  # no shared memory for the workers' hashes: commit in a pass of its own
             self._open_new(trainer, pl_module, compute_leaves(dataset, num_workers=self._loader.num_workers), size)
-        self._checkpoints = len(self._writer.manifest["checkpoints"]) if self._writer is not None else 0
-        if self.background:
-            self._stop_jobs()
-            self._jobs = BackgroundWriter(self.max_pending)
-        log.info("proof of learning: writing to %s (k=%d, %d samples committed)", self.dirpath, self.every_n_steps, size)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self._writer is None or self._recorder is None:
+        if not self._opened or self._recorder is None:
             return
         self._stream.batch_start()
         step = trainer.global_step
@@ -273,7 +299,7 @@ class ProofOfLearning(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._writer is None or self._inflight is None:
+        if self._inflight is None:
             return
         step, epoch, indices = self._inflight
         self._inflight = None
@@ -288,7 +314,7 @@ class ProofOfLearning(Callback):
         if not self._sample_epochs or self._sample_epochs[-1][1] != epoch or (self._new_run and self._sample_epochs[-1][0] < step):
             self._sample_epochs.append([step, epoch])
         self._new_run = False
-        if self._logged != self._checkpoints and (trainer.logger is not None or trainer.progress_bar_callback is not None):
+        if self._writer is not None and self._logged != self._checkpoints and (trainer.logger is not None or trainer.progress_bar_callback is not None):
             # Logged when it changes, and only where it is shown: Lightning's logging costs more than the rest of this hook.
             self._logged = self._checkpoints
             pl_module.log_dict(
@@ -297,7 +323,7 @@ class ProofOfLearning(Callback):
             )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._writer is not None and self._first_epoch is not None:
+        if self._opened and self._first_epoch is not None:
             self._commit_data()
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -305,11 +331,11 @@ class ProofOfLearning(Callback):
         # point where a step draws randomness that shapes its gradient. Draws
         # after it (an optimizer hook, another callback's on_train_batch_end)
         # are undone when the next batch starts.
-        if self._writer is not None:
+        if self._opened:
             self._stream.after_backward()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._writer is None:
+        if not self._opened:
             return
         step = trainer.global_step
         if self._first_epoch is not None:  # training ended within the first epoch
@@ -320,6 +346,8 @@ class ProofOfLearning(Callback):
             self._write_checkpoint(trainer, pl_module, step, self._stream.state, None)
         else:
             self._run(self._index_job(self._flushed + len(self._pending)))
+        if self._writer is None:
+            return  # another rank of a DDP run: rank 0 finalizes
         if self._jobs is not None:
             self._jobs.flush()
         self._finalize(step)
@@ -368,6 +396,8 @@ class ProofOfLearning(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("run_id") is None:
             return
+        if self._world > 1:  # each rank's RNG stream and unfiled indices are not in rank 0's Lightning checkpoint
+            raise PoLError("ProofOfLearning cannot resume a DDP run in this version: start the proof again")
         self._resume = dict(state_dict)
         self._resume_epoch = state_dict.get("next_data_epoch")
         self._seed_in_use = int(state_dict["seed"])
@@ -421,9 +451,13 @@ class ProofOfLearning(Callback):
         collector, self._first_epoch = self._first_epoch, None
         assert collector is not None and self._loader is not None
         self._loader.dataset.first_epoch = None  # in-process fetches stop hashing; workers see epochs > 0 from now on
-        leaves = collector.leaves(self._loader.dataset.dataset)
+        parts = gather_to_zero(collector.trained_rows() if self._world > 1 else None, self._world)
         writer = self._writer
-        assert writer is not None
+        if writer is None:
+            return  # another rank of a DDP run: its hashes went to rank 0
+        for part in (parts or [])[1:]:
+            collector.merge(*part)
+        leaves = collector.leaves(self._loader.dataset.dataset)
 
         def job() -> None:
             _put_leaves(writer, leaves)
@@ -498,14 +532,18 @@ class ProofOfLearning(Callback):
     def _index_job(self, upto: int) -> Any:
         """Take the indices of steps [_flushed, upto) out of memory; returns the job that writes them as a chunk."""
         n = upto - self._flushed
+        steps = self._pending[:max(n, 0)] + [[] for _ in range(n - len(self._pending))]
+        if self._world > 1:  # every rank's micro-batches of each step, in rank order: the global batch
+            ranks = gather_to_zero(steps, self._world)
+            steps = [[b for rank in ranks for b in rank[s]] for s in range(len(steps))] if ranks is not None else []
         if n <= 0:
             return None
-        steps = self._pending[:n] + [[] for _ in range(n - len(self._pending))]
         first = self._flushed
         self._pending = self._pending[n:]
         self._flushed = upto
         writer = self._writer
-        assert writer is not None
+        if writer is None:
+            return None
 
         def job() -> None:
             self._write_index_chunk(writer, first, IndexLog.from_steps(steps))
@@ -517,11 +555,16 @@ class ProofOfLearning(Callback):
     ) -> None:
         """Snapshot the training state here; encode, write and commit it (after the pending indices) on the writer."""
         index_job = self._index_job(step if batch_idx is not None else self._flushed + len(self._pending))
-        state, ready = snapshot_state(capture_training_state(trainer, pl_module, rng, step, batch_idx))
+        streams = gather_to_zero(rng, self._world) if self._world > 1 else None
+        self._last_written = step
+        self._next_due = (step // self.every_n_steps + 1) * self.every_n_steps
+        writer = self._writer
+        if writer is None:
+            return  # another rank of a DDP run: its indices and RNG stream went to rank 0
+        peers = streams[1:] if streams is not None else None  # the other ranks' streams; ``rng`` is rank 0's
+        state, ready = snapshot_state(capture_training_state(trainer, pl_module, rng, step, batch_idx, peers))
         epoch = trainer.current_epoch
         sample_epochs = self._recorded_epochs()
-        writer = self._writer
-        assert writer is not None
 
         def job() -> None:
             if index_job is not None:
@@ -540,8 +583,6 @@ class ProofOfLearning(Callback):
 
         self._run(job)
         self._checkpoints += 1
-        self._last_written = step
-        self._next_due = (step // self.every_n_steps + 1) * self.every_n_steps
 
     def _recorded_epochs(self) -> list[list[int]]:
         return [list(r) for r in self._sample_epochs if r[0] < self._flushed]

@@ -255,6 +255,21 @@ class FirstEpochLeaves:
         assert self._trained is not None, "trained() is called in the process that owns the table"
         self._trained[indices] = True
 
+    def trained_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, [m, 32] digests)`` of the rows of trained samples: what a DDP rank sends rank 0."""
+        assert self._trained is not None, "trained_rows() is called in the process that owns the table"
+        table = self.table.numpy()
+        rows = np.flatnonzero(self._trained & (table[:, DIGEST_SIZE] == 1))
+        return rows, table[rows, :DIGEST_SIZE].copy()
+
+    def merge(self, indices: np.ndarray, digests: np.ndarray) -> None:
+        """Take another rank's :meth:`trained_rows` as if this process had trained and hashed them."""
+        assert self._trained is not None, "merge() is called in the process that owns the table"
+        table = self.table.numpy()
+        table[indices, :DIGEST_SIZE] = digests
+        table[indices, DIGEST_SIZE] = 1
+        self._trained[indices] = True
+
     def leaves(self, dataset: Dataset) -> torch.Tensor:
         """All leaves, ``[N, 32]``: rows of trained samples, and every other sample hashed here."""
         assert self._trained is not None, "leaves() is called in the process that owns the table"

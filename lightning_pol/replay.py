@@ -87,10 +87,71 @@ class ReplaySampler:
             yield keys if self.batched else keys[0]
 
 
+class EmulatedRanks:
+    """The ranks of a recorded step, replayed in one process: W micro-batches of one accumulating step.
+
+    A DDP step's gradient is the mean of the W ranks' gradients (each scaled by
+    1/W and summed); Lightning's gradient accumulation over the W micro-batches
+    computes the same sum, in rank order. Each micro-batch draws from its
+    rank's RNG stream. DDP broadcasts rank 0's buffers at every forward, so
+    rank r > 0 starts from the buffers the step started with, and its updates
+    (BatchNorm statistics) are discarded: the model's buffers are rank 0's.
+    With W = 1 this is the training stream of a single-process run.
+    """
+
+    def __init__(self, world_size: int, rng: dict[str, Any] | None, peer_rng: list[dict[str, Any]] | None = None) -> None:
+        peers = list(peer_rng or [])
+        if rng is not None and len(peers) != world_size - 1:
+            raise ReplayError(f"a checkpoint of a {world_size}-process run holds {len(peers) + 1} RNG streams")
+        self.world_size = world_size
+        self.streams = [TrainingStream(rng)] + [TrainingStream(r) for r in peers]
+        self.rank = 0
+        self._step_buffers: list[torch.Tensor] = []  # the buffers the step started with
+        self._rank0_buffers: list[torch.Tensor] = []  # rank 0's, after its forward
+
+    def batch_start(self, pl_module: pl.LightningModule, batch_idx: int) -> None:
+        self.rank = batch_idx % self.world_size
+        self.streams[self.rank].batch_start()
+        if self.world_size == 1:
+            return
+        buffers = list(pl_module.buffers())
+        if self.rank == 0:
+            self._step_buffers = [b.detach().clone() for b in buffers]
+            return
+        if self.rank == 1:
+            self._rank0_buffers = [b.detach().clone() for b in buffers]
+        with torch.no_grad():
+            for b, saved in zip(buffers, self._step_buffers):
+                b.copy_(saved)
+
+    def after_backward(self) -> None:
+        self.streams[self.rank].after_backward()
+
+    def batch_end(self, pl_module: pl.LightningModule) -> None:
+        if self.rank == 0:
+            return
+        with torch.no_grad():
+            for b, saved in zip(pl_module.buffers(), self._rank0_buffers):
+                b.copy_(saved)
+
+    @property
+    def rng(self) -> dict[str, Any]:
+        return self.streams[0].state  # type: ignore[return-value]
+
+    @property
+    def peer_rng(self) -> list[dict[str, Any]] | None:
+        return [s.state for s in self.streams[1:]] if self.world_size > 1 else None  # type: ignore[misc]
+
+    def capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, batch_idx: int | None) -> dict[str, Any]:
+        """The state as the prover's rank 0 captured it (its batch position counts its own batches)."""
+        position = None if batch_idx is None else batch_idx // self.world_size
+        return capture_training_state(trainer, pl_module, self.rng, step, position, self.peer_rng)
+
+
 class _ReplayCallback(Callback):
-    def __init__(self, owner: PoLVerifierModule, rng: dict[str, Any], end_step: int, final: bool, sampler: ReplaySampler) -> None:
+    def __init__(self, owner: PoLVerifierModule, state: dict[str, Any] | None, end_step: int, final: bool, sampler: ReplaySampler) -> None:
         self.owner = owner
-        self.stream = TrainingStream(rng)
+        self.ranks = owner.emulated_ranks(state)
         self.end_step = end_step
         self.final = final
         self.sampler = sampler
@@ -112,7 +173,7 @@ class _ReplayCallback(Callback):
         if not isinstance(loader, DataLoader):
             raise UnsupportedDataError("the re-created train_dataloader() is not a torch DataLoader")
         original = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
-        self.sampler.length = len(original)
+        self.sampler.length = self.owner.epoch_batches(len(original))
         self.sampler.batched = loader.batch_sampler is not None
         object.__setattr__(loader, "batch_sampler" if self.sampler.batched else "sampler", self.sampler)
         object.__setattr__(loader, "dataset", SeededDataset(loader.dataset, self.owner.seed))
@@ -135,9 +196,9 @@ class _ReplayCallback(Callback):
             }
             raise _SegmentDone
 
-    def _step_started(self, trainer: pl.Trainer) -> int | None:
+    def _step_started(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_idx: int) -> int | None:
         """At every batch start: restore the training stream; returns the step when this batch starts a new one."""
-        self.stream.batch_start()
+        self.ranks.batch_start(pl_module, batch_idx)
         step = trainer.global_step
         if step == self._started_step:  # a later micro-batch of an accumulating step
             return None
@@ -145,17 +206,22 @@ class _ReplayCallback(Callback):
         return step
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        step = self._step_started(trainer)
+        step = self._step_started(trainer, pl_module, batch_idx)
         if step is not None and step == self.end_step and not self.final:
-            self.captured = capture_training_state(trainer, pl_module, self.stream.state, step, batch_idx)
+            self.captured = self.ranks.capture(trainer, pl_module, step, batch_idx)
             raise _SegmentDone
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.stream.after_backward()
+        self.ranks.after_backward()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.ranks.batch_end(pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.final and trainer.global_step == self.end_step:
-            self.captured = capture_training_state(trainer, pl_module, self.stream.state, trainer.global_step, None)
+            self.captured = self.ranks.capture(trainer, pl_module, trainer.global_step, None)
 
 
 class _ChainCallback(_ReplayCallback):
@@ -163,23 +229,23 @@ class _ChainCallback(_ReplayCallback):
     and re-seats the proof's recorded state, so every segment starts from the proof's W_t as a
     separate replay would."""
 
-    def __init__(self, owner: PoLVerifierModule, rng: dict[str, Any], boundaries: list[int], final: bool,
+    def __init__(self, owner: PoLVerifierModule, state: dict[str, Any], boundaries: list[int], final: bool,
                  sampler: ReplaySampler, recorded: Callable[[int], dict[str, Any]],
                  on_segment: Callable[[int, int, dict[str, Any]], None]) -> None:
-        super().__init__(owner, rng, boundaries[-1], final, sampler)
+        super().__init__(owner, state, boundaries[-1], final, sampler)
         self.boundaries = boundaries
         self.recorded = recorded
         self.on_segment = on_segment
         self.position = 0  # index in boundaries of the segment being replayed
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        step = self._step_started(trainer)
+        step = self._step_started(trainer, pl_module, batch_idx)
         if step is None or step != self.boundaries[self.position + 1]:
             return
         last = self.position + 2 == len(self.boundaries)
         if last and self.final:
             return
-        state, ready = snapshot_state(capture_training_state(trainer, pl_module, self.stream.state, step, batch_idx))
+        state, ready = snapshot_state(self.ranks.capture(trainer, pl_module, step, batch_idx))
         if ready is not None:
             ready.synchronize()
         self.on_segment(self.boundaries[self.position], step, state)
@@ -189,12 +255,12 @@ class _ChainCallback(_ReplayCallback):
             raise _SegmentDone
         recorded = self.recorded(step)
         _reseat(trainer, pl_module, recorded)
-        self.stream = TrainingStream(recorded["rng"])
-        self.stream.batch_start()
+        self.ranks = self.owner.emulated_ranks(recorded)
+        self.ranks.batch_start(pl_module, batch_idx)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.final and trainer.global_step == self.end_step and self.position + 2 == len(self.boundaries):
-            self.captured = capture_training_state(trainer, pl_module, self.stream.state, trainer.global_step, None)
+            self.captured = self.ranks.capture(trainer, pl_module, trainer.global_step, None)
             self.on_segment(self.boundaries[self.position], self.end_step, self.captured)
             self.position += 1
 
@@ -253,6 +319,26 @@ class PoLVerifierModule:
         dm = self.manifest.get("datamodule")
         self._dm_cls = self._resolve(dm, "datamodule") if dm is not None else None
         self._epoch_runs = [(int(a), int(b)) for a, b in self.manifest.get("sample_epochs", [])]
+        world = self.training.get("world_size") or 1
+        if not isinstance(world, int) or isinstance(world, bool) or world < 1:
+            raise ReplayError(f"the proof's world_size {world!r} is not a positive integer")
+        #: Processes of the recorded run; a DDP step is replayed as ``world_size`` micro-batches (:class:`EmulatedRanks`).
+        self.world_size = world
+
+    def emulated_ranks(self, state: dict[str, Any] | None) -> EmulatedRanks:
+        """The ranks' RNG streams from a checkpoint ``state`` (none: the configure_optimizers probe)."""
+        if state is None:
+            return EmulatedRanks(self.world_size, None)
+        return EmulatedRanks(self.world_size, state["rng"], state.get("peer_rng"))
+
+    def epoch_batches(self, loader_length: int) -> int:
+        """Micro-batches per epoch of the replay: the re-created loader's, or W times a rank's under DDP."""
+        if self.world_size == 1:
+            return loader_length
+        per_rank = self.training.get("num_training_batches")
+        if not isinstance(per_rank, int) or isinstance(per_rank, bool) or per_rank < 1:
+            raise ReplayError("the DDP proof does not record its batches per epoch (training.num_training_batches)")
+        return per_rank * self.world_size
 
     @staticmethod
     def _resolve(spec: Any, what: str) -> type:
@@ -305,10 +391,11 @@ class PoLVerifierModule:
             precision=t.get("precision", "32-true"),
             gradient_clip_val=t.get("gradient_clip_val"),
             gradient_clip_algorithm=t.get("gradient_clip_algorithm"),
-            accumulate_grad_batches=t.get("accumulate_grad_batches", 1),
+            accumulate_grad_batches=t.get("accumulate_grad_batches", 1) * self.world_size,
             max_epochs=t.get("max_epochs"),
             max_steps=t.get("max_steps", -1),
-            limit_train_batches=t.get("limit_train_batches"),
+            # Under DDP the epoch length is set by the replay sampler (:meth:`epoch_batches`), a rank's limit included.
+            limit_train_batches=t.get("limit_train_batches") if self.world_size == 1 else None,
             limit_val_batches=0,
             num_sanity_val_steps=0,
             logger=False,
@@ -357,7 +444,7 @@ class PoLVerifierModule:
         Run in a Trainer with the proof's settings, so a schedule sized from
         ``trainer.estimated_stepping_batches`` gets the size it had in training.
         """
-        callback = _ReplayCallback(self, None, -1, False, ReplaySampler([], 0, True))  # type: ignore[arg-type]
+        callback = _ReplayCallback(self, None, -1, False, ReplaySampler([], 0, True))
         with _quiet_lightning():
             trainer = pl.Trainer(callbacks=[callback], **self._trainer_kwargs())
             try:
@@ -375,7 +462,7 @@ class PoLVerifierModule:
         """
         state = start_state if start_state is not None else self._load(start)
         final = self._check_range(start, end)
-        callback = _ReplayCallback(self, state["rng"], end, final, ReplaySampler(self._portions(start, end, final), 0, True))
+        callback = _ReplayCallback(self, state, end, final, ReplaySampler(self._portions(start, end, final), 0, True))
         self._fit(callback, start, state)
         if callback.captured is None:
             raise ReplayError(f"the replay of steps {start}..{end} ended without reaching step {end}")
@@ -401,7 +488,7 @@ class PoLVerifierModule:
         final = self._check_range(start, end)
         state = recorded(start)
         sampler = ReplaySampler(self._portions(start, end, final), 0, True)
-        callback = _ChainCallback(self, state["rng"], list(boundaries), final, sampler, recorded, on_segment)
+        callback = _ChainCallback(self, state, list(boundaries), final, sampler, recorded, on_segment)
         self._fit(callback, start, state)
         if callback.position != len(boundaries) - 1:
             reached = boundaries[callback.position]
@@ -428,6 +515,7 @@ class PoLVerifierModule:
         batch_idx = progress.get("batch_idx")
         if not isinstance(batch_idx, int) or batch_idx < 0:
             raise ReplayError(f"checkpoint {start} has no batch position to resume from")
+        batch_idx *= self.world_size  # rank 0's batches; the replay runs every rank's
         epoch = int(progress["epoch"])
         with _quiet_lightning():
             trainer = pl.Trainer(callbacks=[callback], **self._trainer_kwargs())

@@ -41,6 +41,8 @@ def run(cfg: DictConfig) -> int:
         pol = instantiate(cfg.pol, dirpath=str(dirpath), init_strategy=str(cfg.init.strategy), init_params=init_params)
         trainer = instantiate(cfg.trainer, callbacks=[pol])
         trainer.fit(model, datamodule=datamodule)
+        if trainer.global_rank != 0:
+            return 0  # another process of a DDP run: rank 0 wrote the proof and reports on it
         proof = ProofReader(dirpath)
     except (PoLError, OmegaConfBaseException, OSError, ImportError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

@@ -14,11 +14,16 @@ from lightning_pol.seeding import portable_rng_states
 
 
 def capture_training_state(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, rng: dict[str, Any], step: int, batch_idx: int | None
+    trainer: pl.Trainer, pl_module: pl.LightningModule, rng: dict[str, Any], step: int, batch_idx: int | None,
+    peer_rng: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Everything needed to replay from this point: see "Checkpoint files" in docs/proof-format.md."""
+    """Everything needed to replay from this point: see "Checkpoint files" in docs/proof-format.md.
+
+    ``rng`` is the training RNG stream (rank 0's under DDP); ``peer_rng`` the
+    streams of DDP ranks 1..W-1, stored only for a multi-process run.
+    """
     scaler = getattr(trainer.precision_plugin, "scaler", None)
-    return {
+    state = {
         "format": pf.FORMAT_NAME,
         "format_version": pf.FORMAT_VERSION,
         "model": pl_module.state_dict(),
@@ -28,6 +33,9 @@ def capture_training_state(
         "rng": portable_rng_states(rng),
         "progress": {"global_step": step, "epoch": trainer.current_epoch, "batch_idx": batch_idx},
     }
+    if peer_rng is not None:
+        state["peer_rng"] = [portable_rng_states(r) for r in peer_rng]
+    return state
 
 
 def snapshot_state(state: Any) -> tuple[Any, Any]:

@@ -391,7 +391,7 @@ def _replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state
 
 
 def _comparable(state: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: state.get(k) for k in ("model", "optimizers", "lr_schedulers", "grad_scaler", "rng")}
+    return {k: state.get(k) for k in ("model", "optimizers", "lr_schedulers", "grad_scaler", "rng", "peer_rng")}
 
 
 def _check_initialization(verifier: PoLVerifierModule, w0: dict[str, Any], report: Report) -> None:
@@ -607,17 +607,23 @@ def _training_dataset(verifier: PoLVerifierModule) -> Any:
 
 
 def _permutation_check(verifier: PoLVerifierModule, index_log: Any) -> dict[str, Any]:
-    """Each full epoch's indices must be a permutation of the dataset (or, with drop_last or a limit, distinct)."""
+    """Each full epoch's indices must be a permutation of the dataset (or, with drop_last or a limit, distinct).
+
+    Under DDP, ``DistributedSampler`` pads an epoch to a multiple of the world
+    size W by repeating its first indices, so up to W - 1 samples may appear twice.
+    """
     n = verifier.manifest["data"]["size"]
     runs = verifier._epoch_runs + [(index_log.steps, None)]
     training = verifier.training
     partial_ok = bool(training.get("drop_last")) or training.get("limit_train_batches") not in (1, 1.0, None)
+    padding = verifier.world_size - 1
     bad = []
     for (first, epoch), (nxt, _) in zip(runs, runs[1:]):
         idx = index_log.indices[index_log.offsets[first] : index_log.offsets[nxt]]
         counts = torch.bincount(idx, minlength=n)
         complete = nxt - first == training.get("steps_per_epoch")
-        if int(counts.max()) > 1 or (complete and not partial_ok and int((counts == 0).sum()) > 0):
+        repeated = int(counts.max()) > 2 or int((counts - 1).clamp(min=0).sum()) > padding
+        if repeated or (complete and not partial_ok and int((counts == 0).sum()) > 0):
             bad.append(epoch)
     sampler = training.get("sampler")
     epochs = [e for _, e in verifier._epoch_runs]
