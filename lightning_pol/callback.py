@@ -90,6 +90,12 @@ class ProofOfLearning(Callback):
     shift the stream that dropout sees; a replay then needs only the RNG state
     in a checkpoint.
 
+    Under ``strategy="ddp"`` every rank records its own micro-batches, RNG
+    stream and first-epoch hashes, and rank 0 gathers them at checkpoints and
+    at the data commitment and alone writes the proof: each step's global
+    batch in rank order, the other ranks' streams in ``peer_rng``. The
+    verifier replays it in one process (docs/verification.md, "DDP proofs").
+
     Args:
         dirpath: directory of the proof; must be empty or absent (or hold this
             run's proof when resuming with ``ckpt_path``).

@@ -109,6 +109,18 @@ def test_resnet20_on_fake_cifar10_with_kaiming_normal(tmp_path):
     assert report.valid, report.summary()
 
 
+def test_ddp_train_app_through_hydra_verifies_right_after(tmp_path):
+    """trainer=ddp_cpu: Lightning relaunches the Hydra app for rank 1; rank 0 writes, verifies and reports."""
+    run_dir = tmp_path / "run"
+    done = run_app("train", "trainer=ddp_cpu", "trainer.max_epochs=1", "pol.every_n_steps=8", "verify=true",
+                   "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("verdict VALID") == 1
+    reader = ProofReader(run_dir / "proof")
+    assert reader.manifest["training"]["world_size"] == 2 and reader.manifest["final_step"] == 23  # 1,437 samples: 719 a rank
+    assert json.loads((run_dir / "verification.json").read_text())["valid"] is True
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
     done = run_app("verify", f"proof_dir={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'v'}")
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: no proof directory")
