@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from lightning_pol import proof_format as pf
 from lightning_pol.background import BackgroundWriter
 from lightning_pol.chain import parent_record, same_weights
-from lightning_pol.distributed import broadcast_from_zero, check_ddp_recordable, gather_to_zero
 from lightning_pol.commitment import SAMPLE_ENCODING, TREE, FirstEpochLeaves, compute_leaves, root_of, sample_leaf
+from lightning_pol.distributed import broadcast_from_zero, check_ddp_recordable, gather_to_zero
 from lightning_pol.errors import PoLError
 from lightning_pol.index_log import IndexLog
 from lightning_pol.metadata import (
