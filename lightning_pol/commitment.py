@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_pol.errors import PoLError
-from lightning_pol.seeding import commitment_seed, preserved_rng, seed_everything_local
+from lightning_pol.seeding import SeededDataset, commitment_seed, preserved_rng
 
 SAMPLE_ENCODING = "lightning-pol/sample-v1"
 TREE = "rfc6962-sha256"
@@ -194,13 +194,13 @@ class _LeafDataset(Dataset):
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        self.seeded = SeededDataset(dataset, 0)  # fetches as epoch 0 of training does
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        seed_everything_local(commitment_seed(index))
-        sample = self.dataset[index]
+        (sample,) = self.seeded.fetch([index], commitment_seed(index))
         return torch.frombuffer(bytearray(leaf_hash(sample)), dtype=torch.uint8)
 
 

@@ -18,7 +18,7 @@ import random
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -59,8 +59,8 @@ def commitment_seed(index: int) -> int:
     return counter_seed(COMMITMENT_DOMAIN, index)
 
 
-def seed_everything_local(seed: int) -> None:
-    """Seed torch (CPU), numpy's legacy global RNG and Python ``random``.
+def seed_everything_local(seed: int, python: bool = True) -> None:
+    """Seed torch (CPU), numpy's legacy global RNG and (unless ``python=False``) Python ``random``.
 
     numpy takes the low 32 bits: its array seeding costs 8 µs a call, a third
     of the price of seeding a sample, and a sample's numpy stream needs no
@@ -68,7 +68,77 @@ def seed_everything_local(seed: int) -> None:
     """
     torch.random.default_generator.manual_seed(seed)
     np.random.seed(seed & 0xFFFFFFFF)
-    random.seed(seed)
+    if python:
+        random.seed(seed)
+
+
+class RawPythonState(NamedTuple):
+    """Python's global ``random`` state as the bytes of its Mersenne Twister (``int index; uint32 state[624]``).
+
+    ``random.getstate()`` builds a tuple of 625 ints (17 µs) and ``setstate``
+    parses one (5 µs); the training stream does both every step, and the
+    main-process fetch of every batch too. The generator lives in the
+    ``random.Random`` object right after the object header, so it is copied
+    as 2,500 bytes in well under a microsecond: only where that layout was
+    confirmed at import, against ``getstate``/``setstate`` on a probe instance
+    (:func:`_python_layout`). Elsewhere the states stay ``getstate()`` tuples.
+    """
+
+    raw: bytes
+    gauss_next: float | None
+
+
+_PY_STATE_BYTES = 4 + 624 * 4
+
+
+def _python_layout() -> int | None:
+    """Offset of the Mersenne Twister in a ``random.Random`` object, if reading and writing it there is confirmed."""
+    try:
+        probe = random.Random(2026)
+        _, internal, _ = probe.getstate()
+        expected = struct.pack("<i624I", internal[-1], *internal[:-1])
+        for offset in (16, 32):  # after PyObject_HEAD: 16 bytes, 32 in a Py_TRACE_REFS build
+            if ctypes.string_at(id(probe) + offset, _PY_STATE_BYTES) != expected:
+                continue
+            target = random.Random(1)
+            ctypes.memmove(id(target) + offset, expected, _PY_STATE_BYTES)
+            if target.getstate()[1] == internal and target.random() == probe.random():
+                return offset
+    except Exception:  # any doubt: the portable path
+        return None
+    return None
+
+
+_PY_OFFSET = _python_layout()
+
+
+def capture_python_rng() -> Any:
+    """Python's global ``random`` state: a :class:`RawPythonState` where the layout is confirmed, else ``getstate()``."""
+    inst = random._inst  # type: ignore[attr-defined]
+    if _PY_OFFSET is None or type(inst) is not random.Random:
+        return random.getstate()
+    return RawPythonState(ctypes.string_at(id(inst) + _PY_OFFSET, _PY_STATE_BYTES), inst.gauss_next)
+
+
+def restore_python_rng(saved: Any) -> None:
+    """Inverse of :func:`capture_python_rng`; also takes ``getstate()`` tuples and checkpoints' portable form."""
+    inst = random._inst  # type: ignore[attr-defined]
+    if isinstance(saved, RawPythonState) and _PY_OFFSET is not None and type(inst) is random.Random:
+        ctypes.memmove(id(inst) + _PY_OFFSET, saved.raw, _PY_STATE_BYTES)
+        inst.gauss_next = saved.gauss_next
+    else:
+        random.setstate(_python_state(saved))
+
+
+def _unseeded_marker() -> RawPythonState | None:
+    if _PY_OFFSET is None:
+        return None
+    probe = random.Random(0x5EED)
+    return RawPythonState(ctypes.string_at(id(probe) + _PY_OFFSET, _PY_STATE_BYTES), None)
+
+
+#: Python's state while a sample is fetched without seeding Python's ``random``: the fetch drew from it if it moved.
+_PY_MARKER = _unseeded_marker()
 
 
 @contextmanager
@@ -76,13 +146,13 @@ def preserved_rng() -> Iterator[None]:
     """Leave the caller's global RNG streams (torch CPU, numpy, random) as they were when the block started."""
     torch_state = torch.random.get_rng_state()
     np_state = np.random.get_state()
-    py_state = random.getstate()
+    py_state = capture_python_rng()
     try:
         yield
     finally:
         torch.random.set_rng_state(torch_state)
         np.random.set_state(np_state)
-        random.setstate(py_state)
+        restore_python_rng(py_state)
 
 
 @contextmanager
@@ -108,6 +178,9 @@ class SeededDataset(Dataset):
         self.dataset = dataset
         self.proof_seed = int(proof_seed)
         self.first_epoch = first_epoch
+        #: Seeding Python's ``random`` costs 7 µs, more than torch's and numpy's together, and few datasets
+        #: draw from it. So it is seeded only once a fetch was seen drawing from it (see :meth:`fetch`).
+        self.python_draws = _PY_MARKER is None
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -126,21 +199,38 @@ class SeededDataset(Dataset):
         # restoring it would only cost time. In the main process it is the training's: it is restored.
         with nullcontext() if torch.utils.data.get_worker_info() is not None else preserved_rng():
             if epoch != 0:
-                seed_everything_local(batch_seed(self.proof_seed, epoch, indices))
-                return [self.dataset[i] for i in indices]
+                return self.fetch(indices, batch_seed(self.proof_seed, epoch, indices))
             out = []
             for i in indices:
-                seed_everything_local(commitment_seed(i))
-                sample = self.dataset[i]
+                (sample,) = self.fetch([i], commitment_seed(i))
                 if self.first_epoch is not None:
                     self.first_epoch.record(i, sample)
                 out.append(sample)
             return out
 
+    def fetch(self, indices: list[int], seed: int) -> list[Any]:
+        """``dataset[i]`` for each index, in order, from the streams of ``seed`` (the caller keeps its own streams).
+
+        Python's ``random`` is left at a fixed marker state instead of being
+        seeded. A fetch that leaves it there drew nothing from it, so its
+        samples are what a seeded fetch gives. One that moved it is fetched
+        again, seeded; from then on this dataset (in this process) is always seeded.
+        """
+        if self.python_draws:
+            seed_everything_local(seed)
+            return [self.dataset[i] for i in indices]
+        seed_everything_local(seed, python=False)
+        restore_python_rng(_PY_MARKER)
+        out = [self.dataset[i] for i in indices]
+        if capture_python_rng() == _PY_MARKER:
+            return out
+        self.python_draws = True
+        return self.fetch(indices, seed)
+
     def __getattr__(self, name: str) -> Any:
         # Attribute access falls through to the user's dataset (``classes``,
         # ``targets``...), but never other dunders: they must not bypass the seeding.
-        if name.startswith("__") or name in ("dataset", "proof_seed", "first_epoch"):
+        if name.startswith("__") or name in ("dataset", "proof_seed", "first_epoch", "python_draws"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
@@ -150,7 +240,7 @@ def collect_rng_states(numpy: bool = True) -> dict[str, Any]:
     states: dict[str, Any] = {
         "torch": torch.random.get_rng_state(),
         "numpy": np.random.get_state() if numpy else None,
-        "python": random.getstate(),
+        "python": capture_python_rng(),
         "cuda": [],
     }
     if torch.cuda.is_initialized():  # checked first: is_available() costs ~40 µs a call, and this runs every step
@@ -165,14 +255,22 @@ def portable_rng_states(states: dict[str, Any]) -> dict[str, Any]:
     2.5 KB of a checkpoint's tensors instead of 7 KB of its JSON tree, and
     one object to copy and encode instead of 625.
     """
-    if isinstance(states["python"], dict):
+    python = states["python"]
+    if isinstance(python, dict):
         return states  # already portable: a state restored from a checkpoint, before the first step replaced it
-    version, internal, gauss_next = states["python"]
+    if isinstance(python, RawPythonState):  # getstate()'s order: the 624 words, then the index
+        raw = np.frombuffer(python.raw, dtype=np.int32)
+        words = torch.from_numpy(np.concatenate([raw[1:], raw[:1]]))
+        return {**states, "python": {"version": 3, "state": words, "gauss_next": python.gauss_next}}
+    version, internal, gauss_next = python
     words = torch.from_numpy(np.array(internal, dtype=np.uint32).view(np.int32))
     return {**states, "python": {"version": version, "state": words, "gauss_next": gauss_next}}
 
 
 def _python_state(saved: Any) -> Any:
+    if isinstance(saved, RawPythonState):
+        raw = np.frombuffer(saved.raw, dtype=np.uint32)
+        return (3, tuple(raw[1:].tolist()) + (int(np.frombuffer(saved.raw[:4], dtype=np.int32)[0]),), saved.gauss_next)
     if not isinstance(saved, dict):
         return saved  # as random.getstate() returns it
     words = saved["state"]
@@ -186,7 +284,7 @@ def restore_rng_states(states: dict[str, Any], numpy: bool = True) -> None:
     torch.random.set_rng_state(states["torch"])
     if numpy:
         np.random.set_state(states["numpy"])
-    random.setstate(_python_state(states["python"]))
+    restore_python_rng(states["python"])
     cuda = states.get("cuda") or []
     if cuda:
         if not torch.cuda.is_available() or torch.cuda.device_count() < len(cuda):

@@ -148,3 +148,66 @@ def test_numpy_draws_between_steps_are_undone_including_a_cached_gaussian():
         stream.batch_start()
         got = np.random.get_state()
         assert got[0] == expected[0] and np.array_equal(got[1], expected[1]) and got[2:] == expected[2:]
+
+
+def test_python_random_state_as_raw_bytes_is_getstate_exactly():
+    """The stream copies Python's Mersenne Twister as bytes; the checkpoint form and a restore must be getstate()'s."""
+    import random
+
+    from lightning_pol.seeding import RawPythonState, capture_python_rng, portable_rng_states, restore_python_rng
+
+    random.seed(5)
+    [random.random() for _ in range(700)]  # past a twist: the index is not 624
+    random.gauss(0, 1)  # leaves gauss_next cached
+    raw, expected = capture_python_rng(), random.getstate()
+    assert isinstance(raw, RawPythonState)  # the layout is confirmed on CPython 3.11
+    a, b = portable_rng_states({"python": raw})["python"], portable_rng_states({"python": expected})["python"]
+    assert torch.equal(a["state"], b["state"]) and (a["version"], a["gauss_next"]) == (b["version"], b["gauss_next"])
+    following = [random.gauss(0, 1) for _ in range(3)]
+    for saved in (raw, a):  # the raw form, and a checkpoint's
+        random.seed(99)
+        restore_python_rng(saved)
+        assert random.getstate() == expected and [random.gauss(0, 1) for _ in range(3)] == following
+
+
+class _PythonRandomDigits(torch.utils.data.Dataset):
+    """Draws from Python's ``random`` only for indices >= 3 (so the first fetches look like they draw nothing),
+    from its Gaussian cache too, and from torch always."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int):
+        import random
+
+        x = torch.rand(2)
+        if i >= 3:
+            x = x + random.random() + random.gauss(0, 1)
+        return x, i
+
+
+def test_python_random_is_seeded_only_for_datasets_that_draw_from_it():
+    """A fetch that leaves Python's random at its marker drew nothing from it; one that moved it is fetched again,
+    seeded. Either way every sample equals a fetch with all three generators seeded."""
+    import random
+
+    from lightning_pol.seeding import SeededDataset, batch_seed, commitment_seed, seed_everything_local
+
+    def eager(indices, seed):
+        seed_everything_local(seed)
+        return [_PythonRandomDigits()[i] for i in indices]
+
+    batch = [4, 0, 6]  # a later epoch: one seed a batch
+    want0 = [eager([i], commitment_seed(i))[0][0] for i in range(8)]
+    want2 = [w[0] for w in eager(batch, batch_seed(7, 2, batch))]
+    random.seed(123)
+    before = random.getstate()
+    lazy = SeededDataset(_PythonRandomDigits(), proof_seed=7)
+    for i in range(8):  # epoch 0: one seed a sample
+        (got,) = lazy.__getitems__([(0, i)])
+        assert torch.equal(got[0], want0[i]), i
+        assert lazy.python_draws == (i >= 3)
+    fresh = SeededDataset(_PythonRandomDigits(), proof_seed=7)
+    got = fresh.__getitems__([(2, i) for i in batch])
+    assert all(torch.equal(g[0], w) for g, w in zip(got, want2)) and fresh.python_draws
+    assert random.getstate() == before  # the main process's own stream is left as it was
