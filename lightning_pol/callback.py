@@ -348,15 +348,18 @@ class ProofOfLearning(Callback):
             self._commit_data()
         if self._stream.state is None:  # no batch ran at all
             self._stream.batch_start()
+        # The last indices become the one index-log file of a complete proof, committed with the final checkpoint.
         if step > self._last_written:
             self._write_checkpoint(trainer, pl_module, step, self._stream.state, None)
         else:
-            self._run(self._index_job(self._flushed + len(self._pending)))
+            finish = self._index_job(self._flushed + len(self._pending), final_step=step)
+            writer = self._writer
+            if finish is not None and writer is not None:
+                self._run(lambda: (finish(), writer.commit()))
         if self._writer is None:
-            return  # another rank of a DDP run: rank 0 finalizes
+            return  # another rank of a DDP run: rank 0 wrote the proof
         if self._jobs is not None:
             self._jobs.flush()
-        self._finalize(step)
         log.info(
             "proof of learning: %s (%d checkpoints, %.2f MB)",
             self.dirpath, len(self._writer.manifest["checkpoints"]), self._writer.total_bytes / 1e6,
@@ -535,32 +538,49 @@ class ProofOfLearning(Callback):
         else:
             job()
 
-    def _index_job(self, upto: int) -> Any:
-        """Take the indices of steps [_flushed, upto) out of memory; returns the job that writes them as a chunk."""
+    def _index_job(self, upto: int, final_step: int | None = None) -> Any:
+        """Take the indices of steps [_flushed, upto) out of memory; returns the job that writes them as a chunk.
+
+        With ``final_step`` (training ended there), the job instead merges every chunk and these steps into
+        the one index-log file of a complete proof and marks the manifest complete; the caller's commit lands it.
+        """
         n = upto - self._flushed
         steps = self._pending[:max(n, 0)] + [[] for _ in range(n - len(self._pending))]
         if self._world > 1:  # every rank's micro-batches of each step, in rank order: the global batch
             ranks = gather_to_zero(steps, self._world)
             steps = [[b for rank in ranks for b in rank[s]] for s in range(len(steps))] if ranks is not None else []
-        if n <= 0:
+        if n <= 0 and final_step is None:
             return None
         first = self._flushed
-        self._pending = self._pending[n:]
-        self._flushed = upto
+        self._pending = self._pending[max(n, 0):]
+        self._flushed = max(upto, self._flushed)
         writer = self._writer
         if writer is None:
             return None
+        if final_step is None:
+            return lambda: self._write_index_chunk(writer, first, IndexLog.from_steps(steps))
+        sample_epochs = self._recorded_epochs()
 
-        def job() -> None:
-            self._write_index_chunk(writer, first, IndexLog.from_steps(steps))
+        def finish() -> None:
+            chunks = writer.manifest["index_log"]
+            if steps or not (len(chunks) == 1 and chunks[0]["path"] == pf.INDEX_LOG_FINAL):
+                log = IndexLog.concat([self._read_index_log(writer), IndexLog.from_steps(steps)])
+                for chunk in chunks:
+                    writer.drop(chunk["path"])
+                writer.manifest["index_log"] = []
+                self._write_index_chunk(writer, 0, log, rel=pf.INDEX_LOG_FINAL)
+            writer.manifest["sample_epochs"] = sample_epochs
+            writer.manifest["status"] = pf.STATUS_COMPLETE
+            writer.manifest["final_step"] = final_step
 
-        return job
+        return finish
 
     def _write_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, rng: dict[str, Any], batch_idx: int | None
     ) -> None:
         """Snapshot the training state here; encode, write and commit it (after the pending indices) on the writer."""
-        index_job = self._index_job(step if batch_idx is not None else self._flushed + len(self._pending))
+        final = batch_idx is None  # the checkpoint of the step training ended at
+        index_job = self._index_job(self._flushed + len(self._pending) if final else step, step if final else None)
         streams = gather_to_zero(rng, self._world) if self._world > 1 else None
         self._last_written = step
         self._next_due = (step // self.every_n_steps + 1) * self.every_n_steps
@@ -592,21 +612,6 @@ class ProofOfLearning(Callback):
 
     def _recorded_epochs(self) -> list[list[int]]:
         return [list(r) for r in self._sample_epochs if r[0] < self._flushed]
-
-    def _finalize(self, final_step: int) -> None:
-        writer = self._writer
-        assert writer is not None
-        chunks = writer.manifest["index_log"]
-        if not (len(chunks) == 1 and chunks[0]["path"] == pf.INDEX_LOG_FINAL):
-            log = self._read_index_log(writer)
-            for chunk in chunks:
-                writer.drop(chunk["path"])
-            writer.manifest["index_log"] = []
-            self._write_index_chunk(writer, 0, log, rel=pf.INDEX_LOG_FINAL)
-        writer.manifest["sample_epochs"] = self._recorded_epochs()
-        writer.manifest["status"] = pf.STATUS_COMPLETE
-        writer.manifest["final_step"] = final_step
-        writer.commit()
 
     def _training_settings(self, trainer: pl.Trainer, pl_module: pl.LightningModule, size: int) -> dict[str, Any]:
         loader = self._loader
