@@ -9,6 +9,7 @@ import os
 import random as _random
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from lightning_pol.chain import find_parent, same_weights
 from lightning_pol.commitment import compute_leaves, root_of, sample_leaf
 from lightning_pol.distances import METRICS, distances
 from lightning_pol.errors import PoLError
+from lightning_pol.index_log import IndexLog
 from lightning_pol.metadata import environment, import_path, resolve_import_path
 from lightning_pol.reader import ProofFormatError, ProofReader
 from lightning_pol.registry import Registry
@@ -226,11 +228,21 @@ def _check_chain(reader: ProofReader, report: Report, settings: dict[str, Any], 
                                            "summary": "W_0 is the parent's final state" if check["passed"] else check["summary"]}
 
 
-def _verify(reader: ProofReader, report: Report, q: int, n_random: int, seed: int, mode: str, delta: dict[str, float],
-            d_ref: Mapping[str, float] | None, full_data: bool, num_shards: int, shard: int, accelerator: str,
-            progress: Callable[[int, int], None] | None) -> None:
+@dataclass
+class Integrity:
+    """What the integrity check found: ``problems`` (empty when it passes), unlisted files, and the index log."""
+
+    problems: list[str]
+    unlisted: list[str]
+    index_log: IndexLog | None
+
+
+def check_integrity(reader: ProofReader) -> Integrity:
+    """Digests, layout, checkpoint steps and the index log: everything checked before any checkpoint is parsed.
+
+    Public so that the hostile-proof fuzz (:mod:`lightning_pol.fuzz`) runs exactly this code.
+    """
     m = reader.manifest
-    # -- integrity ---------------------------------------------------------------
     found = reader.verify_files()
     unlisted = [p.removeprefix("unlisted file: ") for p in found if p.startswith("unlisted file")]
     problems = [p for p in found if not p.startswith("unlisted file")]
@@ -245,23 +257,38 @@ def _verify(reader: ProofReader, report: Report, q: int, n_random: int, seed: in
     k = m["every_n_steps"]
     if isinstance(final, int) and steps and steps != sorted(set(range(0, final, k)) | {final}):
         problems.append(f"checkpoints are missing: the proof needs one at 0, every k={k} steps and at {final}")
-    log_steps = None
+    index_log = None
     if not problems:
-        try:  # a checkpoint that does not parse is caught where it is first loaded (below)
+        try:  # a checkpoint that does not parse is caught where it is first loaded (in the content checks)
             index_log = reader.index_log()
-            log_steps = index_log.steps
-            if log_steps != final:
-                problems.append(f"the index log holds {log_steps} steps, the proof claims {final}")
+            if index_log.steps != final:
+                problems.append(f"the index log holds {index_log.steps} steps, the proof claims {final}")
         except ProofFormatError as e:
             problems.append(str(e))
+    return Integrity(problems, unlisted, index_log)
+
+
+def open_for_replay(reader: ProofReader, index_log: IndexLog, accelerator: str = "cpu") -> PoLVerifierModule:
+    """The replay harness of a proof that passed integrity; raises a PoLError (unusable input, exit 2)
+    when this machine cannot import the proof's classes. No code of the proof's classes runs here."""
+    return PoLVerifierModule(reader, accelerator=accelerator, index_log=index_log)
+
+
+def _verify(reader: ProofReader, report: Report, q: int, n_random: int, seed: int, mode: str, delta: dict[str, float],
+            d_ref: Mapping[str, float] | None, full_data: bool, num_shards: int, shard: int, accelerator: str,
+            progress: Callable[[int, int], None] | None) -> None:
+    integrity = check_integrity(reader)
+    problems = integrity.problems
     # Files the manifest does not list are not part of the proof; they are reported, and nothing reads them.
-    report.checks["integrity"] = {"passed": not problems, "problems": problems, "unlisted": unlisted,
+    report.checks["integrity"] = {"passed": not problems, "problems": problems, "unlisted": integrity.unlisted,
                                   "summary": "all files match the manifest" if not problems else problems[0]}
     if problems:
         report.reasons.extend(problems[:3])
         return
-    # Raises (unusable input, exit 2) when this machine cannot import the proof's classes.
-    verifier = PoLVerifierModule(reader, accelerator=accelerator, index_log=index_log)
+    index_log = integrity.index_log
+    assert index_log is not None
+    steps = [c["step"] for c in reader.checkpoints]
+    verifier = open_for_replay(reader, index_log, accelerator)
     try:
         _verify_content(verifier, reader, index_log, steps, report, q, n_random, seed, mode, delta, d_ref, full_data,
                         num_shards, shard, progress)
