@@ -343,3 +343,73 @@ def test_manifest_numbers_and_typed_fields(proof, mutate, message):
     edit_manifest(proof, mutate)
     with pytest.raises(ProofFormatError, match=message):
         ProofReader(proof)
+
+
+@pytest.mark.parametrize("final", [10**12, 10**30])
+def test_checkpoint_steps_are_compared_without_building_them(proof, final):
+    # Found: set(range(0, final_step, k)) for final_step = 10**12 (MemoryError), 10**30 (OverflowError in len).
+    from lightning_pol.verifier import check_integrity
+
+    edit_manifest(proof, lambda m: m.update(final_step=final, every_n_steps=1, checkpoints=[m["checkpoints"][0], dict(m["checkpoints"][-1], step=final)]))
+    assert any("checkpoints are missing" in p for p in check_integrity(ProofReader(proof)).problems)
+
+
+def test_settings_that_never_stop_are_refused_before_replay(proof):
+    # Found: max_steps past the final step (max_epochs -1) made the replay of the last segment run empty epochs forever.
+    from lightning_pol.verifier import check_integrity
+
+    edit_manifest(proof, lambda m: m["training"].update(max_steps=1000))
+    assert any("would not end" in p for p in check_integrity(ProofReader(proof)).problems)
+
+
+def test_batches_per_epoch_must_be_the_loaders(proof):
+    # Found: limit_train_batches=3 made the replay run forever; a limit above the epoch hid a false steps_per_epoch.
+    from lightning_pol.verifier import verify_proof
+
+    edit_manifest(proof, lambda m: m["training"].update(limit_train_batches=3))
+    report = verify_proof(proof, q=0, random=0, seed=0)
+    assert not report.valid and "the training dataloader gives 3 batches per epoch" in report.reasons[0]
+
+
+def test_replay_compares_the_step_counters(proof):
+    # Found: a checkpoint whose batch index (or epoch) lied verified: the replay compared everything but progress.
+    from lightning_pol.verifier import verify_proof
+
+    edit_state(proof, 4, lambda t: t["progress"].update(batch_idx=5))
+    report = verify_proof(proof, q=0, random=0, seed=0)
+    assert not report.valid and "segment 0->4 does not replay" in report.reasons
+
+
+@pytest.mark.parametrize("where", ["module", "datamodule", "optimizer", "scheduler"])
+def test_declared_class_must_be_of_its_kind(proof, tmp_path, where):
+    # Found: module.class = "subprocess:Popen" ran Popen(**hparams) in the initialization check.
+    from lightning_pol.errors import PoLError
+    from lightning_pol.verifier import verify_proof
+
+    marker = tmp_path / "ran"
+    command = {"args": [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]}
+
+    def mutate(m):
+        if where in ("module", "datamodule"):
+            m[where] = {"class": "subprocess:Popen", "hparams": command}
+        else:
+            m["training"]["optimizers" if where == "optimizer" else "lr_schedulers"][0]["class"] = "subprocess:Popen"
+
+    edit_manifest(proof, mutate)
+    with pytest.raises(PoLError, match="'subprocess:Popen' is not a"):
+        verify_proof(proof, q=0, random=0, seed=0)
+    assert not marker.exists()
+
+
+def test_module_inside_the_proof_is_never_imported(proof, tmp_path, monkeypatch):
+    # Found: a module file in the proof, named as the module class, ran when the verifier started inside the proof.
+    from lightning_pol.errors import PoLError
+    from lightning_pol.verifier import verify_proof
+
+    marker = tmp_path / "ran"
+    (proof / "fuzz_canary_reader_test.py").write_text(f"open({str(marker)!r}, 'w')\nclass Module:\n    pass\n")
+    edit_manifest(proof, lambda m: m.update(module={"class": "fuzz_canary_reader_test:Module", "hparams": {}}))
+    monkeypatch.syspath_prepend(str(proof))
+    with pytest.raises(PoLError, match="would be imported from inside the proof directory"):
+        verify_proof(proof, q=0, random=0, seed=0)
+    assert not marker.exists()
