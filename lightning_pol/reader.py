@@ -447,6 +447,15 @@ class ProofReader:
         size = self.manifest["data"]["size"]
         if len(log.indices) and (log.indices.min() < 0 or log.indices.max() >= size):
             raise ProofFormatError("index log holds indices outside the dataset")
+        training = self.manifest["training"]
+        accumulate = training.get("accumulate_grad_batches") or 1
+        if training.get("automatic_optimization") is True and log.steps:
+            # Lightning steps once per accumulate_grad_batches micro-batches (fewer at an epoch's end), never on none.
+            # Without this, moving a step boundary (step 0 empty, step 2 of three micro-batches) changes nothing a replay sees.
+            per_step = torch.searchsorted(log.batch_offsets, log.offsets).diff()
+            if bool((per_step < 1).any()) or bool((per_step > accumulate).any()):
+                raise ProofFormatError(f"index log has steps of {int(per_step.min())} to {int(per_step.max())} micro-batches; "
+                                       f"accumulate_grad_batches is {accumulate}")
         return log
 
     def leaves(self) -> torch.Tensor:

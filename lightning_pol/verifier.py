@@ -402,7 +402,11 @@ def _verify_content(verifier: PoLVerifierModule, reader: ProofReader, index_log:
 
     entries = {c["step"]: c for c in reader.checkpoints}
     # Before any replay: a replay under batches per epoch other than the training's never ends where it did.
-    wrong_batches = _declared_batches(verifier, _training_loader(verifier))
+    try:
+        loader = _training_loader(verifier)
+    except Exception:  # the declared classes give no loader: the data check reports it
+        loader = None
+    wrong_batches = _declared_batches(verifier, loader) if loader is not None else None
     if wrong_batches:
         raise ProofFormatError(wrong_batches)
 

@@ -413,3 +413,24 @@ def test_module_inside_the_proof_is_never_imported(proof, tmp_path, monkeypatch)
     with pytest.raises(PoLError, match="would be imported from inside the proof directory"):
         verify_proof(proof, q=0, random=0, seed=0)
     assert not marker.exists()
+
+
+def test_step_boundaries_follow_the_accumulation(proof):
+    # Found: step 0 emptied and step 2 given three micro-batches replayed identically (the same flat batches).
+    from safetensors.torch import load, save
+
+    rel = pf.INDEX_LOG_FINAL
+    tensors = load((proof / rel).read_bytes())
+    tensors[pf.OFFSETS_KEY][1] = 0
+    (proof / rel).write_bytes(save(tensors))
+    relist(proof, rel)
+    with pytest.raises(ProofFormatError, match="steps of 0 to 2 micro-batches; accumulate_grad_batches is 1"):
+        ProofReader(proof).index_log()
+
+
+def test_a_module_without_a_loader_is_a_failed_check(proof):
+    from lightning_pol.verifier import verify_proof
+
+    edit_manifest(proof, lambda m: m.update(datamodule=None))
+    report = verify_proof(proof, q=0, random=0, seed=0)
+    assert not report.valid and not report.checks["data"]["passed"]
