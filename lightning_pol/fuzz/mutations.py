@@ -182,6 +182,11 @@ def set_path(obj: Any, path: list[Any], value: Any) -> None:
     obj[path[-1]] = value
 
 
+def changed(d: Draw, strategy: st.SearchStrategy[Any], original: Any, label: str) -> Any:
+    """A value from ``strategy`` that is not ``original`` (as JSON: ``0`` and ``false`` differ): a no-op proves nothing."""
+    return d.draw(strategy.filter(lambda v: (type(v), v) != (type(original), original)), label=label)
+
+
 def pick(d: Draw, options: Any, label: str) -> Any:
     return d.draw(st.sampled_from(list(options)), label=label)
 
@@ -243,7 +248,7 @@ def tensor_size(d: Draw, mu: Mutant) -> str:
         key = pick(d, sorted(log), "tensor")
         t = log[key].clone()
         pos = d.draw(st.integers(0, len(t) - 1), label="pos")
-        value = d.draw(st.one_of(st.sampled_from([2**62, 2**63 - 1, -(2**63), -1]), st.integers(-(2**63), 2**63 - 1)), label="value")
+        value = changed(d, st.one_of(st.sampled_from([2**62, 2**63 - 1, -(2**63), -1]), st.integers(-(2**63), 2**63 - 1)), int(t[pos]), "value")
         t[pos] = value
         log[key] = t
         mu.put(mu.honest.index_log, index_log_bytes(log), resign)
@@ -268,11 +273,12 @@ def offsets(d: Draw, mu: Mutant) -> str:
     elif variant == "beyond":
         new = [begin, len(body) + d.draw(st.integers(1, 2**20), label="extra")]
     elif variant == "overlap":
-        other = pick(d, names, "other")
-        b0 = header[other]["data_offsets"][0] + d.draw(st.integers(0, 8), label="shift")
+        other = pick(d, [n for n in names if n != name] or names, "other")
+        b0 = header[other]["data_offsets"][0] + d.draw(st.integers(0 if other != name else 1, 8), label="shift")
         new = [b0, b0 + (end - begin)]
     elif variant == "swap":
-        same = [n for n in names if n != name and header[n]["data_offsets"][1] - header[n]["data_offsets"][0] == end - begin]
+        same = [n for n in names if n != name and header[n]["data_offsets"][1] - header[n]["data_offsets"][0] == end - begin
+                and body[slice(*header[n]["data_offsets"])] != body[begin:end]]
         if same:
             other = pick(d, same, "other")
             header[name]["data_offsets"], header[other]["data_offsets"] = header[other]["data_offsets"], [begin, end]
@@ -315,7 +321,7 @@ def dtype_shape(d: Draw, mu: Mutant) -> str:
             numel = 1
             for s in entry["shape"]:
                 numel *= s
-            entry["shape"] = pick(d, [[numel], [1, numel], [numel, 1], [], [1] * 3 + [numel], [0, numel]], "shape")
+            entry["shape"] = pick(d, [s for s in ([numel], [1, numel], [numel, 1], [], [1] * 3 + [numel], [0, numel]) if s != entry["shape"]], "shape")
         mu.put(rel, join(header, body), resign_flag(d))
         return f"{variant}: {rel} tensor {name} -> {entry['dtype']!r} {entry['shape']!r}"[:300]
     if variant == "index_log":
@@ -357,8 +363,8 @@ def dtype_shape(d: Draw, mu: Mutant) -> str:
         state = dict(mu.honest.states[rel])
         model = dict(state["model"])
         key = pick(d, sorted(model), "tensor")
-        how = pick(d, ["transpose", "extra", "drop", "scalar", "float64", "int64", "missing"], "how")
         t = model[key]
+        how = pick(d, [h for h in ["transpose", "extra", "drop", "scalar", "float64", "int64", "missing"] if h != str(t.dtype)[6:]], "how")
         if how == "transpose":
             model[key] = t.reshape(-1, 1) if t.dim() < 2 else t.transpose(0, 1).contiguous()
         elif how == "extra":
@@ -398,7 +404,8 @@ def dtype_shape(d: Draw, mu: Mutant) -> str:
                                            label="name")}
         tree["optimizers"][0]["param_groups"][0]["lr"] = value
     else:
-        value = d.draw(st.one_of(st.sampled_from(["rng.torch", "model.nope", "", "__metadata__"]), BAD_VALUES), label="ref")
+        value = changed(d, st.one_of(st.sampled_from(["rng.torch", "rng.python.state", "model.nope", "", "__metadata__"]), BAD_VALUES),
+                        rng["torch"]["__tensor__"], "ref")
         rng["torch"] = {"__tensor__": value}
     mu.put(rel, join(with_state_tree(header, tree), body))
     return f"{variant}/{marker}: {rel} {value!r}"[:300]
@@ -471,7 +478,7 @@ def json_attacks(d: Draw, mu: Mutant) -> str:
     if variant == "manifest_nesting":
         depth = pick(d, [100, 990, 5_000, 100_000, 2_000_000], "depth")
         kind = pick(d, ["list", "object"], "kind")
-        where = pick(d, ["whole", "training", "files", "checkpoints", "module", "new_key"], "where")
+        where = pick(d, ["whole", "training", "files", "checkpoints", "module", "sample_epochs", "data"], "where")
         if where == "whole":
             mu.manifest_raw = nested(depth, kind).encode()
         else:
@@ -486,7 +493,7 @@ def json_attacks(d: Draw, mu: Mutant) -> str:
                "empty_lists": "[" + "[]," * (size // 3) + "[]]"}[shape]
         # Into fields that are checked: a key the format does not define would be ignored, and prove nothing.
         where = pick(d, ["checkpoints", "sample_epochs", "module.hparams.padding", "files.extra.bin", "data.root"], "where")
-        set_path(mu.m, where.split(".", 2) if where.startswith("files") else where.split("."), None)
+        set_path(mu.m, where.split(".", 1) if where.startswith("files") else where.split("."), None)
         key = "extra.bin" if where.startswith("files") else where.rsplit(".", 1)[-1]
         mu.manifest_raw = mu.manifest_bytes().replace(f'"{key}": null'.encode(), f'"{key}": {pad}'.encode(), 1)
         return f"{variant}: {where} = a {shape} of {size} bytes"
@@ -681,7 +688,8 @@ def entries(d: Draw, mu: Mutant) -> str:
             m["checkpoints"][j].update(path=m["checkpoints"][i]["path"], sha256=m["checkpoints"][i]["sha256"])
         return f"{variant}: {how} {i} {j}"
     if variant == "drop_top_key":
-        key = pick(d, sorted(m), "key")
+        # Not created, run_id or parent: nothing checks the first two, and a missing parent means none.
+        key = pick(d, sorted(set(m) - {"created", "run_id", "parent"}), "key")
         del m[key]
         return f"{variant}: {key}"
     if variant == "duplicate_json_key":
@@ -759,7 +767,7 @@ def steps(d: Draw, mu: Mutant) -> str:
     m = mu.m
     if variant == "checkpoint_step":
         i = d.draw(st.integers(0, len(m["checkpoints"]) - 1), label="i")
-        value = d.draw(st.one_of(ANY_INT, BAD_VALUES), label="step")
+        value = changed(d, st.one_of(ANY_INT, BAD_VALUES), m["checkpoints"][i]["step"], "step")
         m["checkpoints"][i]["step"] = value
         return f"{variant}: checkpoint {i} step {value!r}"[:200]
     if variant == "swap_checkpoints":
@@ -773,13 +781,13 @@ def steps(d: Draw, mu: Mutant) -> str:
                 ci[k], cj[k] = cj[k], ci[k]
         return f"{variant}: {what} of {i} and {j}"
     if variant == "final_step":
-        value = d.draw(st.one_of(ANY_INT, BAD_VALUES), label="final")
+        value = changed(d, st.one_of(ANY_INT, BAD_VALUES), m["final_step"], "final")
         m["final_step"] = value
         if d.draw(st.booleans(), label="move_last"):
             m["checkpoints"][-1]["step"] = value
         return f"{variant}: {value!r}"[:200]
     if variant == "every_n_steps":
-        value = d.draw(st.one_of(ANY_INT, BAD_VALUES), label="k")
+        value = changed(d, st.one_of(ANY_INT, BAD_VALUES), m["every_n_steps"], "k")
         m["every_n_steps"] = value
         return f"{variant}: {value!r}"[:200]
     if variant == "range_bomb":
@@ -790,18 +798,22 @@ def steps(d: Draw, mu: Mutant) -> str:
         return f"{variant}: checkpoints [0, {final}], k = {k}"
     if variant == "chunk":
         key = pick(d, ["first_step", "steps"], "key")
-        value = d.draw(st.one_of(ANY_INT, BAD_VALUES), label="value")
+        value = changed(d, st.one_of(ANY_INT, BAD_VALUES), m["index_log"][0][key], "value")
         m["index_log"][0][key] = value
         return f"{variant}: {key} = {value!r}"[:200]
     if variant == "sample_epochs":
-        how = pick(d, ["unsorted", "huge_epoch", "beyond_final", "empty", "negative", "duplicate", "bad"], "how")
+        how = pick(d, ["unsorted", "huge_epoch", "within", "huge_first", "empty", "negative", "duplicate", "bad"], "how")
         runs = m["sample_epochs"]
         if how == "unsorted":
             m["sample_epochs"] = [[5, 1], [0, 0]]
         elif how == "huge_epoch":
             runs[0][1] = d.draw(HUGE, label="epoch")
-        elif how == "beyond_final":
-            runs.append([d.draw(st.integers(10, 2**40), label="first"), 1])
+        elif how == "within":
+            # A later epoch from mid-run. (Epoch 0 again would claim a resume there: that only loosens the
+            # permutation check, as docs/security.md says, and changes nothing a replay can see.)
+            runs.append([d.draw(st.integers(1, m["final_step"] - 1), label="first"), d.draw(st.integers(1, 3), label="epoch")])
+        elif how == "huge_first":
+            runs[0][0] = d.draw(HUGE, label="first")
         elif how == "empty":
             m["sample_epochs"] = []
         elif how == "negative":
@@ -816,18 +828,21 @@ def steps(d: Draw, mu: Mutant) -> str:
         header, body = split(mu.files[rel])
         tree = state_tree(header)
         key = "global_step" if variant == "state_step" else pick(d, ["epoch", "batch_idx"], "key")
-        value = d.draw(st.one_of(ANY_INT, BAD_VALUES), label="value")
+        value = changed(d, st.one_of(ANY_INT, BAD_VALUES), tree["progress"][key], "value")
         tree["progress"][key] = value
         mu.put(rel, join(with_state_tree(header, tree), body))
         return f"{variant}: {rel} progress.{key} = {value!r}"[:200]
     if variant == "manifest_epoch":
         i = d.draw(st.integers(0, len(m["checkpoints"]) - 1), label="i")
-        value = d.draw(st.one_of(ANY_INT, BAD_VALUES), label="epoch")
+        value = changed(d, st.one_of(ANY_INT, BAD_VALUES), m["checkpoints"][i]["epoch"], "epoch")
         m["checkpoints"][i]["epoch"] = value
         return f"{variant}: checkpoint {i} epoch {value!r}"[:200]
-    key = pick(d, ["steps_per_epoch", "accumulate_grad_batches", "max_steps", "num_training_batches", "max_epochs",
-                   "limit_train_batches", "estimated_stepping_batches"], "key")
-    value = d.draw(st.one_of(ANY_INT, BAD_VALUES), label="value")
+    # Not max_epochs or estimated_stepping_batches: this run stops at max_steps, whatever they say.
+    key = pick(d, ["steps_per_epoch", "accumulate_grad_batches", "max_steps", "num_training_batches", "limit_train_batches"], "key")
+    if key == "limit_train_batches":  # a limit above the batches an epoch has is no limit: not a lie
+        value = changed(d, st.sampled_from([0, 1, 2, 3, 0.5, 0.1, 0.0, -1, 2.0, "x", True, [1]]), m["training"].get(key), "value")
+    else:
+        value = changed(d, st.one_of(ANY_INT, BAD_VALUES), m["training"].get(key), "value")
     m["training"][key] = value
     return f"{variant}: training.{key} = {value!r}"[:200]
 
@@ -939,7 +954,7 @@ def canary(d: Draw, mu: Mutant) -> str:
         elif where == "init_params":
             mu.m["init"]["params"] = target
         elif where == "training":
-            mu.m["training"]["optimizers"][0] = dict(mu.m["training"]["optimizers"][0], **target)
+            mu.m["training"]["limit_train_batches"] = target
         else:
             rel = pick(d, mu.honest.checkpoints, "checkpoint")
             header, body = split(mu.files[rel])

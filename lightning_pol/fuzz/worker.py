@@ -19,6 +19,9 @@ there). Modes:
 ``full``
     The CLI's own function, :func:`lightning_pol.verify.verify_with`, with
     every segment replayed and the whole dataset hashed: the real verdict.
+``selftest``
+    Sleeps ``sleep`` seconds and touches ``allocate_mb`` MB: how the tests
+    show that a hang and a memory blow-up are detected.
 
 Anything but a PoLError (fast) or anything that escapes ``verify_with``
 (full) is reported with its traceback: a finding.
@@ -150,6 +153,12 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     try:
         if request["mode"] == "full":
             result = full_check(proof, Path(request["out"]))
+        elif request["mode"] == "selftest":
+            time.sleep(request.get("sleep", 0))
+            block = bytearray(int(request.get("allocate_mb", 0)) << 20)
+            block[:: 1 << 12] = b"x" * len(block[:: 1 << 12])
+            del block
+            result = {"exit": None, "stage": "selftest", "reason": ""}
         else:
             result = fast_check(proof)
     except BaseException as e:  # noqa: BLE001 - every escape is the finding this worker exists to report
