@@ -322,7 +322,7 @@ def declared_class(root: str | os.PathLike[str], path: Any, base: type | None, w
     except (ImportError, ValueError) as e:
         raise NotRecreatableError(f"cannot import the proof's {what} {path!r} ({type(e).__name__}: {e})") from None
     if spec is None:
-        raise NotRecreatableError(f"cannot import the proof's {what} {path!r} (no module named {top!r})")
+        raise NotRecreatableError(f"cannot import the proof's {what} {path!r} (ModuleNotFoundError: No module named {top!r})")
     proof = Path(root).resolve()
     for location in [spec.origin, *(spec.submodule_search_locations or [])]:
         if location and location not in ("built-in", "frozen") and Path(location).resolve().is_relative_to(proof):
