@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", type=int, default=10_000, help="mutants to generate (the classes take turns)")
     p.add_argument("--out", type=Path, default=Path("runs/fuzz"))
     p.add_argument("--seed", type=int, default=0, help="hypothesis seed: the same seed gives the same mutants")
-    p.add_argument("--full", type=int, default=40, help="well-formed mutants (per class at most, round-robin) to verify in full")
+    p.add_argument("--full", type=lambda v: None if v == "all" else int(v), default=40,
+                   help="well-formed mutants to verify in full, taken from the classes in turn ('all': every one)")
     p.add_argument("--others", type=int, default=100, help="other mutants to verify in full, checking the predicted exit code")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a fast case may take before it counts as a hang")
     p.add_argument("--full-timeout", type=float, default=300.0)

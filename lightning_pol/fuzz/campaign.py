@@ -240,7 +240,7 @@ def run_campaign(
     out: Path,
     cases: int,
     seed: int = 0,
-    full: int = 40,
+    full: int | None = 40,
     others: int = 100,
     timeout: float = 30.0,
     full_timeout: float = 300.0,
@@ -250,8 +250,8 @@ def run_campaign(
     classes: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CampaignResult:
-    """Run ``cases`` mutants (classes in turn) through the fast path, then ``full`` well-formed ones and
-    ``others`` of the rest through full verification. Writes ``summary.json``, ``summary.md`` and
+    """Run ``cases`` mutants (classes in turn) through the fast path, then ``full`` well-formed ones (None:
+    every one) and ``others`` of the rest through full verification. Writes ``summary.json``, ``summary.md`` and
     ``cases.jsonl`` into ``out``; mutants with findings are kept under ``out/findings``."""
     t0 = time.monotonic()
     out = Path(out).resolve()
@@ -299,7 +299,7 @@ def run_campaign(
             keep = None
             if case.findings:
                 keep = out / "findings" / f"{i:05d}"
-            elif case.stage == "wellformed" and len(kept_wellformed[cls]) < full:
+            elif case.stage == "wellformed" and (full is None or len(kept_wellformed[cls]) < full):
                 kept_wellformed[cls].append(case)
                 keep = out / "keep" / f"{i:05d}"
             elif case.stage != "wellformed" and others:
@@ -326,7 +326,7 @@ def run_campaign(
             quota = cases // len(names) + (1 if k < cases % len(names) else 0)
             _generate(lambda data, cls=cls: one(cls, data), lambda: len(record), len(record) + quota, seed * 1_000_003 + k * 1000)
 
-        chosen = _round_robin(kept_wellformed, full) + kept_others
+        chosen = _round_robin(kept_wellformed, full if full is not None else len(record)) + kept_others
         say(f"full verification of {len(chosen)} mutants")
         for case in chosen:
             root = out / "keep" / f"{case.id:05d}"
