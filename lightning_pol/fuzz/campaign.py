@@ -262,6 +262,8 @@ def run_campaign(
     env = Env(outside=out / "outside", canary=out / "canary")
     env.canary.mkdir()
     shutil.copytree(honest_dir, env.outside / "honest", symlinks=True)
+    (env.outside / "fifo_proof").mkdir()
+    os.mkfifo(env.outside / "fifo_proof" / "manifest.json")  # a parent path whose manifest would block a reader
     honest = Honest.load(honest_dir)
     names = list(classes or CLASSES)
     unknown = set(names) - set(CLASSES)

@@ -64,6 +64,7 @@ class Honest:
     leaves: str
     states: dict[str, dict[str, Any]]
     log: IndexLog
+    identity: str
 
     @classmethod
     def load(cls, root: Path) -> Honest:
@@ -73,7 +74,7 @@ class Honest:
         dirs = sorted({str(Path(rel).parent) for rel in raw if "/" in rel} | {d.name for d in root.iterdir() if d.is_dir()})
         states = {c["path"]: reader.load_checkpoint(c) for c in m["checkpoints"]}
         return cls(root, copy.deepcopy(m), raw, dirs, [c["path"] for c in m["checkpoints"]], m["index_log"][0]["path"],
-                   m["data"]["leaves"], states, reader.index_log())
+                   m["data"]["leaves"], states, reader.index_log(), reader.identity)
 
 
 @dataclass
@@ -665,7 +666,7 @@ def links(d: Draw, mu: Mutant) -> str:
 def entries(d: Draw, mu: Mutant) -> str:
     """Duplicate and missing manifest entries, duplicate JSON keys, unsafe and misdirected paths."""
     variant = pick(d, ["drop_file_entry", "drop_checkpoint", "duplicate_checkpoint", "drop_top_key", "duplicate_json_key",
-                       "index_log_entries", "listed_missing", "unsafe_path", "wrong_role"], "variant")
+                       "index_log_entries", "listed_missing", "unsafe_path", "wrong_role", "parent"], "variant")
     m = mu.m
     if variant == "drop_file_entry":
         rel = pick(d, sorted(m["files"]), "file")
@@ -727,6 +728,16 @@ def entries(d: Draw, mu: Mutant) -> str:
         else:
             chunks[0]["path"] = mu.honest.leaves
         return f"{variant}: {how}"
+    if variant == "parent":
+        # A parent the chain check goes looking for: the honest proof (outside), odd directories, a FIFO manifest.
+        path = pick(d, [str(mu.env.outside / "honest"), str(mu.env.outside / "fifo_proof"), "/", "/proc/self", "../..",
+                        str(mu.root), "a\x00b", "x" * 5000, 7, None], "path")
+        identity = pick(d, [mu.honest.identity, "0" * 64, 5, None], "identity")
+        final = mu.honest.manifest["checkpoints"][-1]["sha256"]
+        m["parent"] = {"identity": identity, "final_checkpoint_sha256": final, "path": path}
+        if d.draw(st.booleans(), label="warm_start"):
+            m["init"] = {"strategy": "warm_start", "params": {}}
+        return f"{variant}: {str(path)[:60]!r} identity {str(identity)[:16]!r}"
     if variant == "listed_missing":
         rel = pick(d, ["checkpoints/step-000000099.safetensors", "extra.bin", "data/leaves2.safetensors"], "rel")
         m["files"][rel] = {"sha256": "0" * 64, "bytes": d.draw(st.integers(0, 100), label="bytes")}
