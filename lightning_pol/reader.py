@@ -1,14 +1,17 @@
 """The only way a proof is loaded: every file is treated as hostile input.
 
 Nothing here unpickles or imports anything named by the proof. Paths are
-checked before they are opened, sizes before anything is allocated, digests
-before anything is parsed. Every problem becomes a :class:`ProofFormatError`
-with a one-line reason.
+checked before they are opened, sizes before anything is allocated (and a
+buffer is only ever as large as the file really is), digests before anything
+is parsed. Every problem becomes a :class:`ProofFormatError` with a one-line
+reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import stat
 import struct
@@ -23,8 +26,29 @@ from lightning_pol.errors import PoLError
 from lightning_pol.index_log import IndexLog
 from lightning_pol.state_codec import decode_state
 
-MAX_MANIFEST_BYTES = 64 << 20
-MAX_HEADER_BYTES = 64 << 20
+#: Size caps of the JSON a proof holds, generous for real proofs (a manifest takes about 250 bytes per
+#: checkpoint, a checkpoint's header about 200 bytes per tensor) and small enough that parsing at
+#: the cap stays in the low hundreds of MB.
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_HEADER_BYTES = 16 << 20
+_HASH_CHUNK = 1 << 20
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a modest machine
+        return 16 << 30
+
+
+#: Most values (an upper bound: commas, brackets and braces) a JSON document may hold. Parsing
+#: 64 MiB of ``[[],[],...`` builds 1.6 GB of lists; half a million values stay near 100 MB
+#: whatever their shape. A manifest needs about ten per checkpoint.
+MAX_JSON_VALUES = 500_000
+
+#: The largest file this reader hashes or loads: half of this machine's memory. A listed file
+#: above it is refused before it is read (a sparse file can claim a terabyte for free).
+MAX_FILE_BYTES = _physical_memory() // 2
 
 _DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -41,8 +65,53 @@ def _int(value: Any, minimum: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def load_json(doc: bytes | str, what: str) -> Any:
+    """Strict JSON, as the writer writes it: UTF-8, no duplicate keys, no NaN or Infinity, bounded size.
+
+    Strict because the proof's identity is the hash of its bytes: a document that two parsers
+    could read differently (a duplicate key: Python keeps the last, others the first; UTF-16,
+    which Python detects and others refuse) must not verify.
+    """
+    try:
+        text = doc.decode("utf-8") if isinstance(doc, bytes) else doc
+        text.encode("utf-8")  # a lone surrogate from a \ud800 escape upstream is not UTF-8 either
+    except UnicodeError:
+        raise ProofFormatError(f"{what} is not valid JSON (not UTF-8)") from None
+    if text.count(",") + text.count("[") + text.count("{") > MAX_JSON_VALUES:
+        raise ProofFormatError(f"{what} holds more than {MAX_JSON_VALUES} JSON values")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_float=_finite)
+    except _DuplicateKey as e:
+        raise ProofFormatError(f"{what} has the key {str(e)[:80]!r} twice") from None
+    except (ValueError, RecursionError) as e:
+        raise ProofFormatError(f"{what} is not valid JSON ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+
+
 def _open_regular(root: Path, rel: str) -> Path:
-    """Resolve ``rel`` inside ``root`` without following any symlink."""
+    """Resolve ``rel`` inside ``root`` without following any symlink (checked again on the open file)."""
     if not pf.is_safe_relative_path(rel):
         raise ProofFormatError(f"unsafe path in manifest: {rel!r}")
     path = root
@@ -52,6 +121,8 @@ def _open_regular(root: Path, rel: str) -> Path:
             st = os.lstat(path)
         except FileNotFoundError:
             raise ProofFormatError(f"missing file: {rel}") from None
+        except OSError as e:  # a name too long, a component that is not a directory...
+            raise ProofFormatError(f"cannot open {rel[:200]} ({e.strerror})") from None
         if stat.S_ISLNK(st.st_mode):
             raise ProofFormatError(f"symlink in proof: {rel}")
     if not stat.S_ISREG(st.st_mode):
@@ -66,13 +137,10 @@ def parse_safetensors_header(data: bytes, name: str) -> tuple[dict[str, Any], di
     (n,) = struct.unpack("<Q", data[:8])
     if n > MAX_HEADER_BYTES or 8 + n > len(data):
         raise ProofFormatError(f"{name}: safetensors header size {n} exceeds the file")
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ProofFormatError(f"{name}: safetensors header is not JSON") from None
+    header = load_json(data[8 : 8 + n], f"{name}: safetensors header")
     if not isinstance(header, dict):
         raise ProofFormatError(f"{name}: safetensors header is not an object")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise ProofFormatError(f"{name}: bad safetensors metadata")
     body = len(data) - 8 - n
@@ -81,11 +149,11 @@ def parse_safetensors_header(data: bytes, name: str) -> tuple[dict[str, Any], di
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise ProofFormatError(f"{name}: bad entry for tensor {key!r}")
         dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in _DTYPE_SIZES:
-            raise ProofFormatError(f"{name}: tensor {key!r} has unsupported dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES:
+            raise ProofFormatError(f"{name}: tensor {key!r} has unsupported dtype {str(dtype)[:40]!r}")
+        if not isinstance(shape, list) or not all(_int(s) for s in shape):
             raise ProofFormatError(f"{name}: tensor {key!r} has a bad shape")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+        if not (isinstance(offs, list) and len(offs) == 2 and all(_int(o) for o in offs)):
             raise ProofFormatError(f"{name}: tensor {key!r} has bad offsets")
         begin, end = offs
         numel = 1
@@ -117,10 +185,7 @@ class ProofReader:
             raise ProofFormatError(f"{self.root} is not a directory")
         raw = self._read_raw(pf.MANIFEST, MAX_MANIFEST_BYTES)
         self.identity = pf.sha256_bytes(raw)
-        try:
-            manifest = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise ProofFormatError("manifest.json is not valid JSON") from None
+        manifest = load_json(raw, "manifest.json")
         self.manifest = self._validate_manifest(manifest)
 
     # -- manifest ----------------------------------------------------------------
@@ -128,7 +193,7 @@ class ProofReader:
     def _validate_manifest(m: Any) -> dict[str, Any]:
         if not isinstance(m, dict) or m.get("format") != pf.FORMAT_NAME:
             raise ProofFormatError("manifest.json is not a lightning-pol proof manifest")
-        if m.get("format_version") not in pf.READABLE_VERSIONS:
+        if not _int(m.get("format_version")) or m["format_version"] not in pf.READABLE_VERSIONS:
             raise ProofFormatError(
                 f"unknown format version {m.get('format_version')!r}; this reader reads {list(pf.READABLE_VERSIONS)}"
             )
@@ -148,13 +213,15 @@ class ProofReader:
         ckpts = m.get("checkpoints")
         if not isinstance(ckpts, list):
             raise ProofFormatError("manifest has no checkpoint list")
-        last = -1
+        last, last_epoch = -1, 0
         for c in ckpts:
             if not isinstance(c, dict) or not _int(c.get("step")) or not _int(c.get("epoch")) or not isinstance(c.get("path"), str):
                 raise ProofFormatError("bad checkpoint entry")
             if c["step"] <= last:
                 raise ProofFormatError("checkpoint steps are not strictly increasing")
-            last = c["step"]
+            if c["epoch"] < last_epoch:
+                raise ProofFormatError("checkpoint epochs decrease")
+            last, last_epoch = c["step"], c["epoch"]
             if c.get("path") not in files or files[c["path"]]["sha256"] != c.get("sha256"):
                 raise ProofFormatError(f"checkpoint at step {c['step']} is not listed with a matching digest")
         for key in ("every_n_steps", "seed"):
@@ -165,7 +232,7 @@ class ProofReader:
             raise ProofFormatError("manifest has no index log")
         expected = 0
         for c in chunks:
-            if not isinstance(c, dict) or not isinstance(c.get("path"), str) or c["path"] not in files or c.get("first_step") != expected:
+            if not isinstance(c, dict) or not isinstance(c.get("path"), str) or c["path"] not in files or not _int(c.get("first_step")) or c["first_step"] != expected:
                 raise ProofFormatError("index log chunks are missing, unlisted or out of order")
             if not _int(c.get("steps")):
                 raise ProofFormatError("bad index log chunk")
@@ -177,7 +244,7 @@ class ProofReader:
     def _validate_fields(m: dict[str, Any]) -> None:
         """Types of the fields the verifier and the replay read, so none reaches them malformed."""
         data = m.get("data")
-        if not isinstance(data, dict) or not _int(data.get("size")):
+        if not isinstance(data, dict) or not _int(data.get("size")) or data["size"] >= 2**63:  # indices are int64
             raise ProofFormatError("manifest field data is missing or invalid")
         committed = isinstance(data.get("leaves"), str) and isinstance(data.get("root"), str)
         # A run commits to its data after its first epoch; until then both are null.
@@ -199,12 +266,32 @@ class ProofReader:
         runs = m.get("sample_epochs")
         if not isinstance(runs, list) or not all(isinstance(r, list) and len(r) == 2 and _int(r[0]) and _int(r[1]) for r in runs):
             raise ProofFormatError("manifest field sample_epochs is missing or invalid")
-        if any(b[0] <= a[0] for a, b in zip(runs, runs[1:])):
+        if any(b[0] <= a[0] or b[1] < a[1] for a, b in zip(runs, runs[1:])):
             raise ProofFormatError("manifest field sample_epochs is not in step order")
+        if any(r[1] >= 2**63 for r in runs):  # seeds hash an epoch as a signed 64-bit integer
+            raise ProofFormatError("manifest field sample_epochs has an epoch past 2**63")
+        if runs and runs[0] != [0, 0]:  # every run starts with the first batch of epoch 0
+            raise ProofFormatError("manifest field sample_epochs does not start at step 0 in epoch 0")
         training = m["training"]
-        for key in ("steps_per_epoch", "accumulate_grad_batches"):
+        for key in ("steps_per_epoch", "accumulate_grad_batches", "world_size"):
             if training.get(key) is not None and not _int(training[key], 1):
                 raise ProofFormatError(f"manifest field training.{key} is invalid")
+        # The typed JSON the replay decodes (and whose values reach the declared classes): malformed
+        # here is a format error, not a ValueError deep inside the replay.
+        typed = {"training": training, "module.hparams": m["module"]["hparams"], "init.params": m["init"].get("params") or {}}
+        if m.get("datamodule") is not None:
+            typed["datamodule.hparams"] = m["datamodule"]["hparams"]
+        decoded = {}
+        for key, value in typed.items():
+            try:
+                decoded[key] = decode_state({}, value)
+            except (ValueError, RecursionError) as e:
+                raise ProofFormatError(f"manifest field {key} is not valid typed JSON ({str(e)[:200] or type(e).__name__})") from None
+        batches, per_epoch = decoded["training"].get("num_training_batches"), training.get("steps_per_epoch")
+        if batches is not None and not _int(batches) and batches != math.inf:
+            raise ProofFormatError("manifest field training.num_training_batches is invalid")
+        if _int(batches) and per_epoch != -(-batches // (training.get("accumulate_grad_batches") or 1)):
+            raise ProofFormatError("manifest field training.steps_per_epoch is not num_training_batches / accumulate_grad_batches")
 
     @property
     def checkpoints(self) -> list[dict[str, Any]]:
@@ -216,33 +303,83 @@ class ProofReader:
         return sum(c["steps"] for c in self.manifest["index_log"])
 
     # -- files -------------------------------------------------------------------
-    def _read_raw(self, rel: str, limit: int) -> bytes:
+    def _open(self, rel: str, limit: int, exact: int | None = None) -> tuple[int, int]:
+        """An open descriptor of the regular file ``rel`` and its size, checked before a byte is read.
+
+        The checks are made on the open file (``fstat``), so a file swapped after the path was checked
+        is caught too; O_NONBLOCK keeps a FIFO from blocking the open. A file with more than one
+        name (a hard link) is refused: its other names may lie outside the proof.
+        """
         path = _open_regular(self.root, rel)
-        size = os.lstat(path).st_size
-        if size > limit:
-            raise ProofFormatError(f"{rel} is larger than allowed ({size} > {limit} bytes)")
-        with open(path, "rb", opener=lambda p, f: os.open(p, f | getattr(os, "O_NOFOLLOW", 0))) as fh:
-            data = fh.read(limit + 1)
-        if len(data) > limit:
-            raise ProofFormatError(f"{rel} grew while being read")
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError as e:
+            raise ProofFormatError(f"cannot open {rel} ({e.strerror})") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ProofFormatError(f"not a regular file: {rel}")
+            if st.st_nlink != 1:
+                raise ProofFormatError(f"hard link in proof: {rel} has {st.st_nlink} names")
+            if st.st_size > limit:
+                raise ProofFormatError(f"{rel} is larger than allowed ({st.st_size} > {limit} bytes)")
+            if exact is not None and st.st_size != exact:
+                raise ProofFormatError(f"digest mismatch: {rel} ({st.st_size} bytes, the manifest says {exact})")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st.st_size
+
+    def _read_raw(self, rel: str, limit: int, exact: int | None = None) -> bytes:
+        """The bytes of ``rel``: the buffer is sized from the file itself, never from a declared number."""
+        fd, size = self._open(rel, limit, exact)
+        with open(fd, "rb", closefd=True) as fh:
+            data = fh.read(size + 1)
+        if len(data) != size:
+            raise ProofFormatError(f"{rel} changed size while being read")
         return data
 
-    def read_file(self, rel: str) -> bytes:
-        """The bytes of a listed file, after checking its size and digest."""
+    def _entry(self, rel: str) -> dict[str, Any]:
         entry = self.manifest["files"].get(rel)
         if entry is None:
             raise ProofFormatError(f"{rel} is not listed in the manifest")
-        data = self._read_raw(rel, entry["bytes"])
-        if len(data) != entry["bytes"] or pf.sha256_bytes(data) != entry["sha256"]:
+        if entry["bytes"] > MAX_FILE_BYTES:
+            raise ProofFormatError(f"{rel} is listed with {entry['bytes']} bytes, more than this reader loads ({MAX_FILE_BYTES})")
+        return entry
+
+    def read_file(self, rel: str) -> bytes:
+        """The bytes of a listed file, after checking its size and digest."""
+        entry = self._entry(rel)
+        data = self._read_raw(rel, entry["bytes"], exact=entry["bytes"])
+        if pf.sha256_bytes(data) != entry["sha256"]:
             raise ProofFormatError(f"digest mismatch: {rel}")
         return data
+
+    def check_file(self, rel: str) -> None:
+        """Size and digest of a listed file, hashed in chunks: memory stays constant whatever its size."""
+        entry = self._entry(rel)
+        fd, size = self._open(rel, entry["bytes"], exact=entry["bytes"])
+        h = hashlib.sha256()
+        with open(fd, "rb", closefd=True) as fh:
+            left = size + 1
+            while left > 0:
+                block = fh.read(min(_HASH_CHUNK, left))
+                if not block:
+                    break
+                h.update(block)
+                left -= len(block)
+        if left != 1:
+            raise ProofFormatError(f"{rel} changed size while being read")
+        if h.hexdigest() != entry["sha256"]:
+            raise ProofFormatError(f"digest mismatch: {rel}")
 
     def verify_files(self) -> list[str]:
         """Problems with listed files, and unlisted files in the directory; empty when all is well."""
         problems = []
         for rel in self.manifest["files"]:
             try:
-                self.read_file(rel)
+                self.check_file(rel)
             except ProofFormatError as e:
                 problems.append(str(e))
         listed = set(self.manifest["files"]) | {pf.MANIFEST}
@@ -267,16 +404,29 @@ class ProofReader:
         """Decoded training state of one checkpoint entry of :attr:`checkpoints`."""
         rel = entry["path"]
         tensors, metadata = self.read_tensors(rel)
+        if set(metadata) != {pf.CHECKPOINT_STATE_KEY}:
+            raise ProofFormatError(f"{rel}: checkpoint metadata must hold exactly the key {pf.CHECKPOINT_STATE_KEY!r}")
+        tree = load_json(metadata[pf.CHECKPOINT_STATE_KEY], f"{rel}: checkpoint state")
+        if not isinstance(tree, dict):
+            raise ProofFormatError(f"{rel}: malformed checkpoint state (not a JSON object)")
         try:
-            tree = json.loads(metadata[pf.CHECKPOINT_STATE_KEY])
             state = decode_state(tensors, tree)
-        except (KeyError, ValueError, TypeError, RecursionError) as e:
-            raise ProofFormatError(f"{rel}: malformed checkpoint state ({e})") from None
-        if state.get("format") != pf.FORMAT_NAME or state.get("format_version") not in pf.READABLE_VERSIONS:
+        except (ValueError, RecursionError) as e:
+            raise ProofFormatError(f"{rel}: malformed checkpoint state ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+        if state.get("format") != pf.FORMAT_NAME or not _int(state.get("format_version")) or state["format_version"] not in pf.READABLE_VERSIONS:
             raise ProofFormatError(f"{rel}: not a checkpoint of a readable format version")
         progress = state.get("progress")
-        if not isinstance(progress, dict) or progress.get("global_step") != entry["step"]:
+        if not isinstance(progress, dict) or not _int(progress.get("global_step")) or progress["global_step"] != entry["step"]:
             raise ProofFormatError(f"{rel}: its step does not match the manifest")
+        if not _int(progress.get("epoch")) or progress["epoch"] != entry["epoch"]:
+            raise ProofFormatError(f"{rel}: its epoch does not match the manifest")
+        batch_idx, batches = progress.get("batch_idx"), self.manifest["training"].get("num_training_batches")
+        if batch_idx is not None and (not _int(batch_idx) or (_int(batches) and batch_idx >= batches)):
+            raise ProofFormatError(f"{rel}: its batch index is not a batch of an epoch")
+        if batch_idx is None and entry is not self.checkpoints[-1]:  # only the state at the end of training has none
+            raise ProofFormatError(f"{rel}: only the last checkpoint may have no batch index")
+        if entry["step"] == 0 and (progress["epoch"] != 0 or batch_idx not in (0, None)):
+            raise ProofFormatError(f"{rel}: step 0 is not the first batch of epoch 0")
         if not isinstance(state.get("model"), dict):
             raise ProofFormatError(f"{rel}: no model state")
         return state
@@ -297,6 +447,18 @@ class ProofReader:
         size = self.manifest["data"]["size"]
         if len(log.indices) and (log.indices.min() < 0 or log.indices.max() >= size):
             raise ProofFormatError("index log holds indices outside the dataset")
+        training = self.manifest["training"]
+        accumulate = training.get("accumulate_grad_batches") or 1
+        world = training.get("world_size") or 1
+        if training.get("automatic_optimization") is True and log.steps:
+            # Lightning steps once per accumulate_grad_batches micro-batches (fewer at an epoch's end), never on none;
+            # a DDP step holds exactly one micro-batch a rank.
+            # Without this, moving a step boundary (step 0 empty, step 2 of three micro-batches) changes nothing a replay sees.
+            per_step = torch.searchsorted(log.batch_offsets, log.offsets).diff()
+            low, high = (world, world) if world > 1 else (1, accumulate)
+            if bool((per_step < low).any()) or bool((per_step > high).any()):
+                raise ProofFormatError(f"index log has steps of {int(per_step.min())} to {int(per_step.max())} micro-batches; "
+                                       f"accumulate_grad_batches is {accumulate}, world_size {world}")
         return log
 
     def leaves(self) -> torch.Tensor:

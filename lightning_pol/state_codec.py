@@ -29,6 +29,12 @@ DTYPE = "__torch_dtype__"
 MARKERS = frozenset({TENSOR, NDARRAY, TUPLE, DICT, FLOAT, NPSCALAR, DTYPE})
 
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+#: numpy scalar kinds ``_encode`` can write (bool, int, uint, float, str: their ``item()`` is JSON).
+#: Others are refused when decoding: ``np.void(2**31 - 1)`` alone allocates 2 GiB.
+_SCALAR_KINDS = frozenset("biufU")
+#: ``torch.dtype`` names, read off the module once: ``getattr(torch, name)`` on a name from a file
+#: would run torch's module ``__getattr__``, which imports submodules (``_dynamo``, ``onnx``...).
+_TORCH_DTYPES = {name: v for name, v in vars(torch).items() if isinstance(v, torch.dtype)}
 
 
 class StateEncodingError(PoLError, ValueError):
@@ -47,8 +53,14 @@ def encode_state(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dic
 
 
 def decode_state(tensors: Mapping[str, torch.Tensor], tree: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`encode_state`. Raises ``ValueError`` on a malformed tree."""
-    return {k: _decode(v, tensors) for k, v in tree.items()}
+    """Inverse of :func:`encode_state`. Raises ``ValueError`` (or ``RecursionError``) on a malformed tree, nothing else:
+    the tree comes from a proof, and numpy's own complaints (TypeError, OverflowError) are about the proof too."""
+    if not isinstance(tree, Mapping):
+        raise ValueError(f"the state is a {type(tree).__name__}, not a JSON object")
+    try:
+        return {k: _decode(v, tensors) for k, v in tree.items()}
+    except (TypeError, OverflowError) as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from None
 
 
 def _name(path: str, tensors: Mapping[str, Any]) -> str:
@@ -152,12 +164,12 @@ def _decode(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     if marker == NPSCALAR:
         _only(obj, {NPSCALAR, "value"})
         dtype = np.dtype(_expect(obj, NPSCALAR, str))
-        if dtype.hasobject:
-            raise ValueError("object scalars are not allowed")
+        if dtype.hasobject or dtype.kind not in _SCALAR_KINDS:
+            raise ValueError(f"numpy scalars of dtype {dtype.str!r} are not allowed")
         return dtype.type(_decode(obj["value"], tensors))
     _only(obj, {DTYPE})
-    dtype = getattr(torch, _expect(obj, DTYPE, str), None)
-    if not isinstance(dtype, torch.dtype):
+    dtype = _TORCH_DTYPES.get(_expect(obj, DTYPE, str))
+    if dtype is None:
         raise ValueError("unknown torch dtype")
     return dtype
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
+import itertools
 import logging
 import math
 import os
 import random as _random
+import re
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +24,8 @@ from lightning_pol.chain import find_parent, same_weights
 from lightning_pol.commitment import compute_leaves, root_of, sample_leaf
 from lightning_pol.distances import METRICS, distances
 from lightning_pol.errors import PoLError
-from lightning_pol.metadata import environment, import_path, resolve_import_path
+from lightning_pol.index_log import IndexLog
+from lightning_pol.metadata import NotRecreatableError, environment, import_path, resolve_import_path
 from lightning_pol.reader import ProofFormatError, ProofReader
 from lightning_pol.registry import Registry
 from lightning_pol.replay import PoLVerifierModule
@@ -226,11 +232,21 @@ def _check_chain(reader: ProofReader, report: Report, settings: dict[str, Any], 
                                            "summary": "W_0 is the parent's final state" if check["passed"] else check["summary"]}
 
 
-def _verify(reader: ProofReader, report: Report, q: int, n_random: int, seed: int, mode: str, delta: dict[str, float],
-            d_ref: Mapping[str, float] | None, full_data: bool, num_shards: int, shard: int, accelerator: str,
-            progress: Callable[[int, int], None] | None) -> None:
+@dataclass
+class Integrity:
+    """What the integrity check found: ``problems`` (empty when it passes), unlisted files, and the index log."""
+
+    problems: list[str]
+    unlisted: list[str]
+    index_log: IndexLog | None
+
+
+def check_integrity(reader: ProofReader) -> Integrity:
+    """Digests, layout, checkpoint steps and the index log: everything checked before any checkpoint is parsed.
+
+    Public so that the hostile-proof fuzz (:mod:`lightning_pol.fuzz`) runs exactly this code.
+    """
     m = reader.manifest
-    # -- integrity ---------------------------------------------------------------
     found = reader.verify_files()
     unlisted = [p.removeprefix("unlisted file: ") for p in found if p.startswith("unlisted file")]
     problems = [p for p in found if not p.startswith("unlisted file")]
@@ -243,25 +259,131 @@ def _verify(reader: ProofReader, report: Report, q: int, n_random: int, seed: in
     if not isinstance(final, int) or not steps or steps[-1] != final:
         problems.append(f"the last checkpoint is not at the final step {final}")
     k = m["every_n_steps"]
-    if isinstance(final, int) and steps and steps != sorted(set(range(0, final, k)) | {final}):
+    if isinstance(final, int) and steps and not _checkpoints_at(steps, final, k):
         problems.append(f"checkpoints are missing: the proof needs one at 0, every k={k} steps and at {final}")
-    log_steps = None
+    stop = _unstoppable(m, final)
+    if stop:
+        problems.append(stop)
+    index_log = None
     if not problems:
-        try:  # a checkpoint that does not parse is caught where it is first loaded (below)
+        try:  # a checkpoint that does not parse is caught where it is first loaded (in the content checks)
             index_log = reader.index_log()
-            log_steps = index_log.steps
-            if log_steps != final:
-                problems.append(f"the index log holds {log_steps} steps, the proof claims {final}")
+            if index_log.steps != final:
+                problems.append(f"the index log holds {index_log.steps} steps, the proof claims {final}")
         except ProofFormatError as e:
             problems.append(str(e))
+    return Integrity(problems, unlisted, index_log)
+
+
+def _unstoppable(m: Mapping[str, Any], final: Any) -> str | None:
+    """Why a replay of the last segment would never end, or None.
+
+    The replay stops where the declared Trainer settings stop: with unbounded epochs (max_epochs -1,
+    or None with max_steps set, as Lightning reads them) only max_steps can end it, and a max_steps
+    past the final step (or none) would have it start empty epochs forever.
+    """
+    if m.get("status") != pf.STATUS_COMPLETE or not isinstance(final, int):
+        return None
+    training = decode_state({}, m["training"])
+    max_steps, max_epochs = training.get("max_steps", -1), training.get("max_epochs")
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool):
+        return None  # not a Trainer setting: the replay's Trainer refuses it
+    unbounded_epochs = max_epochs == -1 or (max_epochs is None and max_steps != -1)
+    if unbounded_epochs and (max_steps == -1 or max_steps > final):
+        return (f"training stops at step {final}, but its settings (max_steps={max_steps}, max_epochs={max_epochs}) "
+                "do not: a replay of the last segment would not end")
+    return None
+
+
+def _checkpoints_at(steps: list[int], final: int, k: int) -> bool:
+    """``steps`` is exactly 0, k, 2k, ... below ``final``, then ``final``, compared without building that list:
+    ``final`` and ``k`` come from the manifest, and range(0, 10**12, 1) as a set is a memory bomb."""
+    below = -(-final // k)  # len(range(0, final, k)), which overflows for a final step past 2**63
+    return len(steps) == below + 1 and all(a == b for a, b in zip(steps, itertools.chain(range(0, final, k), [final])))
+
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
+
+
+def declared_class(root: str | os.PathLike[str], path: Any, base: type | None, what: str) -> type:
+    """Import the class a proof names, refusing what the verifier must never run.
+
+    A proof names classes that the verifier then calls with the proof's hparams, so the class
+    must be of the kind its role needs (``base``): ``subprocess:Popen`` as a module would be
+    ``Popen(args=...)``. And its top-level module must come from this machine, not from the
+    proof directory (where it could land on sys.path when the verifier runs from inside it):
+    that is found with ``find_spec``, which locates a top-level module without running it.
+    """
+    if not isinstance(path, str) or not _IMPORT_PATH.match(path):
+        raise NotRecreatableError(f"the proof's {what} class {str(path)[:80]!r} is not an import path module:QualName")
+    top = path.partition(":")[0].split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError) as e:
+        raise NotRecreatableError(f"cannot import the proof's {what} {path!r} ({type(e).__name__}: {e})") from None
+    if spec is None:
+        raise NotRecreatableError(f"cannot import the proof's {what} {path!r} (ModuleNotFoundError: No module named {top!r})")
+    proof = Path(root).resolve()
+    for location in [spec.origin, *(spec.submodule_search_locations or [])]:
+        if location and location not in ("built-in", "frozen") and Path(location).resolve().is_relative_to(proof):
+            raise NotRecreatableError(f"the proof's {what} {path!r} would be imported from inside the proof directory")
+    try:
+        cls = resolve_import_path(path)
+    except Exception as e:  # an installed module that fails to import, or a missing attribute
+        raise NotRecreatableError(f"cannot import the proof's {what} {path!r} ({type(e).__name__}: {e})".splitlines()[0]) from None
+    if base is not None and not (isinstance(cls, type) and issubclass(cls, base)):
+        raise NotRecreatableError(f"the proof's {what} {path!r} is not a {base.__module__}.{base.__qualname__}")
+    return cls
+
+
+def check_declared_classes(reader: ProofReader) -> None:
+    """Every class the proof names, checked by :func:`declared_class` before any of them is called."""
+    import lightning.pytorch as pl
+
+    m = reader.manifest
+    declared: list[tuple[str, Any, type | None]] = [("module", m["module"]["class"], pl.LightningModule)]
+    if m.get("datamodule") is not None:
+        declared.append(("datamodule", m["datamodule"]["class"], pl.LightningDataModule))
+    training = decode_state({}, m["training"])
+    for key, base in (("optimizers", torch.optim.Optimizer), ("lr_schedulers", None)):
+        entries = training.get(key)
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, Mapping) and "class" in entry:
+                declared.append((key[:-1].replace("lr_", "LR "), entry["class"], base))
+    module = None
+    for what, path, base in declared:
+        cls = declared_class(reader.root, path, base, what)
+        module = module or cls
+        # Lightning's own rule: a scheduler that is not a torch LRScheduler needs the module's lr_scheduler_step.
+        if what == "LR scheduler" and not issubclass(cls, torch.optim.lr_scheduler.LRScheduler) and (
+            getattr(module, "lr_scheduler_step", None) is getattr(pl.LightningModule, "lr_scheduler_step", None)
+        ):
+            raise NotRecreatableError(f"the proof's LR scheduler {path!r} is not a torch LRScheduler, and the module has no lr_scheduler_step")
+
+
+def open_for_replay(reader: ProofReader, index_log: IndexLog, accelerator: str = "cpu") -> PoLVerifierModule:
+    """The replay harness of a proof that passed integrity; raises a PoLError (unusable input, exit 2)
+    when this machine cannot import the proof's classes, or when one of them is not what its role
+    needs. No code of the proof's classes runs here (importing their installed modules aside)."""
+    check_declared_classes(reader)
+    return PoLVerifierModule(reader, accelerator=accelerator, index_log=index_log)
+
+
+def _verify(reader: ProofReader, report: Report, q: int, n_random: int, seed: int, mode: str, delta: dict[str, float],
+            d_ref: Mapping[str, float] | None, full_data: bool, num_shards: int, shard: int, accelerator: str,
+            progress: Callable[[int, int], None] | None) -> None:
+    integrity = check_integrity(reader)
+    problems = integrity.problems
     # Files the manifest does not list are not part of the proof; they are reported, and nothing reads them.
-    report.checks["integrity"] = {"passed": not problems, "problems": problems, "unlisted": unlisted,
+    report.checks["integrity"] = {"passed": not problems, "problems": problems, "unlisted": integrity.unlisted,
                                   "summary": "all files match the manifest" if not problems else problems[0]}
     if problems:
         report.reasons.extend(problems[:3])
         return
-    # Raises (unusable input, exit 2) when this machine cannot import the proof's classes.
-    verifier = PoLVerifierModule(reader, accelerator=accelerator, index_log=index_log)
+    index_log = integrity.index_log
+    assert index_log is not None
+    steps = [c["step"] for c in reader.checkpoints]
+    verifier = open_for_replay(reader, index_log, accelerator)
     try:
         _verify_content(verifier, reader, index_log, steps, report, q, n_random, seed, mode, delta, d_ref, full_data,
                         num_shards, shard, progress)
@@ -279,6 +401,14 @@ def _verify_content(verifier: PoLVerifierModule, reader: ProofReader, index_log:
     final = m["final_step"]
 
     entries = {c["step"]: c for c in reader.checkpoints}
+    # Before any replay: a replay under batches per epoch other than the training's never ends where it did.
+    try:
+        loader = _training_loader(verifier)
+    except Exception:  # the declared classes give no loader: the data check reports it
+        loader = None
+    wrong_batches = _declared_batches(verifier, loader) if loader is not None else None
+    if wrong_batches:
+        raise ProofFormatError(wrong_batches)
 
     @functools.lru_cache(maxsize=3)  # walks over consecutive checkpoints; never the whole proof in memory
     def state(step: int) -> dict[str, Any]:
@@ -391,7 +521,8 @@ def _replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state
 
 
 def _comparable(state: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: state.get(k) for k in ("model", "optimizers", "lr_schedulers", "grad_scaler", "rng", "peer_rng")}
+    """What a replay must reproduce: the whole state, its counters (epoch, batch index) included."""
+    return {k: state.get(k) for k in ("model", "optimizers", "lr_schedulers", "grad_scaler", "rng", "peer_rng", "progress")}
 
 
 def _check_initialization(verifier: PoLVerifierModule, w0: dict[str, Any], report: Report) -> None:
@@ -490,13 +621,17 @@ def _simulate_schedule(verifier: PoLVerifierModule, declared: dict[str, Any], st
         return False
     if any(c.get("frequency") != 1 or c.get("interval") not in ("step", "epoch") for c in configs):
         return False
-    cls = resolve_import_path(opt_configs[0]["class"])
+    cls = resolve_import_path(opt_configs[0]["class"])  # an Optimizer: check_declared_classes made sure
+    if not issubclass(cls, torch.optim.Optimizer):
+        return False
     groups = declared["optimizers"][0]["param_groups"]
     opt = cls([{"params": [torch.zeros(1, requires_grad=True) for _ in g["params"]]} for g in groups])
     opt.load_state_dict(declared["optimizers"][0])
     scheds = []
     for c, sd in zip(configs, declared["lr_schedulers"]):
         scls = resolve_import_path(c["class"])
+        if not issubclass(scls, torch.optim.lr_scheduler.LRScheduler):  # a custom scheduler: not simulated
+            return False
         if "ReduceLROnPlateau" in import_path(scls) or "lr_lambdas" in sd or "_schedulers" in sd:
             return False
         sched = scls.__new__(scls)
@@ -564,7 +699,7 @@ def _check_data(verifier: PoLVerifierModule, index_log: Any, segments: list[Segm
         leaves = verifier.reader.leaves()
         if root_of(leaves) != m["data"]["root"]:
             problems.append("the leaves do not hash to the committed Merkle root")
-        dataset = _training_dataset(verifier)
+        dataset = _training_loader(verifier).dataset
         if len(dataset) != m["data"]["size"]:
             problems.append(f"the training dataset has {len(dataset)} samples, the proof committed to {m['data']['size']}")
         elif full_data:
@@ -595,15 +730,39 @@ def _check_data(verifier: PoLVerifierModule, index_log: Any, segments: list[Segm
     report.reasons.extend(problems[:2])
 
 
-def _training_dataset(verifier: PoLVerifierModule) -> Any:
+def _training_loader(verifier: PoLVerifierModule) -> Any:
     dm = verifier.make_datamodule()
     if dm is not None:
         dm.prepare_data()
         dm.setup("fit")
-        loader = dm.train_dataloader()
-    else:
-        loader = verifier.make_module().train_dataloader()
-    return loader.dataset
+        return dm.train_dataloader()
+    return verifier.make_module().train_dataloader()
+
+
+def _declared_batches(verifier: PoLVerifierModule, loader: Any) -> str | None:
+    """The proof's batches per epoch must be the re-created loader's, where no limit applies: the
+    permutation check trusts ``steps_per_epoch`` (derived from it) to tell a whole epoch from a part."""
+    declared, limit = verifier.training.get("num_training_batches"), verifier.training.get("limit_train_batches")
+    if not isinstance(declared, int):
+        return None
+    try:
+        n = len(loader)
+    except TypeError:  # an iterable dataset: no length to compare
+        return None
+    world = verifier.world_size
+    if world > 1:  # a rank's share, as Lightning's DistributedSampler pads it: ceil(N / W) samples
+        if loader.batch_size is None:
+            return None  # a custom batch sampler, split by Lightning's wrapper: no length to derive here
+        share = -(-len(loader.dataset) // world)
+        n = share // loader.batch_size if loader.drop_last else -(-share // loader.batch_size)
+    # As Lightning applies limit_train_batches: a count caps the batches, a fraction scales them.
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        n = min(n, limit)
+    elif isinstance(limit, float):
+        n = int(n * limit)
+    elif limit is not None:
+        return None
+    return None if n == declared else f"the training dataloader gives {n} batches per epoch, the proof declares {declared}"
 
 
 def _permutation_check(verifier: PoLVerifierModule, index_log: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 
 import pytest
 
@@ -153,3 +154,283 @@ def test_data_commitment_may_be_null_only_while_in_progress(proof):
     edit_manifest(proof, uncommitted(pf.STATUS_COMPLETE))
     with pytest.raises(ProofFormatError, match="manifest field data"):
         ProofReader(proof)
+
+
+# -- findings of the hostile-proof fuzz campaign (python -m lightning_pol.fuzz; docs/security.md) -----
+
+def edit_state(proof, step, fn):
+    """Rewrite the typed-JSON state of checkpoint ``step`` in place, and re-sign it."""
+    rel = pf.checkpoint_path(step)
+    data = (proof / rel).read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    tree = json.loads(header["__metadata__"][pf.CHECKPOINT_STATE_KEY])
+    new = fn(tree)
+    header["__metadata__"][pf.CHECKPOINT_STATE_KEY] = json.dumps(tree if new is None else new)
+    raw = json.dumps(header).encode()
+    (proof / rel).write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    relist(proof, rel)
+
+
+def test_declared_byte_count_is_never_allocated(proof):
+    # Found: read(declared + 1) allocated the manifest's number: MemoryError, or OverflowError past 2**63.
+    rel = pf.checkpoint_path(4)
+    for declared in (2**40, 10**30):
+        edit_manifest(proof, lambda m: m["files"][rel].update(bytes=declared))
+        reader = ProofReader(proof)
+        assert any("more than this reader loads" in p for p in reader.verify_files())
+        with pytest.raises(ProofFormatError, match="more than this reader loads"):
+            reader.load_checkpoint(reader.checkpoints[1])
+    edit_manifest(proof, lambda m: m["files"][rel].update(bytes=1 << 20))
+    with pytest.raises(ProofFormatError, match=r"digest mismatch: .*the manifest says 1048576"):
+        ProofReader(proof).read_file(rel)
+
+
+def test_sparse_file_is_hashed_in_constant_memory(proof):
+    # Found: a listed file was read whole before its digest failed (256 MB of a sparse file, for free).
+    import tracemalloc
+
+    rel = pf.checkpoint_path(4)
+    os.truncate(proof / rel, 256 << 20)
+    edit_manifest(proof, lambda m: m["files"][rel].update(bytes=256 << 20))
+    tracemalloc.start()
+    try:
+        problems = ProofReader(proof).verify_files()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert problems == [f"digest mismatch: {rel}"]
+    assert peak < 32 << 20
+
+
+def test_hard_link_out_of_the_proof_is_refused(proof, tmp_path):
+    # Found: a hard link to a file outside the proof read as part of it (the manifest too).
+    for rel in (pf.checkpoint_path(4), pf.MANIFEST):
+        outside = tmp_path / f"outside-{rel.replace('/', '_')}"
+        shutil.copy(proof / rel, outside)
+        (proof / rel).unlink()
+        os.link(outside, proof / rel)
+    with pytest.raises(ProofFormatError, match="hard link in proof: manifest.json has 2 names"):
+        ProofReader(proof)
+    (proof / pf.MANIFEST).unlink()
+    shutil.copy(tmp_path / "outside-manifest.json", proof / pf.MANIFEST)
+    assert ProofReader(proof).verify_files() == [f"hard link in proof: {pf.checkpoint_path(4)} has 2 names"]
+
+
+def test_unopenable_path_is_a_format_error(proof):
+    # Found: a 5000-character name raised OSError (File name too long) out of verify_files.
+    edit_manifest(proof, lambda m: m["files"].update({"x" * 5000: {"sha256": "0" * 64, "bytes": 1}}))
+    assert any(p.startswith("cannot open xxx") for p in ProofReader(proof).verify_files())
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (lambda text: text.encode("utf-16"), "not UTF-8"),
+        (lambda text: b"\xef\xbb\xbf" + text.encode(), "not valid JSON"),
+        (lambda text: ('{"final_step": 4, ' + text[1:]).encode(), "'final_step' twice"),
+        (lambda text: text.replace('"files": {', '"files": {"batches.safetensors": {"sha256": "' + "0" * 64 + '", "bytes": 1}, ', 1).encode(),
+         "'batches.safetensors' twice"),
+        (lambda text: text.replace('"seed": 0', '"seed": NaN').encode(), "not valid JSON"),
+        (lambda text: text.replace('"seed": 0', '"seed": 1e999').encode(), "not valid JSON"),
+    ],
+    ids=["utf16", "bom", "duplicate-top", "duplicate-file", "nan", "overflow"],
+)
+def test_manifest_is_strict_json(proof, raw, message):
+    # Found: a UTF-16 manifest, or one with a duplicate key (Python keeps the last, other parsers the first),
+    # verified as the honest proof under another identity.
+    text = (proof / pf.MANIFEST).read_text()
+    assert '"seed": 0' in text
+    (proof / pf.MANIFEST).write_bytes(raw(text))
+    with pytest.raises(ProofFormatError, match=message):
+        ProofReader(proof)
+
+
+def test_json_value_bomb_is_refused_before_parsing(proof):
+    # Found: 64 MiB of [[],[],...] parsed into 1.6 GB of lists.
+    import tracemalloc
+
+    text = (proof / pf.MANIFEST).read_text()
+    bomb = "[" + "[]," * 600_000 + "[]]"
+    (proof / pf.MANIFEST).write_text(text.replace('"sample_epochs": [', '"sample_epochs": [' + bomb + ",", 1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProofFormatError, match="more than 500000 JSON values"):
+            ProofReader(proof)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: [], "not a JSON object"),
+        (lambda t: t["progress"].update(epoch={"__npscalar__": "<i4", "value": 2**100}), "malformed checkpoint state"),
+        (lambda t: t["progress"].update(epoch={"__npscalar__": "V8", "value": 2**40}), "malformed checkpoint state"),
+        (lambda t: t["progress"].update(epoch=1), "its epoch does not match"),
+        (lambda t: t["progress"].update(batch_idx=10**9), "batch index is not a batch of an epoch"),
+        (lambda t: t["progress"].update(batch_idx=None), "only the last checkpoint"),
+    ],
+    ids=["not-object", "npscalar-overflow", "npscalar-void", "epoch", "batch-idx", "batch-idx-none"],
+)
+def test_malformed_checkpoint_states_are_format_errors(proof, edit, message):
+    # Found: OverflowError and AttributeError escaped load_checkpoint; counters that disagree were accepted.
+    edit_state(proof, 4, edit)
+    reader = ProofReader(proof)
+    with pytest.raises(ProofFormatError, match=message):
+        reader.load_checkpoint(reader.checkpoints[1])
+
+
+def test_checkpoint_zero_is_the_first_batch(proof):
+    edit_state(proof, 0, lambda t: t["progress"].update(batch_idx=1))
+    reader = ProofReader(proof)
+    with pytest.raises(ProofFormatError, match="step 0 is not the first batch of epoch 0"):
+        reader.load_checkpoint(reader.checkpoints[0])
+
+
+def test_torch_dtype_names_never_reach_torch_getattr(monkeypatch):
+    # Found: {"__torch_dtype__": "_dynamo"} made torch's module __getattr__ import torch._dynamo.
+    import torch
+
+    from lightning_pol.state_codec import decode_state
+
+    calls = []
+    monkeypatch.setattr(torch, "__getattr__", lambda name: calls.append(name), raising=False)
+    for name in ("_dynamo", "onnx", "no_such_dtype"):
+        with pytest.raises(ValueError, match="unknown torch dtype"):
+            decode_state({}, {"x": {"__torch_dtype__": name}})
+    assert decode_state({}, {"x": {"__torch_dtype__": "float32"}})["x"] is torch.float32
+    assert calls == []
+
+
+def test_safetensors_header_with_an_unhashable_dtype(proof):
+    # Found: a list as dtype raised TypeError (unhashable) out of the header check.
+    rel = pf.checkpoint_path(4)
+    data = (proof / rel).read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    header[next(k for k in header if k != "__metadata__")]["dtype"] = ["F32"]
+    raw = json.dumps(header).encode()
+    (proof / rel).write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    relist(proof, rel)
+    reader = ProofReader(proof)
+    with pytest.raises(ProofFormatError, match="unsupported dtype"):
+        reader.load_checkpoint(reader.checkpoints[1])
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda m: m["training"].update(precision={"__npscalar__": "<i4", "value": 2**100}), "training is not valid typed JSON"),
+        (lambda m: m["module"]["hparams"].update(lr={"__ndarray__": "x", "dtype": "O", "shape": [1]}), "module.hparams is not valid typed JSON"),
+        (lambda m: m["index_log"][0].update(first_step=0.0), "index log chunks"),
+        (lambda m: m.update(format_version=2.0), "unknown format version"),
+        (lambda m: m["data"].update(size=10**30), "data is missing or invalid"),
+        (lambda m: m["training"].update(steps_per_epoch=None), "training.steps_per_epoch is not"),
+        (lambda m: m["training"].update(num_training_batches="57"), "training.num_training_batches"),
+        (lambda m: m.update(sample_epochs=[[0, 2**40]]), "does not start at step 0 in epoch 0"),
+        (lambda m: m.update(sample_epochs=[[0, 0], [4, 2**63]]), "epoch past 2\\*\\*63"),
+        (lambda m: m["checkpoints"][1].update(epoch=1), "checkpoint epochs decrease"),
+    ],
+    ids=["typed-overflow", "typed-object", "float-first-step", "float-version", "huge-size", "spe-none", "batches-str",
+         "epochs-start", "epoch-int64", "epochs-decrease"],
+)
+def test_manifest_numbers_and_typed_fields(proof, mutate, message):
+    # Found: typed JSON that the replay decodes raised OverflowError there; 0.0 and 2.0 passed as 0 and 2; a
+    # data.size past int64 overflowed the index check; steps_per_epoch None skipped the permutation check.
+    edit_manifest(proof, mutate)
+    with pytest.raises(ProofFormatError, match=message):
+        ProofReader(proof)
+
+
+@pytest.mark.parametrize("final", [10**12, 10**30])
+def test_checkpoint_steps_are_compared_without_building_them(proof, final):
+    # Found: set(range(0, final_step, k)) for final_step = 10**12 (MemoryError), 10**30 (OverflowError in len).
+    from lightning_pol.verifier import check_integrity
+
+    edit_manifest(proof, lambda m: m.update(final_step=final, every_n_steps=1, checkpoints=[m["checkpoints"][0], dict(m["checkpoints"][-1], step=final)]))
+    assert any("checkpoints are missing" in p for p in check_integrity(ProofReader(proof)).problems)
+
+
+def test_settings_that_never_stop_are_refused_before_replay(proof):
+    # Found: max_steps past the final step (max_epochs -1) made the replay of the last segment run empty epochs forever.
+    from lightning_pol.verifier import check_integrity
+
+    edit_manifest(proof, lambda m: m["training"].update(max_steps=1000))
+    assert any("would not end" in p for p in check_integrity(ProofReader(proof)).problems)
+
+
+def test_batches_per_epoch_must_be_the_loaders(proof):
+    # Found: limit_train_batches=3 made the replay run forever; a limit above the epoch hid a false steps_per_epoch.
+    from lightning_pol.verifier import verify_proof
+
+    edit_manifest(proof, lambda m: m["training"].update(limit_train_batches=3))
+    report = verify_proof(proof, q=0, random=0, seed=0)
+    assert not report.valid and "the training dataloader gives 3 batches per epoch" in report.reasons[0]
+
+
+def test_replay_compares_the_step_counters(proof):
+    # Found: a checkpoint whose batch index (or epoch) lied verified: the replay compared everything but progress.
+    from lightning_pol.verifier import verify_proof
+
+    edit_state(proof, 4, lambda t: t["progress"].update(batch_idx=5))
+    report = verify_proof(proof, q=0, random=0, seed=0)
+    assert not report.valid and "segment 0->4 does not replay" in report.reasons
+
+
+@pytest.mark.parametrize("where", ["module", "datamodule", "optimizer", "scheduler"])
+def test_declared_class_must_be_of_its_kind(proof, tmp_path, where):
+    # Found: module.class = "subprocess:Popen" ran Popen(**hparams) in the initialization check.
+    from lightning_pol.errors import PoLError
+    from lightning_pol.verifier import verify_proof
+
+    marker = tmp_path / "ran"
+    command = {"args": [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]}
+
+    def mutate(m):
+        if where in ("module", "datamodule"):
+            m[where] = {"class": "subprocess:Popen", "hparams": command}
+        else:
+            m["training"]["optimizers" if where == "optimizer" else "lr_schedulers"][0]["class"] = "subprocess:Popen"
+
+    edit_manifest(proof, mutate)
+    with pytest.raises(PoLError, match="'subprocess:Popen' is not a"):
+        verify_proof(proof, q=0, random=0, seed=0)
+    assert not marker.exists()
+
+
+def test_module_inside_the_proof_is_never_imported(proof, tmp_path, monkeypatch):
+    # Found: a module file in the proof, named as the module class, ran when the verifier started inside the proof.
+    from lightning_pol.errors import PoLError
+    from lightning_pol.verifier import verify_proof
+
+    marker = tmp_path / "ran"
+    (proof / "fuzz_canary_reader_test.py").write_text(f"open({str(marker)!r}, 'w')\nclass Module:\n    pass\n")
+    edit_manifest(proof, lambda m: m.update(module={"class": "fuzz_canary_reader_test:Module", "hparams": {}}))
+    monkeypatch.syspath_prepend(str(proof))
+    with pytest.raises(PoLError, match="would be imported from inside the proof directory"):
+        verify_proof(proof, q=0, random=0, seed=0)
+    assert not marker.exists()
+
+
+def test_step_boundaries_follow_the_accumulation(proof):
+    # Found: step 0 emptied and step 2 given three micro-batches replayed identically (the same flat batches).
+    from safetensors.torch import load, save
+
+    rel = pf.INDEX_LOG_FINAL
+    tensors = load((proof / rel).read_bytes())
+    tensors[pf.OFFSETS_KEY][1] = 0
+    (proof / rel).write_bytes(save(tensors))
+    relist(proof, rel)
+    with pytest.raises(ProofFormatError, match="steps of 0 to 2 micro-batches; accumulate_grad_batches is 1"):
+        ProofReader(proof).index_log()
+
+
+def test_a_module_without_a_loader_is_a_failed_check(proof):
+    from lightning_pol.verifier import verify_proof
+
+    edit_manifest(proof, lambda m: m.update(datamodule=None))
+    report = verify_proof(proof, q=0, random=0, seed=0)
+    assert not report.valid and not report.checks["data"]["passed"]
