@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -27,11 +28,20 @@ class BackgroundWriter:
     stops the thread; the error is raised in the training process by the
     next ``submit`` or ``flush``, and no later job runs, so nothing is
     written after a failed write.
+
+    While a job runs, the interpreter's switch interval is at most
+    ``switch_interval`` seconds (then put back, unless someone else changed it
+    meanwhile). A job is partly pure Python (encoding the state, the
+    manifest's JSON), and the training thread re-takes the GIL after every
+    torch op: with the default 5 ms interval it would wait up to 5 ms each
+    time the writer holds the GIL, and training would pay for the writer's
+    work instead of overlapping it.
     """
 
-    def __init__(self, max_pending: int = 2, name: str = "lightning-pol-writer") -> None:
+    def __init__(self, max_pending: int = 2, name: str = "lightning-pol-writer", switch_interval: float | None = 5e-4) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
+        self.switch_interval = switch_interval
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -44,11 +54,24 @@ class BackgroundWriter:
                 if job is _STOP:
                     return
                 if self._error is None:
-                    job()
+                    self._run_job(job)
             except BaseException as e:  # noqa: BLE001 - handed to the training thread
                 self._error = e
             finally:
                 self._queue.task_done()
+
+    def _run_job(self, job: Callable[[], None]) -> None:
+        previous, short = sys.getswitchinterval(), self.switch_interval
+        if short is None or previous <= short:
+            job()
+            return
+        sys.setswitchinterval(short)
+        short = sys.getswitchinterval()  # as the interpreter stores it (in microseconds)
+        try:
+            job()
+        finally:
+            if sys.getswitchinterval() == short:
+                sys.setswitchinterval(previous)
 
     def _raise(self) -> None:
         if self._error is not None:

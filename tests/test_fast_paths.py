@@ -132,3 +132,20 @@ def test_safetensors_through_numpy_gives_the_library_bytes():
     assert safetensors_bytes(tensors, {"k": "v"}) == expected
     tensors["bf16"] = torch.randn(2).bfloat16()  # no numpy dtype: the library's own path
     assert safetensors_bytes(tensors) == save({k: v.contiguous() for k, v in tensors.items()})
+
+
+def test_background_jobs_run_with_a_short_switch_interval_then_put_it_back():
+    """So the training thread, re-taking the GIL after each torch op, never waits a whole 5 ms for a job's Python."""
+    import sys
+
+    before = sys.getswitchinterval()
+    jobs = BackgroundWriter(max_pending=1)
+    seen: list[float] = []
+    jobs.submit(lambda: seen.append(sys.getswitchinterval()))
+    jobs.flush()
+    assert seen == [pytest.approx(5e-4)] and sys.getswitchinterval() == before
+    jobs.submit(lambda: sys.setswitchinterval(0.002))  # someone else's change during a job is kept
+    jobs.flush()
+    assert sys.getswitchinterval() == pytest.approx(0.002)
+    sys.setswitchinterval(before)
+    jobs.close()
