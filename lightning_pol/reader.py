@@ -67,6 +67,9 @@ def _int(value: Any, minimum: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)", re.ASCII)
+
+
 class _DuplicateKey(ValueError):
     pass
 
@@ -299,9 +302,12 @@ class ProofReader:
             raise ProofFormatError("manifest field training.batch_size is invalid")
         if training.get("drop_last") not in (None, True, False):
             raise ProofFormatError("manifest field training.drop_last is invalid")
-        try:
-            datetime.fromisoformat(m["created"])
-        except (KeyError, TypeError, ValueError):
+        created = m.get("created")
+        try:  # the pattern too: fromisoformat alone reads "02:31:13y+00:00" as a time
+            if not isinstance(created, str) or not _ISO_TIME.fullmatch(created):
+                raise ValueError(created)
+            datetime.fromisoformat(created)
+        except ValueError:
             raise ProofFormatError("manifest field created is not an ISO 8601 time") from None
         if not isinstance(m.get("run_id"), str) or not re.fullmatch(r"[0-9a-f]{1,64}", m["run_id"]):
             raise ProofFormatError("manifest field run_id is not a hex string")
