@@ -314,7 +314,7 @@ def dtype_shape(d: Draw, mu: Mutant) -> str:
         name = pick(d, tensors_of(header), "tensor")
         entry = header[name]
         if variant == "header_dtype":
-            entry["dtype"] = d.draw(st.one_of(st.sampled_from(sorted(SIZES) + ["F128", "f32", "", "U128", "C64"]), BAD_VALUES), label="dtype")
+            entry["dtype"] = changed(d, st.one_of(st.sampled_from(sorted(SIZES) + ["F128", "f32", "", "U128", "C64"]), BAD_VALUES), entry["dtype"], "dtype")
         elif variant == "same_size_dtype":
             size = SIZES[entry["dtype"]]
             entry["dtype"] = pick(d, [k for k, v in SIZES.items() if v == size and k != entry["dtype"]], "dtype")
@@ -365,7 +365,8 @@ def dtype_shape(d: Draw, mu: Mutant) -> str:
         model = dict(state["model"])
         key = pick(d, sorted(model), "tensor")
         t = model[key]
-        how = pick(d, [h for h in ["transpose", "extra", "drop", "scalar", "float64", "int64", "missing"] if h != str(t.dtype)[6:]], "how")
+        how = pick(d, [h for h in ["transpose", "extra", "drop", "scalar", "float64", "int64", "missing"]
+                       if h != str(t.dtype)[6:] and not (h == "scalar" and t.dim() == 0)], "how")
         if how == "transpose":
             model[key] = t.reshape(-1, 1) if t.dim() < 2 else t.transpose(0, 1).contiguous()
         elif how == "extra":
