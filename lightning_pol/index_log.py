@@ -52,6 +52,8 @@ class IndexLog:
             idx, off, boff = (tensors[k] for k in (pf.INDICES_KEY, pf.OFFSETS_KEY, pf.BATCH_OFFSETS_KEY))
         except KeyError as e:
             raise ValueError(f"missing tensor {e}") from None
+        if len(tensors) != 3:
+            raise ValueError(f"tensors other than the three of an index log: {sorted(set(tensors) - {pf.INDICES_KEY, pf.OFFSETS_KEY, pf.BATCH_OFFSETS_KEY})[:3]}")
         for name, t in ((pf.INDICES_KEY, idx), (pf.OFFSETS_KEY, off), (pf.BATCH_OFFSETS_KEY, boff)):
             if t.dtype != torch.int64 or t.dim() != 1:
                 raise ValueError(f"{name} must be a 1-d int64 tensor")

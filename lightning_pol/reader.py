@@ -13,8 +13,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 import struct
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from safetensors.torch import load as safetensors_load
 from lightning_pol import proof_format as pf
 from lightning_pol.errors import PoLError
 from lightning_pol.index_log import IndexLog
-from lightning_pol.state_codec import decode_state
+from lightning_pol.state_codec import decode_state, tensor_refs
 
 #: Size caps of the JSON a proof holds, generous for real proofs (a manifest takes about 250 bytes per
 #: checkpoint, a checkpoint's header about 200 bytes per tensor) and small enough that parsing at
@@ -63,6 +65,9 @@ class ProofFormatError(PoLError, ValueError):
 def _int(value: Any, minimum: int = 0) -> bool:
     """A JSON integer (not a bool) of at least ``minimum``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)", re.ASCII)
 
 
 class _DuplicateKey(ValueError):
@@ -288,8 +293,24 @@ class ProofReader:
             except (ValueError, RecursionError) as e:
                 raise ProofFormatError(f"manifest field {key} is not valid typed JSON ({str(e)[:200] or type(e).__name__})") from None
         batches, per_epoch = decoded["training"].get("num_training_batches"), training.get("steps_per_epoch")
-        if batches is not None and not _int(batches) and batches != math.inf:
+        if not _int(batches) and batches != math.inf:
             raise ProofFormatError("manifest field training.num_training_batches is invalid")
+        limit = decoded["training"].get("limit_train_batches")
+        if limit is not None and not _int(limit) and not (isinstance(limit, float) and 0.0 <= limit <= 1.0):
+            raise ProofFormatError("manifest field training.limit_train_batches is invalid")  # True would read as 1
+        if training.get("batch_size") is not None and not _int(training["batch_size"], 1):
+            raise ProofFormatError("manifest field training.batch_size is invalid")
+        if training.get("drop_last") not in (None, True, False):
+            raise ProofFormatError("manifest field training.drop_last is invalid")
+        created = m.get("created")
+        try:  # the pattern too: fromisoformat alone reads "02:31:13y+00:00" as a time
+            if not isinstance(created, str) or not _ISO_TIME.fullmatch(created):
+                raise ValueError(created)
+            datetime.fromisoformat(created)
+        except ValueError:
+            raise ProofFormatError("manifest field created is not an ISO 8601 time") from None
+        if not isinstance(m.get("run_id"), str) or not re.fullmatch(r"[0-9a-f]{1,64}", m["run_id"]):
+            raise ProofFormatError("manifest field run_id is not a hex string")
         if _int(batches) and per_epoch != -(-batches // (training.get("accumulate_grad_batches") or 1)):
             raise ProofFormatError("manifest field training.steps_per_epoch is not num_training_batches / accumulate_grad_batches")
 
@@ -413,6 +434,13 @@ class ProofReader:
             state = decode_state(tensors, tree)
         except (ValueError, RecursionError) as e:
             raise ProofFormatError(f"{rel}: malformed checkpoint state ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+        unused = set(tensors) - tensor_refs(tree)
+        if unused:  # a checkpoint's tensors are the ones its state refers to
+            raise ProofFormatError(f"{rel}: tensors the state does not refer to: {sorted(unused)[:3]}")
+        rng = state.get("rng")
+        torch_rng = rng.get("torch") if isinstance(rng, dict) else None
+        if not isinstance(torch_rng, torch.Tensor) or torch_rng.dtype != torch.uint8 or torch_rng.dim() != 1:
+            raise ProofFormatError(f"{rel}: rng.torch is not a flat uint8 tensor")
         if state.get("format") != pf.FORMAT_NAME or not _int(state.get("format_version")) or state["format_version"] not in pf.READABLE_VERSIONS:
             raise ProofFormatError(f"{rel}: not a checkpoint of a readable format version")
         progress = state.get("progress")
@@ -467,7 +495,7 @@ class ProofReader:
             raise ProofFormatError("manifest has no data commitment")
         tensors, _ = self.read_tensors(data["leaves"])
         leaves = tensors.get(pf.LEAVES_KEY)
-        if leaves is None or leaves.dtype != torch.uint8 or leaves.dim() != 2 or leaves.shape[1] != 32:
+        if leaves is None or len(tensors) != 1 or leaves.dtype != torch.uint8 or leaves.dim() != 2 or leaves.shape[1] != 32:
             raise ProofFormatError("malformed leaves file")
         if leaves.shape[0] != data.get("size"):
             raise ProofFormatError("leaves do not match the declared dataset size")

@@ -63,6 +63,22 @@ def decode_state(tensors: Mapping[str, torch.Tensor], tree: Mapping[str, Any]) -
         raise ValueError(f"{type(e).__name__}: {e}") from None
 
 
+def tensor_refs(tree: Any) -> set[str]:
+    """Names of the tensors a typed-JSON tree refers to (``__tensor__`` and ``__ndarray__``)."""
+    refs: set[str] = set()
+    stack = [tree]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, list):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            for marker in (TENSOR, NDARRAY):
+                if isinstance(obj.get(marker), str):
+                    refs.add(obj[marker])
+            stack.extend(obj.values())
+    return refs
+
+
 def _name(path: str, tensors: Mapping[str, Any]) -> str:
     if path not in tensors:
         return path
@@ -134,6 +150,8 @@ def _decode(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
         return _tensor(obj, TENSOR, tensors, {TENSOR})
     if marker == NDARRAY:
         raw = _tensor(obj, NDARRAY, tensors, {NDARRAY, "dtype", "shape"})
+        if raw.dtype != torch.uint8 or raw.dim() != 1:
+            raise ValueError(f"the raw bytes of an ndarray must be a flat uint8 tensor, not {raw.dtype} {list(raw.shape)}")
         dtype = np.dtype(_expect(obj, "dtype", str))
         if dtype.hasobject:
             raise ValueError("object arrays are not allowed")

@@ -532,6 +532,11 @@ def _check_initialization(verifier: PoLVerifierModule, w0: dict[str, Any], repor
         from lightning_pol import init as init_registry
 
         params = decode_state({}, declared.get("params") or {})
+        wrong = _not_a_state_of(verifier, w0)
+        if wrong:
+            report.checks["initialization"] = {"passed": False, "strategy": name, "summary": wrong}
+            report.reasons.append(wrong)
+            return
         if name == "warm_start":
             report.checks["initialization"] = {"passed": None, "strategy": name, "summary": "checked through the chain"}
             return
@@ -549,6 +554,38 @@ def _check_initialization(verifier: PoLVerifierModule, w0: dict[str, Any], repor
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         report.checks["initialization"] = {"passed": False, "strategy": name, "summary": msg}
         report.reasons.append(f"initialization check failed: {msg}")
+
+
+def _not_a_state_of(verifier: PoLVerifierModule, w0: Mapping[str, Any]) -> str | None:
+    """Why W_0 is not exactly a state the declared module and torch would hold, or None.
+
+    Every later checkpoint is compared with a replay bit for bit; W_0 is only ever a starting point,
+    and ``load_state_dict`` and ``set_rng_state`` forgive a float64 bias, a missing BatchNorm counter
+    or bytes of the RNG state that torch ignores. So W_0 must have the module's keys, dtypes and
+    shapes, and an RNG state that torch gives back unchanged.
+    """
+    fresh = verifier.make_module().state_dict()
+    model = w0["model"]
+    if list(model) != list(fresh):
+        return f"W_0 does not hold the declared module's state_dict keys ({sorted(set(model) ^ set(fresh))[:3]} differ)"
+    for key, t in fresh.items():
+        got = model[key]
+        if not isinstance(got, torch.Tensor) or got.dtype != t.dtype or got.shape != t.shape:
+            what = f"{got.dtype} {list(got.shape)}" if isinstance(got, torch.Tensor) else type(got).__name__
+            return f"W_0's {key} is {what}, the declared module's is {t.dtype} {list(t.shape)}"
+    rng = w0.get("rng")
+    state = rng.get("torch") if isinstance(rng, Mapping) else None
+    if not isinstance(state, torch.Tensor):
+        return "W_0 has no torch RNG state"
+    saved = torch.get_rng_state()
+    try:
+        torch.set_rng_state(state)
+        canonical = torch.equal(torch.get_rng_state(), state)
+    except (RuntimeError, TypeError, ValueError):
+        canonical = False
+    finally:
+        torch.set_rng_state(saved)
+    return None if canonical else "W_0's torch RNG state is not one torch would write"
 
 
 _HPARAM_KEYS = ("lr", "momentum", "betas", "weight_decay", "dampening", "eps", "nesterov", "alpha", "rho", "lr_decay")
@@ -740,8 +777,16 @@ def _training_loader(verifier: PoLVerifierModule) -> Any:
 
 
 def _declared_batches(verifier: PoLVerifierModule, loader: Any) -> str | None:
-    """The proof's batches per epoch must be the re-created loader's, where no limit applies: the
-    permutation check trusts ``steps_per_epoch`` (derived from it) to tell a whole epoch from a part."""
+    """The proof's batch size, drop_last and batches per epoch must be the re-created loader's: the
+    permutation check trusts ``steps_per_epoch`` (derived from the batches) to tell a whole epoch from a
+    part, and a replay under other batches per epoch never ends where the training did."""
+    # batch_size and drop_last as the callback reads them: the loader's own, or its batch sampler's.
+    sampler = getattr(loader, "batch_sampler", None)
+    for key in ("batch_size", "drop_last"):
+        mine = getattr(loader, key) if getattr(loader, "batch_size", None) is not None else getattr(sampler, key, None)
+        declared = verifier.training.get(key)
+        if declared is not None and mine is not None and (type(declared), declared) != (type(mine), mine):
+            return f"the training dataloader has {key} {mine!r}, the proof declares {declared!r}"
     declared, limit = verifier.training.get("num_training_batches"), verifier.training.get("limit_train_batches")
     if not isinstance(declared, int):
         return None

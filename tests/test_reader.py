@@ -333,9 +333,14 @@ def test_safetensors_header_with_an_unhashable_dtype(proof):
         (lambda m: m.update(sample_epochs=[[0, 2**40]]), "does not start at step 0 in epoch 0"),
         (lambda m: m.update(sample_epochs=[[0, 0], [4, 2**63]]), "epoch past 2\\*\\*63"),
         (lambda m: m["checkpoints"][1].update(epoch=1), "checkpoint epochs decrease"),
+        (lambda m: m["training"].update(num_training_batches=None), "training.num_training_batches"),
+        (lambda m: m["training"].update(limit_train_batches=True), "training.limit_train_batches"),
+        (lambda m: m["training"].update(batch_size=32.0), "training.batch_size"),
+        (lambda m: m.update(created=m["created"].replace("+", "y+")), "created is not an ISO 8601 time"),
+        (lambda m: m.update(run_id="not hex"), "run_id is not a hex string"),
     ],
     ids=["typed-overflow", "typed-object", "float-first-step", "float-version", "huge-size", "spe-none", "batches-str",
-         "epochs-start", "epoch-int64", "epochs-decrease"],
+         "epochs-start", "epoch-int64", "epochs-decrease", "batches-none", "limit-bool", "batch-size-float", "created", "run-id"],
 )
 def test_manifest_numbers_and_typed_fields(proof, mutate, message):
     # Found: typed JSON that the replay decodes raised OverflowError there; 0.0 and 2.0 passed as 0 and 2; a
@@ -434,3 +439,78 @@ def test_a_module_without_a_loader_is_a_failed_check(proof):
     edit_manifest(proof, lambda m: m.update(datamodule=None))
     report = verify_proof(proof, q=0, random=0, seed=0)
     assert not report.valid and not report.checks["data"]["passed"]
+
+
+def test_w0_must_be_exactly_a_state_of_the_module(proof):
+    # Found: W_0 is never a replay target, and load_state_dict forgives a float64 bias or a missing
+    # num_batches_tracked; set_rng_state ignores the high half of each of its 64-bit words.
+    import torch
+
+    from lightning_pol.verifier import verify_proof
+
+    reader = ProofReader(proof)
+    state = reader.load_checkpoint(reader.checkpoints[0])
+    state["model"]["net.1.bias"] = state["model"]["net.1.bias"].double()
+    from lightning_pol.state_codec import encode_state
+    from lightning_pol.writer import safetensors_bytes
+
+    rel = pf.checkpoint_path(0)
+    tensors, tree = encode_state(state)
+    (proof / rel).write_bytes(safetensors_bytes(tensors, {pf.CHECKPOINT_STATE_KEY: json.dumps(tree)}))
+    relist(proof, rel)
+    report = verify_proof(proof, q=0, random=0, seed=0)
+    assert not report.valid and "W_0's net.1.bias is torch.float64" in report.reasons[0]
+
+    state["model"]["net.1.bias"] = state["model"]["net.1.bias"].float()
+    rng = state["rng"]["torch"].clone()
+    rng[24 + 8 * 5 + 7] ^= 1  # the high byte of the sixth state word: torch drops it
+    saved = torch.get_rng_state()
+    torch.set_rng_state(rng)
+    assert not torch.equal(torch.get_rng_state(), rng)
+    torch.set_rng_state(saved)
+    state["rng"]["torch"] = rng
+    tensors, tree = encode_state(state)
+    (proof / rel).write_bytes(safetensors_bytes(tensors, {pf.CHECKPOINT_STATE_KEY: json.dumps(tree)}))
+    relist(proof, rel)
+    report = verify_proof(proof, q=0, random=0, seed=0)
+    assert not report.valid and report.reasons[0] == "W_0's torch RNG state is not one torch would write"
+
+
+def test_files_hold_exactly_their_tensors(proof):
+    # Found: an extra tensor in the index log, or one no state refers to, was ignored; an ndarray's raw
+    # bytes stored as int8 or reshaped decoded the same.
+    import torch
+    from safetensors.torch import load, save
+
+    rel = pf.INDEX_LOG_FINAL
+    tensors = load((proof / rel).read_bytes())
+    (proof / rel).write_bytes(save({**tensors, "extra": tensors[pf.INDICES_KEY].clone()}))
+    relist(proof, rel)
+    with pytest.raises(ProofFormatError, match="tensors other than the three of an index log"):
+        ProofReader(proof).index_log()
+
+    rel = pf.checkpoint_path(4)
+    data = (proof / rel).read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    tensors = load(data)
+    (proof / rel).write_bytes(save({**tensors, "stowaway": tensors["rng.torch"].clone()}, metadata=header["__metadata__"]))
+    relist(proof, rel)
+    reader = ProofReader(proof)
+    with pytest.raises(ProofFormatError, match="tensors the state does not refer to: \\['stowaway'\\]"):
+        reader.load_checkpoint(reader.checkpoints[1])
+
+    (proof / rel).write_bytes(save({**tensors, "rng.numpy.1": tensors["rng.numpy.1"].view(torch.int8)}, metadata=header["__metadata__"]))
+    relist(proof, rel)
+    reader = ProofReader(proof)
+    with pytest.raises(ProofFormatError, match="flat uint8 tensor, not torch.int8"):
+        reader.load_checkpoint(reader.checkpoints[1])
+
+
+def test_declared_batch_size_must_be_the_loaders(proof):
+    # Found: training.batch_size (informational until now) could say anything.
+    from lightning_pol.verifier import verify_proof
+
+    edit_manifest(proof, lambda m: m["training"].update(batch_size=m["training"]["batch_size"] + 1 if m["training"]["batch_size"] else 1))
+    report = verify_proof(proof, q=0, random=0, seed=0)
+    assert not report.valid and "the proof declares" in report.reasons[0]

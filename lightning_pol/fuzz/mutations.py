@@ -314,7 +314,7 @@ def dtype_shape(d: Draw, mu: Mutant) -> str:
         name = pick(d, tensors_of(header), "tensor")
         entry = header[name]
         if variant == "header_dtype":
-            entry["dtype"] = d.draw(st.one_of(st.sampled_from(sorted(SIZES) + ["F128", "f32", "", "U128", "C64"]), BAD_VALUES), label="dtype")
+            entry["dtype"] = changed(d, st.one_of(st.sampled_from(sorted(SIZES) + ["F128", "f32", "", "U128", "C64"]), BAD_VALUES), entry["dtype"], "dtype")
         elif variant == "same_size_dtype":
             size = SIZES[entry["dtype"]]
             entry["dtype"] = pick(d, [k for k, v in SIZES.items() if v == size and k != entry["dtype"]], "dtype")
@@ -365,7 +365,8 @@ def dtype_shape(d: Draw, mu: Mutant) -> str:
         model = dict(state["model"])
         key = pick(d, sorted(model), "tensor")
         t = model[key]
-        how = pick(d, [h for h in ["transpose", "extra", "drop", "scalar", "float64", "int64", "missing"] if h != str(t.dtype)[6:]], "how")
+        how = pick(d, [h for h in ["transpose", "extra", "drop", "scalar", "float64", "int64", "missing"]
+                       if h != str(t.dtype)[6:] and not (h == "scalar" and t.dim() == 0)], "how")
         if how == "transpose":
             model[key] = t.reshape(-1, 1) if t.dim() < 2 else t.transpose(0, 1).contiguous()
         elif how == "extra":
@@ -467,6 +468,8 @@ def nonfinite(d: Draw, mu: Mutant) -> str:
                               ["training", "gradient_clip_val"], ["init", "params", "std"]]
     path = pick(d, paths, "field")
     number = d.draw(st.one_of(st.just(value), st.sampled_from([1e999, -1e999, -0.0, 1.5, 4.0])), label="number")
+    if path == ["training", "gradient_clip_val"] and number == 0.0:
+        number = 0.5  # 0.0 clips nothing, as the honest null does
     set_path(mu.m, path, number)
     return f"{variant}: manifest {'.'.join(map(str, path))} = {number}"
 
@@ -1013,12 +1016,14 @@ def semantic(d: Draw, mu: Mutant) -> str:
                     t.add_(1.0)
             else:
                 t.reshape(-1)[d.draw(st.integers(0, t.numel() - 1), label="pos")] += d.draw(st.sampled_from([1e-6, 1e-3, 1.0]), label="eps")
+                if torch.equal(t, model[key]):  # lost to float32 rounding
+                    t.reshape(-1)[0] += 1.0
             model[key] = t
             state["model"] = model
             desc = f"{rel} {key}"
         elif variant == "optimizer_lr":
             opt = copy.deepcopy(state["optimizers"][0])
-            opt["param_groups"][0]["lr"] = d.draw(st.sampled_from([0.0, 1e-10, 0.5, 10.0]), label="lr")
+            opt["param_groups"][0]["lr"] = changed(d, st.sampled_from([0.0, 1e-10, 0.5, 10.0]), opt["param_groups"][0]["lr"], "lr")
             state["optimizers"] = [opt]
             desc = f"{rel} lr {opt['param_groups'][0]['lr']}"
         elif variant == "momentum_buffer":
