@@ -258,6 +258,9 @@ class ProofReader:
         for key in ("training", "environment", "init"):
             if not isinstance(m.get(key), dict):
                 raise ProofFormatError(f"manifest field {key} is missing or invalid")
+        threads = m["environment"].get("torch_threads")
+        if threads is not None and not _int(threads, 1):  # the verifier runs with this many threads
+            raise ProofFormatError("manifest field environment.torch_threads is invalid")
         for key, required in (("module", True), ("datamodule", False)):
             spec = m.get(key)
             if spec is None and not required:

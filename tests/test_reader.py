@@ -338,9 +338,11 @@ def test_safetensors_header_with_an_unhashable_dtype(proof):
         (lambda m: m["training"].update(batch_size=32.0), "training.batch_size"),
         (lambda m: m.update(created=m["created"].replace("+", "y+")), "created is not an ISO 8601 time"),
         (lambda m: m.update(run_id="not hex"), "run_id is not a hex string"),
+        (lambda m: m["environment"].update(torch_threads=1.5), "environment.torch_threads"),
     ],
     ids=["typed-overflow", "typed-object", "float-first-step", "float-version", "huge-size", "spe-none", "batches-str",
-         "epochs-start", "epoch-int64", "epochs-decrease", "batches-none", "limit-bool", "batch-size-float", "created", "run-id"],
+         "epochs-start", "epoch-int64", "epochs-decrease", "batches-none", "limit-bool", "batch-size-float", "created", "run-id",
+         "threads-float"],
 )
 def test_manifest_numbers_and_typed_fields(proof, mutate, message):
     # Found: typed JSON that the replay decodes raised OverflowError there; 0.0 and 2.0 passed as 0 and 2; a
