@@ -118,7 +118,7 @@ def load_json(doc: bytes | str, what: str) -> Any:
 def _open_regular(root: Path, rel: str) -> Path:
     """Resolve ``rel`` inside ``root`` without following any symlink (checked again on the open file)."""
     if not pf.is_safe_relative_path(rel):
-        raise ProofFormatError(f"unsafe path in manifest: {rel!r}")
+        raise ProofFormatError(f"unsafe path in manifest: {rel[:100]!r}")
     path = root
     for part in rel.split("/"):
         path = path / part
@@ -207,7 +207,7 @@ class ProofReader:
             raise ProofFormatError("manifest has no file list")
         for rel, entry in files.items():
             if not pf.is_safe_relative_path(rel) or rel == pf.MANIFEST:
-                raise ProofFormatError(f"unsafe path in manifest: {rel!r}")
+                raise ProofFormatError(f"unsafe path in manifest: {rel[:100]!r}")
             if (
                 not isinstance(entry, dict)
                 or not isinstance(entry.get("sha256"), str)
@@ -258,6 +258,9 @@ class ProofReader:
         for key in ("training", "environment", "init"):
             if not isinstance(m.get(key), dict):
                 raise ProofFormatError(f"manifest field {key} is missing or invalid")
+        threads = m["environment"].get("torch_threads")
+        if threads is not None and not _int(threads, 1):  # the verifier runs with this many threads
+            raise ProofFormatError("manifest field environment.torch_threads is invalid")
         for key, required in (("module", True), ("datamodule", False)):
             spec = m.get(key)
             if spec is None and not required:
@@ -366,7 +369,7 @@ class ProofReader:
         if entry is None:
             raise ProofFormatError(f"{rel} is not listed in the manifest")
         if entry["bytes"] > MAX_FILE_BYTES:
-            raise ProofFormatError(f"{rel} is listed with {entry['bytes']} bytes, more than this reader loads ({MAX_FILE_BYTES})")
+            raise ProofFormatError(f"{rel} is listed with {str(entry['bytes'])[:30]} bytes, more than this reader loads ({MAX_FILE_BYTES})")
         return entry
 
     def read_file(self, rel: str) -> bytes:

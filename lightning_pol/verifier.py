@@ -156,6 +156,8 @@ def verify_proof(
         _check_chain(reader, report, settings, _chain + (reader.identity,))
     finally:
         torch.set_num_threads(threads_before)
+    # A reason may quote the proof (a shape of 100,000 dimensions): each stays one readable line.
+    report.reasons = [r if len(r) <= 500 else r[:497] + "..." for r in report.reasons]
     report.valid = all(c.get("passed") is not False for c in report.checks.values()) and all(
         c.get("passed") is True for name, c in report.checks.items() if name in ("integrity", "initialization", "data", "replay", "chain")
     )

@@ -27,6 +27,8 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 REPORT = "verification.json"
 ERROR = "verification.error.json"
 SHARED_SEED = "verifier_seed.txt"
+#: Longest reason printed on exit 2.
+MAX_REASON = 500
 
 
 def verify_with(v: DictConfig, proof_dir: str | Path, out: Path, seed: int | None = None,
@@ -55,6 +57,8 @@ def verify_with(v: DictConfig, proof_dir: str | Path, out: Path, seed: int | Non
     except (PoLError, OmegaConfBaseException, OSError, sqlite3.Error, ValueError, TypeError, KeyError) as e:
         # Everything a hostile proof could provoke ends here as one line, never a traceback.
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if len(message) > MAX_REASON:  # a reason quotes the proof, and a proof can hold a 5,000-character path
+            message = message[: MAX_REASON - 3] + "..."
         print(f"error: {message}", file=sys.stderr)
         out.parent.mkdir(parents=True, exist_ok=True)
         (out.parent / ERROR).write_text(json.dumps({"error": message, "exit_code": 2, "proof_dir": str(proof_dir)}))

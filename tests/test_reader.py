@@ -338,9 +338,11 @@ def test_safetensors_header_with_an_unhashable_dtype(proof):
         (lambda m: m["training"].update(batch_size=32.0), "training.batch_size"),
         (lambda m: m.update(created=m["created"].replace("+", "y+")), "created is not an ISO 8601 time"),
         (lambda m: m.update(run_id="not hex"), "run_id is not a hex string"),
+        (lambda m: m["environment"].update(torch_threads=1.5), "environment.torch_threads"),
     ],
     ids=["typed-overflow", "typed-object", "float-first-step", "float-version", "huge-size", "spe-none", "batches-str",
-         "epochs-start", "epoch-int64", "epochs-decrease", "batches-none", "limit-bool", "batch-size-float", "created", "run-id"],
+         "epochs-start", "epoch-int64", "epochs-decrease", "batches-none", "limit-bool", "batch-size-float", "created", "run-id",
+         "threads-float"],
 )
 def test_manifest_numbers_and_typed_fields(proof, mutate, message):
     # Found: typed JSON that the replay decodes raised OverflowError there; 0.0 and 2.0 passed as 0 and 2; a
@@ -514,3 +516,25 @@ def test_declared_batch_size_must_be_the_loaders(proof):
     edit_manifest(proof, lambda m: m["training"].update(batch_size=m["training"]["batch_size"] + 1 if m["training"]["batch_size"] else 1))
     report = verify_proof(proof, q=0, random=0, seed=0)
     assert not report.valid and "the proof declares" in report.reasons[0]
+
+
+def test_reasons_quote_the_proof_briefly(proof):
+    # Found: a 5,000-character path, or a shape of 100,000 dimensions, made a reason of that length.
+    from lightning_pol.verifier import verify_proof
+
+    edit_manifest(proof, lambda m: m["files"].update({"../" + "x" * 5000: {"sha256": "0" * 64, "bytes": 1}}))
+    with pytest.raises(ProofFormatError) as info:
+        ProofReader(proof)
+    assert len(str(info.value)) < 200
+    edit_manifest(proof, lambda m: m["files"].pop("../" + "x" * 5000))
+
+    rel = pf.checkpoint_path(0)
+    data = (proof / rel).read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    header["model.net.0.weight"]["shape"] = [1] * 2000 + header["model.net.0.weight"]["shape"]
+    raw = json.dumps(header).encode()
+    (proof / rel).write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    relist(proof, rel)
+    report = verify_proof(proof, q=0, random=0, seed=0)
+    assert not report.valid and report.reasons[0].startswith("W_0's net.0.weight") and len(report.reasons[0]) <= 500

@@ -206,8 +206,8 @@ def _judge_fast(case: Case, reply: dict[str, Any] | None, rss_bound_mb: float, t
     if case.stage == "crash":
         case.findings.append(f"traceback: {case.reason}")
         case.reason = reply.get("traceback", case.reason)
-    if case.exit == 2 and (not case.reason or "\n" in case.reason):
-        case.findings.append("exit 2 without a one-line reason")
+    if case.exit == 2 and (not case.reason or "\n" in case.reason or len(case.reason) > 1000):
+        case.findings.append("exit 2 without a one-line reason (of at most 1,000 characters)")
     if reply.get("imported"):
         case.findings.append(f"modules imported while parsing: {reply['imported']}")
     if case.rss_growth_mb is not None and case.rss_growth_mb > rss_bound_mb:
@@ -226,8 +226,8 @@ def _judge_full(case: Case, reply: dict[str, Any] | None, timeout: float, rss_bo
         case.full["traceback"] = reply.get("traceback")
     elif code == 0:
         case.findings.append("full verification accepted the mutant (exit 0)")
-    elif code == 2 and reply.get("error_lines") != 1:
-        case.findings.append(f"exit 2 with {reply.get('error_lines')} 'error:' lines")
+    elif code == 2 and (reply.get("error_lines") != 1 or len(reply.get("reason") or "") > 1000):
+        case.findings.append(f"exit 2 with {reply.get('error_lines')} 'error:' lines, the first {len(reply.get('reason') or '')} characters long")
     if reply.get("traceback_in_stderr"):
         case.findings.append("a traceback on stderr")
     if case.exit is not None and code in (1, 2) and code != case.exit:

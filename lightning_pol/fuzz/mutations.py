@@ -576,7 +576,7 @@ def json_attacks(d: Draw, mu: Mutant) -> str:
         key = pick(d, ["progress", "model", "optimizers", "rng"], "key")
         meta[pf.CHECKPOINT_STATE_KEY] = tree_text[:-1] + f',"{key}":' + nested(depth, pick(d, ["list", "object"], "kind")) + "}"
     elif how == "invalid":
-        pos = d.draw(st.integers(0, len(tree_text)), label="pos")
+        pos = d.draw(st.integers(0, len(tree_text) - 1), label="pos")  # the whole text would be no truncation
         meta[pf.CHECKPOINT_STATE_KEY] = tree_text[:pos]
     elif how == "not_object":
         meta[pf.CHECKPOINT_STATE_KEY] = pick(d, ["[]", "null", "1", '"x"', "NaN"], "doc")
