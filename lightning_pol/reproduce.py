@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lightning_pol.callback import ProofOfLearning
 from lightning_pol.distances import METRICS, distances
-from lightning_pol.errors import PoLError
+from lightning_pol.errors import PoLError, one_line
 from lightning_pol.init import initialize
 from lightning_pol.reproducibility import mean_std, normalize, powers_of_two, reproduction_errors, write_calibration
 
@@ -122,7 +122,7 @@ def main(cfg: DictConfig) -> None:
     try:
         table = study(cfg, out)
     except (PoLError, OmegaConfBaseException, OSError, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     print(table_markdown(table))
     print(f"outputs: {out}/table.json, table.md, entropy_growth.png, calibration.json")

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_pol.errors import PoLError
+from lightning_pol.errors import PoLError, one_line
 from lightning_pol.init import initialize
 from lightning_pol.reader import ProofReader
 
@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> int:
             return 0  # another process of a DDP run: rank 0 wrote the proof and reports on it
         proof = ProofReader(dirpath)
     except (PoLError, OmegaConfBaseException, OSError, ImportError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     size = sum(e["bytes"] for e in proof.manifest["files"].values())
     print(f"proof: {dirpath.resolve()}")

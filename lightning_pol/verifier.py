@@ -23,7 +23,7 @@ from lightning_pol import proof_format as pf
 from lightning_pol.chain import find_parent, same_weights
 from lightning_pol.commitment import compute_leaves, root_of, sample_leaf
 from lightning_pol.distances import METRICS, distances
-from lightning_pol.errors import PoLError
+from lightning_pol.errors import PoLError, one_line
 from lightning_pol.index_log import IndexLog
 from lightning_pol.metadata import NotRecreatableError, environment, import_path, resolve_import_path
 from lightning_pol.reader import ProofFormatError, ProofReader
@@ -156,8 +156,7 @@ def verify_proof(
         _check_chain(reader, report, settings, _chain + (reader.identity,))
     finally:
         torch.set_num_threads(threads_before)
-    # A reason may quote the proof (a shape of 100,000 dimensions): each stays one readable line.
-    report.reasons = [r if len(r) <= 500 else r[:497] + "..." for r in report.reasons]
+    report.reasons = [one_line(r) for r in report.reasons]
     report.valid = all(c.get("passed") is not False for c in report.checks.values()) and all(
         c.get("passed") is True for name, c in report.checks.items() if name in ("integrity", "initialization", "data", "replay", "chain")
     )
@@ -553,7 +552,7 @@ def _check_initialization(verifier: PoLVerifierModule, w0: dict[str, Any], repor
         if not result.passed:
             report.reasons.append(f"W_0 is not a fresh {name} initialization (layers {failed[:3]})")
     except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = one_line(e)
         report.checks["initialization"] = {"passed": False, "strategy": name, "summary": msg}
         report.reasons.append(f"initialization check failed: {msg}")
 

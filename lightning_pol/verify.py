@@ -20,15 +20,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_pol.errors import PoLError
+from lightning_pol.errors import PoLError, one_line
 from lightning_pol.verifier import verify_proof
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 REPORT = "verification.json"
 ERROR = "verification.error.json"
 SHARED_SEED = "verifier_seed.txt"
-#: Longest reason printed on exit 2.
-MAX_REASON = 500
 
 
 def verify_with(v: DictConfig, proof_dir: str | Path, out: Path, seed: int | None = None,
@@ -56,9 +54,7 @@ def verify_with(v: DictConfig, proof_dir: str | Path, out: Path, seed: int | Non
         bar.close()
     except (PoLError, OmegaConfBaseException, OSError, sqlite3.Error, ValueError, TypeError, KeyError) as e:
         # Everything a hostile proof could provoke ends here as one line, never a traceback.
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if len(message) > MAX_REASON:  # a reason quotes the proof, and a proof can hold a 5,000-character path
-            message = message[: MAX_REASON - 3] + "..."
+        message = one_line(e)
         print(f"error: {message}", file=sys.stderr)
         out.parent.mkdir(parents=True, exist_ok=True)
         (out.parent / ERROR).write_text(json.dumps({"error": message, "exit_code": 2, "proof_dir": str(proof_dir)}))
@@ -78,7 +74,7 @@ def run(cfg: DictConfig) -> int:
         report = cfg.report
         chain = {"registry": cfg.get("registry"), "parents": cfg.get("parents")}
     except OmegaConfBaseException as e:
-        print(f"error: {str(e).splitlines()[0]} (pass proof_dir=DIR)", file=sys.stderr)
+        print(f"error: {one_line(e)} (pass proof_dir=DIR)", file=sys.stderr)
         return 2
     if hc.mode == RunMode.MULTIRUN:
         seed_file = Path(hc.sweep.dir) / SHARED_SEED

@@ -94,15 +94,7 @@ def test_unknown_version_and_non_json_manifest(proof):
 
 
 def test_declared_tensor_size_is_checked_before_loading(proof):
-    rel = pf.checkpoint_path(4)
-    data = (proof / rel).read_bytes()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8 : 8 + n])
-    key = next(k for k in header if k != "__metadata__")
-    header[key]["shape"] = [2**40]
-    raw = json.dumps(header).encode()
-    (proof / rel).write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
-    relist(proof, rel)
+    edit_header(proof, pf.checkpoint_path(4), lambda h: h[next(k for k in h if k != "__metadata__")].update(shape=[2**40]))
     reader = ProofReader(proof)
     with pytest.raises(ProofFormatError, match="does not fit its declared size"):
         reader.load_checkpoint(reader.checkpoints[1])
@@ -158,18 +150,26 @@ def test_data_commitment_may_be_null_only_while_in_progress(proof):
 
 # -- findings of the hostile-proof fuzz campaign (python -m lightning_pol.fuzz; docs/security.md) -----
 
-def edit_state(proof, step, fn):
-    """Rewrite the typed-JSON state of checkpoint ``step`` in place, and re-sign it."""
-    rel = pf.checkpoint_path(step)
+def edit_header(proof, rel, fn):
+    """Rewrite the safetensors header of ``rel`` in place (``fn`` edits the parsed header), and re-sign it."""
     data = (proof / rel).read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8 : 8 + n])
-    tree = json.loads(header["__metadata__"][pf.CHECKPOINT_STATE_KEY])
-    new = fn(tree)
-    header["__metadata__"][pf.CHECKPOINT_STATE_KEY] = json.dumps(tree if new is None else new)
+    fn(header)
     raw = json.dumps(header).encode()
     (proof / rel).write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
     relist(proof, rel)
+
+
+def edit_state(proof, step, fn):
+    """Rewrite the typed-JSON state of checkpoint ``step`` in place, and re-sign it."""
+
+    def rewrite(header):
+        tree = json.loads(header["__metadata__"][pf.CHECKPOINT_STATE_KEY])
+        new = fn(tree)
+        header["__metadata__"][pf.CHECKPOINT_STATE_KEY] = json.dumps(tree if new is None else new)
+
+    edit_header(proof, pf.checkpoint_path(step), rewrite)
 
 
 def test_declared_byte_count_is_never_allocated(proof):
@@ -307,14 +307,7 @@ def test_torch_dtype_names_never_reach_torch_getattr(monkeypatch):
 
 def test_safetensors_header_with_an_unhashable_dtype(proof):
     # Found: a list as dtype raised TypeError (unhashable) out of the header check.
-    rel = pf.checkpoint_path(4)
-    data = (proof / rel).read_bytes()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8 : 8 + n])
-    header[next(k for k in header if k != "__metadata__")]["dtype"] = ["F32"]
-    raw = json.dumps(header).encode()
-    (proof / rel).write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
-    relist(proof, rel)
+    edit_header(proof, pf.checkpoint_path(4), lambda h: h[next(k for k in h if k != "__metadata__")].update(dtype=["F32"]))
     reader = ProofReader(proof)
     with pytest.raises(ProofFormatError, match="unsupported dtype"):
         reader.load_checkpoint(reader.checkpoints[1])
@@ -528,13 +521,6 @@ def test_reasons_quote_the_proof_briefly(proof):
     assert len(str(info.value)) < 200
     edit_manifest(proof, lambda m: m["files"].pop("../" + "x" * 5000))
 
-    rel = pf.checkpoint_path(0)
-    data = (proof / rel).read_bytes()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8 : 8 + n])
-    header["model.net.0.weight"]["shape"] = [1] * 2000 + header["model.net.0.weight"]["shape"]
-    raw = json.dumps(header).encode()
-    (proof / rel).write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
-    relist(proof, rel)
+    edit_header(proof, pf.checkpoint_path(0), lambda h: h["model.net.0.weight"].update(shape=[1] * 2000 + h["model.net.0.weight"]["shape"]))
     report = verify_proof(proof, q=0, random=0, seed=0)
     assert not report.valid and report.reasons[0].startswith("W_0's net.0.weight") and len(report.reasons[0]) <= 500

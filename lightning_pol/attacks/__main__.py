@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lightning_pol.attacks.suite import run_suite
 from lightning_pol.attacks.toolkit import Setup
-from lightning_pol.errors import PoLError
+from lightning_pol.errors import PoLError, one_line
 
 CONF = str(Path(__file__).resolve().parent.parent.parent / "conf")
 
@@ -61,7 +61,7 @@ def run(cfg: DictConfig) -> int:
                 verifier=verifier, detection_trials=int(a.detection_trials), tolerant=tolerant, progress=print,
             )
     except (PoLError, OmegaConfBaseException, OSError, ImportError, ValueError, TypeError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print((out / "attacks.md").read_text())
     print(f"results: {out / 'attacks.json'}")
