@@ -77,6 +77,11 @@ class ReplaySampler:
     def __len__(self) -> int:
         return self.length
 
+    @property
+    def exhausted(self) -> bool:
+        """Every recorded portion was handed out: no later epoch has a batch to replay."""
+        return self._next >= len(self.portions)
+
     def __iter__(self) -> Iterator[Any]:
         if self._next >= len(self.portions):
             return
@@ -218,6 +223,13 @@ class _ReplayCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self.ranks.batch_end(pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The run ended after its last recorded batch, whatever ended it: max_steps, max_epochs, or a
+        # callback the replay does not have (EarlyStopping, max_time). With unbounded epochs only
+        # this stop ends the replay; otherwise it would start empty epochs forever.
+        if self.final and self.sampler.exhausted:
+            trainer.should_stop = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.final and trainer.global_step == self.end_step:

@@ -262,9 +262,6 @@ def check_integrity(reader: ProofReader) -> Integrity:
     k = m["every_n_steps"]
     if isinstance(final, int) and steps and not _checkpoints_at(steps, final, k):
         problems.append(f"checkpoints are missing: the proof needs one at 0, every k={k} steps and at {final}")
-    stop = _unstoppable(m, final)
-    if stop:
-        problems.append(stop)
     index_log = None
     if not problems:
         try:  # a checkpoint that does not parse is caught where it is first loaded (in the content checks)
@@ -274,26 +271,6 @@ def check_integrity(reader: ProofReader) -> Integrity:
         except ProofFormatError as e:
             problems.append(str(e))
     return Integrity(problems, unlisted, index_log)
-
-
-def _unstoppable(m: Mapping[str, Any], final: Any) -> str | None:
-    """Why a replay of the last segment would never end, or None.
-
-    The replay stops where the declared Trainer settings stop: with unbounded epochs (max_epochs -1,
-    or None with max_steps set, as Lightning reads them) only max_steps can end it, and a max_steps
-    past the final step (or none) would have it start empty epochs forever.
-    """
-    if m.get("status") != pf.STATUS_COMPLETE or not isinstance(final, int):
-        return None
-    training = decode_state({}, m["training"])
-    max_steps, max_epochs = training.get("max_steps", -1), training.get("max_epochs")
-    if not isinstance(max_steps, int) or isinstance(max_steps, bool):
-        return None  # not a Trainer setting: the replay's Trainer refuses it
-    unbounded_epochs = max_epochs == -1 or (max_epochs is None and max_steps != -1)
-    if unbounded_epochs and (max_steps == -1 or max_steps > final):
-        return (f"training stops at step {final}, but its settings (max_steps={max_steps}, max_epochs={max_epochs}) "
-                "do not: a replay of the last segment would not end")
-    return None
 
 
 def _checkpoints_at(steps: list[int], final: int, k: int) -> bool:
