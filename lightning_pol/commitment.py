@@ -61,9 +61,33 @@ def _tensor_tag(dtype: torch.dtype) -> bytes:
     return tag
 
 
+#: ``T`` tag, dims, shape and byte count of a tensor, per (dtype, shape): one lookup instead of four packs.
+_TENSOR_HEADS: dict[tuple[torch.dtype, torch.Size], bytes] = {}
+_LIST_HEADS = [b"l" + struct.pack("<Q", n) for n in range(16)]
+
+
 def _encode(obj: Any, out: list[bytes]) -> None:
     # Appends to one list instead of nesting generators: this runs for every
-    # sample of the first epoch, in the DataLoader workers.
+    # sample of the first epoch, in the DataLoader workers, where it competes
+    # with training for the CPU. The exact types of common samples (a tuple of
+    # a plain CPU tensor and an int) take the first branches; they write the
+    # bytes the general branches below would.
+    cls = type(obj)
+    if cls is tuple or cls is list:
+        n = len(obj)
+        out.append(_LIST_HEADS[n] if n < 16 else b"l" + _u64(n))
+        for v in obj:
+            _encode(v, out)
+        return
+    if cls is int:
+        out.append(_text(b"i", str(obj)))
+        return
+    if cls is torch.Tensor and obj.is_cpu and obj.layout is torch.strided and not obj.is_quantized and obj.is_contiguous():
+        head = _TENSOR_HEADS.get((obj.dtype, obj.shape))
+        if head is not None:
+            out.append(head)
+            out.append((obj.detach() if obj.requires_grad else obj).numpy().tobytes())
+            return
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
         if t.device.type != "cpu":
@@ -72,11 +96,14 @@ def _encode(obj: Any, out: list[bytes]) -> None:
             raise UnhashableSampleError(f"cannot hash a {t.layout} tensor")
         if not t.is_contiguous():
             t = t.contiguous()
-        out.append(_tensor_tag(t.dtype) + struct.pack(f"<{t.dim() + 1}Q", t.dim(), *t.shape))
+        head = _tensor_tag(t.dtype) + struct.pack(f"<{t.dim() + 1}Q", t.dim(), *t.shape)
         try:
             data = t.numpy().tobytes()  # the same bytes as the uint8 view below, a third of the cost
+            if len(_TENSOR_HEADS) < 64 and not t.is_complex():  # the fast path may take the next one (never conj views)
+                _TENSOR_HEADS[(t.dtype, t.shape)] = head + _u64(len(data))
         except (TypeError, RuntimeError):  # dtypes numpy lacks (bfloat16, float8...)
             data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        out.append(head)
         out.append(_u64(len(data)))
         out.append(data)
     elif obj is None:
@@ -229,14 +256,14 @@ class FirstEpochLeaves:
     def __init__(self, size: int) -> None:
         # Column 32 says the row was written; it is set after the digest.
         self.table = torch.zeros((size, DIGEST_SIZE + 1), dtype=torch.uint8).share_memory_()
-        self._rows: np.ndarray | None = None
+        self._bytes: memoryview | None = None
         self._trained: np.ndarray | None = np.zeros(size, dtype=bool)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"table": self.table}  # a worker writes rows; what was trained is the main process's business
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.table, self._rows, self._trained = state["table"], None, None
+        self.table, self._bytes, self._trained = state["table"], None, None
 
     def record(self, index: int, sample: Any) -> None:
         """Hash ``sample``, fetched in epoch 0 (in a worker or here), into row ``index``."""
@@ -244,11 +271,11 @@ class FirstEpochLeaves:
             digest = leaf_hash(sample)
         except UnhashableSampleError:
             return  # left to leaves(), which raises it on the training thread
-        if self._rows is None:
-            self._rows = self.table.numpy()
-        row = self._rows[index]
-        row[:DIGEST_SIZE] = np.frombuffer(digest, dtype=np.uint8)
-        row[DIGEST_SIZE] = 1
+        if self._bytes is None:
+            self._bytes = memoryview(self.table.numpy()).cast("B")  # the rows as one byte buffer: a slice write is cheapest
+        at = index * (DIGEST_SIZE + 1)
+        self._bytes[at : at + DIGEST_SIZE] = digest
+        self._bytes[at + DIGEST_SIZE] = 1
 
     def trained(self, indices: Sequence[int]) -> None:
         """Samples of a batch that reached ``training_step`` in epoch 0."""

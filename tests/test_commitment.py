@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 
 import numpy as np
 import pytest
@@ -73,6 +74,31 @@ def test_canonical_form_tells_types_and_shapes_apart():
     assert leaf_hash(torch.zeros(2, 3)) != leaf_hash(torch.zeros(3, 2))
     with pytest.raises(UnhashableSampleError):
         leaf_hash(object())
+
+
+def _spec_encoding(sample) -> bytes:
+    """sample-v1 written from docs/proof-format.md alone, for (tensor, int) samples and lists of them."""
+    u64 = lambda n: struct.pack("<Q", n)  # noqa: E731
+    if isinstance(sample, (tuple, list)):
+        return b"l" + u64(len(sample)) + b"".join(_spec_encoding(v) for v in sample)
+    if isinstance(sample, bool):
+        return b"b" + bytes([sample])
+    if isinstance(sample, int):
+        return b"i" + u64(len(str(sample))) + str(sample).encode()
+    t = sample.detach().contiguous()
+    name = str(t.dtype).removeprefix("torch.").encode()
+    data = t.numpy().tobytes()
+    return b"T" + u64(len(name)) + name + u64(t.dim()) + b"".join(u64(d) for d in t.shape) + u64(len(data)) + data
+
+
+def test_canonical_form_is_the_documented_bytes_on_every_path():
+    # The encoder has a fast path for exact types, taken from the second tensor of a dtype and shape on.
+    x = torch.arange(64, dtype=torch.float32).reshape(1, 8, 8) - 31.5
+    samples = [(x, 3), (x + 1, -7), (x.transpose(1, 2), 3), (x.clone().requires_grad_(), 0), (torch.tensor(2.5), 5),
+               (torch.zeros(0, 3), 1), [x.to(torch.uint8), True], (x[:, ::2], 10**30), (torch.nn.Parameter(x), 1)]
+    for _ in range(2):
+        for sample in samples:
+            assert leaf_hash(sample) == hashlib.sha256(b"\x00" + _spec_encoding(sample)).digest(), sample
 
 
 def test_inclusion_proofs_for_every_tree_size():
