@@ -181,6 +181,8 @@ class SeededDataset(Dataset):
         #: Seeding Python's ``random`` costs 7 µs, more than torch's and numpy's together, and few datasets
         #: draw from it. So it is seeded only once a fetch was seen drawing from it (see :meth:`fetch`).
         self.python_draws = _PY_MARKER is None
+        #: Likewise numpy's, in epoch 0, where every sample has a seed of its own (see :meth:`fetch_each`).
+        self.numpy_draws = False
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -200,12 +202,10 @@ class SeededDataset(Dataset):
         with nullcontext() if torch.utils.data.get_worker_info() is not None else preserved_rng():
             if epoch != 0:
                 return self.fetch(indices, batch_seed(self.proof_seed, epoch, indices))
-            out = []
-            for i in indices:
-                (sample,) = self.fetch([i], commitment_seed(i))
-                if self.first_epoch is not None:
+            out = self.fetch_each(indices)
+            if self.first_epoch is not None:
+                for i, sample in zip(indices, out):
                     self.first_epoch.record(i, sample)
-                out.append(sample)
             return out
 
     def fetch(self, indices: list[int], seed: int) -> list[Any]:
@@ -227,10 +227,52 @@ class SeededDataset(Dataset):
         self.python_draws = True
         return self.fetch(indices, seed)
 
+    def fetch_each(self, indices: list[int]) -> list[Any]:
+        """``dataset[i]`` for each index, each from the streams of its own commitment seed (epoch 0).
+
+        Seeding numpy and Python's ``random`` for every sample would cost more
+        than a small sample's fetch. So only torch is seeded per sample; numpy
+        is seeded once, with the first sample's seed, and Python's ``random``
+        left at its marker state. If neither moved over the batch, no sample
+        drew from them, and each sample is what a fully seeded fetch gives (a
+        draw always moves numpy's words from a freshly seeded state, which
+        caches no Gaussian). Otherwise the batch is fetched again, fully
+        seeded, and so is every later batch of this dataset (in this process).
+        """
+        seeds = [commitment_seed(i) for i in indices]
+        if not (self.python_draws and self.numpy_draws):
+            words = None
+            if not self.numpy_draws:
+                np.random.seed(seeds[0] & 0xFFFFFFFF)
+                words = _numpy_words()
+                self.numpy_draws = words is None  # numpy's words cannot be read here: always seed it
+            if not self.python_draws:
+                restore_python_rng(_PY_MARKER)
+            generator, numpy_each, python_each = torch.random.default_generator, self.numpy_draws, self.python_draws
+            out = []
+            for i, seed in zip(indices, seeds):
+                generator.manual_seed(seed)
+                if numpy_each:
+                    np.random.seed(seed & 0xFFFFFFFF)
+                if python_each:
+                    random.seed(seed)
+                out.append(self.dataset[i])
+            if not numpy_each and _numpy_words() != words:
+                self.numpy_draws = True
+            if not python_each and capture_python_rng() != _PY_MARKER:
+                self.python_draws = True
+            if (numpy_each, python_each) == (self.numpy_draws, self.python_draws):
+                return out
+        out = []
+        for i, seed in zip(indices, seeds):
+            seed_everything_local(seed)
+            out.append(self.dataset[i])
+        return out
+
     def __getattr__(self, name: str) -> Any:
         # Attribute access falls through to the user's dataset (``classes``,
         # ``targets``...), but never other dunders: they must not bypass the seeding.
-        if name.startswith("__") or name in ("dataset", "proof_seed", "first_epoch", "python_draws"):
+        if name.startswith("__") or name in ("dataset", "proof_seed", "first_epoch", "python_draws", "numpy_draws"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 

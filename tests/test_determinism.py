@@ -7,6 +7,7 @@ checks the proof's content independently of the verifier's own replay code.
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -184,6 +185,36 @@ class _PythonRandomDigits(torch.utils.data.Dataset):
         if i >= 3:
             x = x + random.random() + random.gauss(0, 1)
         return x, i
+
+
+class _NumpyRandomDigits(torch.utils.data.Dataset):
+    """Draws from numpy's global RNG (a Gaussian, so a value is cached) for samples 5 and up."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int):
+        x = torch.rand(2)
+        if i >= 5:
+            x = x + float(np.random.randn()) + float(np.random.rand())
+        return x, i
+
+
+def test_numpy_is_seeded_per_sample_only_once_a_batch_draws_from_it():
+    """Epoch 0 seeds numpy once a batch, not once a sample, until a batch moves it; the batch that first
+    draws (in its last sample) is fetched again. Every sample equals a fetch with all generators seeded."""
+    from lightning_pol.seeding import SeededDataset, commitment_seed, seed_everything_local
+
+    def eager(i):
+        seed_everything_local(commitment_seed(i))
+        return _NumpyRandomDigits()[i][0]
+
+    want = [eager(i) for i in range(8)]
+    lazy = SeededDataset(_NumpyRandomDigits(), proof_seed=7)
+    for batch, draws_after in (([0, 1, 2], False), ([3, 4, 5], True), ([6, 7], True)):
+        got = lazy.__getitems__([(0, i) for i in batch])
+        assert all(torch.equal(g[0], want[i]) for g, i in zip(got, batch)), batch
+        assert lazy.numpy_draws == draws_after
 
 
 def test_python_random_is_seeded_only_for_datasets_that_draw_from_it():
