@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 import torch.distributed as dist
 from torch import nn
 

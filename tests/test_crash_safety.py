@@ -33,8 +33,7 @@ def assert_consistent(proof: Path) -> ProofReader:
     # the batches of every step up to the last checkpoint are recorded
     assert reader.recorded_steps >= steps[-1]
     log = reader.index_log()
-    indices, offsets = log.indices, log.offsets
-    assert len(offsets) == reader.recorded_steps + 1
+    assert len(log.offsets) == reader.recorded_steps + 1
     return reader
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import pytest
 from torch import nn
 
 import tests.recreation_cases as cases
 from lightning_pol import PoLError, ProofOfLearning, ProofReader
 from lightning_pol.proof_format import MANIFEST
-from tests.conftest import make_trainer, train_with_proof
+from tests.conftest import train_with_proof
 from tests.unseen_project import UnseenDataModule, UnseenModule
 
 

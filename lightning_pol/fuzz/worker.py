@@ -189,7 +189,7 @@ def main() -> None:
     import torch
 
     import lightning_pol.verifier  # noqa: F401 - everything a case needs is imported before the first case
-    import lightning_pol.verify  # noqa: F401
+    import lightning_pol.verify  # noqa: F401 - the CLI's own verify_with runs full cases
 
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
