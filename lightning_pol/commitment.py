@@ -46,9 +46,9 @@ def _text(tag: bytes, s: str) -> bytes:
 
 def canonical_chunks(obj: Any) -> Iterator[bytes]:
     """Yield the canonical, type-tagged serialization of one sample."""
-    out: list[bytes] = []
+    out: list[Any] = []
     _encode(obj, out)
-    return iter(out)
+    return iter([c if isinstance(c, bytes) else c.tobytes() for c in out])  # copies of the fast path's array views
 
 
 _DTYPE_TAGS: dict[torch.dtype, bytes] = {}
@@ -66,12 +66,12 @@ _TENSOR_HEADS: dict[tuple[torch.dtype, torch.Size], bytes] = {}
 _LIST_HEADS = [b"l" + struct.pack("<Q", n) for n in range(16)]
 
 
-def _encode(obj: Any, out: list[bytes]) -> None:
+def _encode(obj: Any, out: list[Any]) -> None:
     # Appends to one list instead of nesting generators: this runs for every
     # sample of the first epoch, in the DataLoader workers, where it competes
     # with training for the CPU. The exact types of common samples (a tuple of
     # a plain CPU tensor and an int) take the first branches; they write the
-    # bytes the general branches below would.
+    # bytes the general branches below would (a tensor's as a numpy view, C-contiguous).
     cls = type(obj)
     if cls is tuple or cls is list:
         n = len(obj)
@@ -86,7 +86,7 @@ def _encode(obj: Any, out: list[bytes]) -> None:
         head = _TENSOR_HEADS.get((obj.dtype, obj.shape))
         if head is not None:
             out.append(head)
-            out.append((obj.detach() if obj.requires_grad else obj).numpy().tobytes())
+            out.append((obj.detach() if obj.requires_grad else obj).numpy())  # a view: leaf_hash reads it at once
             return
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
@@ -155,7 +155,10 @@ def _is_pil_image(obj: Any) -> bool:
 def leaf_hash(sample: Any) -> bytes:
     out = [b"\x00"]
     _encode(sample, out)
-    return hashlib.sha256(b"".join(out)).digest()
+    h = hashlib.sha256()
+    for chunk in out:  # no joined copy of a large sample
+        h.update(chunk)
+    return h.digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
@@ -216,8 +219,8 @@ def verify_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes], 
 
 
 class _LeafDataset(Dataset):
-    """Leaf of sample i, fetched under its commitment seed. The caller keeps its RNG streams
-    (``preserved_rng`` around a loop, or a worker process whose RNG serves nothing else)."""
+    """Leaves of samples, each fetched under its commitment seed, a batch at a time. The caller keeps its RNG
+    streams (``preserved_rng`` around a loop, or a worker process whose RNG serves nothing else)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -226,15 +229,34 @@ class _LeafDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        (sample,) = self.seeded.fetch([index], commitment_seed(index))
-        return torch.frombuffer(bytearray(leaf_hash(sample)), dtype=torch.uint8)
+    def digests(self, indices: list[int]) -> bytes:
+        """The leaves of ``indices``, 32 bytes each, concatenated."""
+        return b"".join([leaf_hash(sample) for sample in self.seeded.fetch_each(indices)])
+
+    def __getitems__(self, indices: list[int]) -> list[bytes]:
+        return [self.digests(list(indices))]  # one block a batch: _blocks joins them
+
+    def __getitem__(self, index: int) -> bytes:
+        return self.digests([index])
+
+
+def _blocks(blocks: list[bytes]) -> torch.Tensor:
+    """The DataLoader's collate_fn for :class:`_LeafDataset` batches: their leaves as ``[n, 32]``."""
+    return torch.frombuffer(bytearray(b"".join(blocks)), dtype=torch.uint8).view(-1, DIGEST_SIZE)
+
+
+def _fill(out: torch.Tensor, rows: Sequence[int], leaf: _LeafDataset, chunk: int = 256) -> None:
+    """Hash the samples ``rows`` here into those rows of ``out``, ``chunk`` at a time."""
+    view = out.numpy()
+    for at in range(0, len(rows), chunk):
+        part = list(rows[at : at + chunk])
+        view[part] = np.frombuffer(leaf.digests(part), dtype=np.uint8).reshape(-1, DIGEST_SIZE)
 
 
 def sample_leaf(dataset: Dataset, index: int) -> bytes:
     """The leaf of one sample: what a verifier recomputes for each replayed sample."""
     with preserved_rng():
-        return bytes(_LeafDataset(dataset)[index].tolist())
+        return _LeafDataset(dataset).digests([index])
 
 
 class FirstEpochLeaves:
@@ -304,10 +326,8 @@ class FirstEpochLeaves:
         out = torch.from_numpy(table[:, :DIGEST_SIZE].copy())
         missing = np.flatnonzero(~(self._trained & (table[:, DIGEST_SIZE] == 1)))
         if missing.size:
-            leaf = _LeafDataset(dataset)
             with preserved_rng():
-                for i in missing.tolist():
-                    out[i] = leaf[i]
+                _fill(out, missing.tolist(), _LeafDataset(dataset))
         return out
 
 
@@ -333,23 +353,20 @@ def compute_leaves(
     probe = min(n, batch_size)
     with preserved_rng():
         t = time.perf_counter()
-        for i in range(probe):
-            out[i] = leaf[i]
+        _fill(out, range(probe), leaf)
         pace = (time.perf_counter() - t) / probe
         if progress is not None:
             progress(probe)
         if probe == n:
             return out
         if num_workers == 0 or pace * (n - probe) < worker_threshold_s:
-            for i in range(probe, n):
-                out[i] = leaf[i]
-                if progress is not None and (i + 1) % batch_size == 0:
-                    progress(i + 1)
-            if progress is not None:
-                progress(n)
+            for at in range(probe, n, batch_size):
+                _fill(out, range(at, min(n, at + batch_size)), leaf)
+                if progress is not None:
+                    progress(min(n, at + batch_size))
             return out
     rest = Subset(leaf, range(probe, n))
-    loader = DataLoader(rest, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(rest, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_blocks)
     pos = probe
     for block in loader:
         out[pos : pos + len(block)] = block

@@ -12,7 +12,7 @@ import torch
 from lightning_pol import ProofReader
 from lightning_pol import commitment
 from lightning_pol.commitment import (
-    UnhashableSampleError, compute_leaves, inclusion_proof, leaf_hash, merkle_root, root_of, sample_leaf, verify_inclusion,
+    UnhashableSampleError, canonical_chunks, compute_leaves, inclusion_proof, leaf_hash, merkle_root, root_of, sample_leaf, verify_inclusion,
 )
 from tests.conftest import train_with_proof
 from tests.unseen_project import NoisyDigits, UnseenDataModule, UnseenModule
@@ -44,8 +44,8 @@ def test_first_epoch_fetches_are_hashed_into_the_commitment(tmp_path, monkeypatc
     """The leaves hashed as epoch 0 fetched its samples (in workers or here) equal a pass over the data,
     and the prover hashes on the training thread only sample 0 (its early check) and what epoch 0 did not train on."""
     here = []
-    fetch = commitment._LeafDataset.__getitem__
-    monkeypatch.setattr(commitment._LeafDataset, "__getitem__", lambda self, i: (here.append(i), fetch(self, i))[1])
+    digests = commitment._LeafDataset.digests
+    monkeypatch.setattr(commitment._LeafDataset, "digests", lambda self, indices: (here.extend(indices), digests(self, indices))[1])
     proof, _, _ = train_with_proof(tmp_path, UnseenModule, UnseenDataModule(**dm_kwargs), max_epochs=2)
     assert len(here) == 1 + not_trained
     reader = ProofReader(proof)
@@ -99,6 +99,7 @@ def test_canonical_form_is_the_documented_bytes_on_every_path():
     for _ in range(2):
         for sample in samples:
             assert leaf_hash(sample) == hashlib.sha256(b"\x00" + _spec_encoding(sample)).digest(), sample
+            assert b"".join(canonical_chunks(sample)) == _spec_encoding(sample)
 
 
 def test_inclusion_proofs_for_every_tree_size():
