@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_pol.errors import PoLError
-from lightning_pol.seeding import SeededDataset, commitment_seed, preserved_rng
+from lightning_pol.seeding import SeededDataset, preserved_rng
 
 SAMPLE_ENCODING = "lightning-pol/sample-v1"
 TREE = "rfc6962-sha256"
