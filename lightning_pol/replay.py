@@ -83,7 +83,7 @@ class ReplaySampler:
         return self._next >= len(self.portions)
 
     def __iter__(self) -> Iterator[Any]:
-        if self._next >= len(self.portions):
+        if self.exhausted:
             return
         portion = self.portions[self._next]
         self._next += 1
