@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,7 +83,16 @@ class ProofOfLearning(Callback):
       workers hash the samples as they fetch them, so the commitment costs no
       pass of its own; samples epoch 0 did not train on are hashed here.
     - ``on_train_end``: writes the final checkpoint and the single index-log
-      file, and marks the proof complete.
+      file, and marks the proof complete; ``teardown`` waits for the writer,
+      so ``fit`` returns with the proof complete.
+    - ``on_exception``: commits what was written (Lightning calls no
+      ``teardown`` when fit raises).
+
+    A checkpoint's file is written when it is taken; the manifest that lists
+    it is committed at most every ``commit_every_s`` seconds, whenever
+    Lightning saves a checkpoint (``state_dict``), and at the end. A commit
+    costs a manifest, an index-log chunk and four fsyncs, which on a small
+    model cost more than the checkpoint itself.
 
     The global RNG is saved after each backward pass and restored at the start
     of the next batch, so draws made between steps (a DataLoader seeding its
@@ -119,6 +129,13 @@ class ProofOfLearning(Callback):
             then training waits for the disk. Write errors are raised in
             training at the next checkpoint or at train end.
         max_pending: checkpoints that may wait for the background writer.
+        commit_every_s: the least time between two manifest commits. A
+            checkpoint's file is written when it is taken, but the manifest
+            that lists it (and the index-log chunk of the steps before it) is
+            written only once this much time passed since the last commit, or
+            when Lightning saves a checkpoint (so a resume always finds its
+            proof), or at train end. A crash loses at most this much of the
+            proof, never its consistency; 0 commits at every checkpoint.
     """
 
     def __init__(
@@ -134,6 +151,7 @@ class ProofOfLearning(Callback):
         parent: str | os.PathLike[str] | None = None,
         background: bool = True,
         max_pending: int = 2,
+        commit_every_s: float = 30.0,
     ) -> None:
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps <= 0:
             raise PoLError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
@@ -160,6 +178,9 @@ class ProofOfLearning(Callback):
             raise PoLError(f"max_pending must be a positive integer, got {max_pending!r}")
         self.background = background
         self.max_pending = max_pending
+        if isinstance(commit_every_s, bool) or not isinstance(commit_every_s, (int, float)) or not commit_every_s >= 0:
+            raise PoLError(f"commit_every_s must be a number of seconds >= 0, got {commit_every_s!r}")
+        self.commit_every_s = float(commit_every_s)
         self._jobs: BackgroundWriter | None = None
         self._reset_run_state()
 
@@ -173,7 +194,13 @@ class ProofOfLearning(Callback):
         self._specs: dict[str, Any] = {}
         self._stream = TrainingStream()
         self._inflight: tuple[int, int, list[int]] | None = None  # (step, epoch, indices)
-        self._flushed = 0  # steps [0, _flushed) are in index-log files
+        self._flushed = 0  # steps [0, _flushed) were handed to the writer
+        # Writer-side (run as jobs, in order): steps handed over but not yet in an index-log file, and when the
+        # manifest was last committed. They wait for the next commit, which files them as one chunk.
+        self._unfiled: list[list[list[int]]] = []
+        self._filed = 0  # steps [0, _filed) are in index-log files
+        self._committed_at = -math.inf
+        self._write_failed = False
         self._pending: list[list[list[int]]] = []  # micro-batches of steps _flushed, _flushed+1, ...
         self._sample_epochs: list[list[int]] = []  # [first_step, epoch] runs
         self._new_run = False  # the next batch starts a run even within the same epoch (a resume)
@@ -274,12 +301,15 @@ class ProofOfLearning(Callback):
             raise failure
         if reason is not None:
             raise PoLError(reason)
-        if self._writer is None:
+        writer = self._writer
+        if writer is None:
             return
-        self._checkpoints = len(self._writer.manifest["checkpoints"])
+        self._checkpoints = len(writer.manifest["checkpoints"])
         if self.background:
             self._stop_jobs()
             self._jobs = BackgroundWriter(self.max_pending)
+        if self._resume is None:  # a new proof's first manifest (a resumed one was committed when reopened)
+            self._run(lambda: self._commit(writer, force=True))
         log.info("proof of learning: writing to %s (k=%d, %d samples committed)", self.dirpath, self.every_n_steps, size)
 
     def _open(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dataset: Any, size: int) -> None:
@@ -355,19 +385,28 @@ class ProofOfLearning(Callback):
             finish = self._index_job(self._flushed + len(self._pending), final_step=step)
             writer = self._writer
             if finish is not None and writer is not None:
-                self._run(lambda: (finish(), writer.commit()))
-        if self._writer is None:
-            return  # another rank of a DDP run: rank 0 wrote the proof
-        if self._jobs is not None:
-            self._jobs.flush()
-        log.info(
-            "proof of learning: %s (%d checkpoints, %.2f MB)",
-            self.dirpath, len(self._writer.manifest["checkpoints"]), self._writer.total_bytes / 1e6,
-        )
+                self._run(lambda: (finish(), self._commit(writer, force=True)))
+        # The writer finishes the proof while Lightning winds down (DataLoader workers, strategy); teardown waits.
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        try:
+            if self._jobs is not None:
+                self._jobs.flush()  # fit returns with the proof complete, or raises the write error
+        finally:
+            self._end_fit()
+        writer = self._writer
+        if writer is not None and writer.manifest["status"] == pf.STATUS_COMPLETE:
+            log.info("proof of learning: %s (%d checkpoints, %.2f MB)",
+                     self.dirpath, len(writer.manifest["checkpoints"]), writer.total_bytes / 1e6)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Lightning calls no teardown when fit raises: the proof is committed as far as it was written.
+        self._end_fit()
+
+    def _end_fit(self) -> None:
+        self._commit_on_exit()
         self._stop_jobs()
         if self._unpatch is not None:
             self._unpatch()
@@ -378,8 +417,8 @@ class ProofOfLearning(Callback):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        if self._jobs is not None:  # a Lightning checkpoint must not promise files still in the queue
-            self._jobs.flush()
+        # A Lightning checkpoint must not promise steps or files that are not committed: a resume reopens the proof.
+        self._commit_now()
         stream = self._stream.state
         stream_tensors, stream_tree = encode_state({"rng": portable_rng_states(stream)}) if stream is not None else ({}, None)
         return {
@@ -417,8 +456,7 @@ class ProofOfLearning(Callback):
         """SHA-256 of the current manifest: the proof's identity."""
         if self._writer is None:
             raise PoLError("no proof has been written yet")
-        if self._jobs is not None:
-            self._jobs.flush()
+        self._commit_now()
         return pf.sha256_file(self.dirpath / pf.MANIFEST)
 
     def _open_new(self, trainer: pl.Trainer, pl_module: pl.LightningModule, leaves: torch.Tensor | None, size: int) -> None:
@@ -453,7 +491,6 @@ class ProofOfLearning(Callback):
         self._writer = ProofWriter.create(self.dirpath, manifest, self.overwrite, self.fsync)
         if leaves is not None:
             _put_leaves(self._writer, leaves)
-        self._writer.commit()
 
     def _commit_data(self) -> None:
         """Commit to the data the first epoch fetched; the Merkle tree and the file are built on the writer."""
@@ -470,7 +507,7 @@ class ProofOfLearning(Callback):
 
         def job() -> None:
             _put_leaves(writer, leaves)
-            writer.commit()
+            self._commit(writer)
 
         self._run(job)
 
@@ -508,10 +545,11 @@ class ProofOfLearning(Callback):
                 writer.drop(chunk["path"])
             m["index_log"] = []
             self._write_index_chunk(writer, 0, log)
+        self._filed = self._flushed
         m["status"] = pf.STATUS_IN_PROGRESS
         m["final_step"] = None
         self._writer = writer
-        writer.commit()
+        self._commit(writer, force=True)
 
     @staticmethod
     def _read_index_log(writer: ProofWriter) -> IndexLog:
@@ -524,6 +562,46 @@ class ProofOfLearning(Callback):
         writer.put(rel, safetensors_bytes(log.to_tensors()))
         writer.manifest["index_log"].append({"path": rel, "first_step": first_step, "steps": log.steps})
 
+    def _commit(self, writer: ProofWriter, force: bool = False) -> None:
+        """(A job) Commit the manifest if ``commit_every_s`` passed since the last commit, or if ``force``.
+
+        The steps handed to the writer since the last commit are filed first, as
+        one index-log chunk: the manifest never lists a checkpoint whose steps
+        are not in its index log.
+        """
+        if not force and time.monotonic() - self._committed_at < self.commit_every_s:
+            return
+        if self._unfiled:
+            steps, self._unfiled = self._unfiled, []
+            self._write_index_chunk(writer, self._filed, IndexLog.from_steps(steps))
+            self._filed += len(steps)
+        writer.commit()
+        self._committed_at = time.monotonic()
+
+    def _commit_now(self) -> None:
+        """Commit what was handed to the writer, and wait for it (a Lightning checkpoint, ``identity``)."""
+        writer = self._writer
+        if writer is None:
+            return
+        self._run(lambda: self._commit(writer, force=True))
+        if self._jobs is not None:
+            self._jobs.flush()
+
+    def _commit_on_exit(self) -> None:
+        """Fit ends without ``on_train_end`` (an exception, an interrupt): commit what was written."""
+        writer = self._writer
+        if writer is None or self._write_failed or (self._jobs is not None and self._jobs.error is not None):
+            return
+
+        def job() -> None:
+            if writer.manifest["status"] == pf.STATUS_IN_PROGRESS:
+                self._commit(writer, force=True)
+
+        try:
+            self._run(job)
+        except Exception as e:  # noqa: BLE001 - fit is already ending with its own exception
+            log.warning("proof of learning: the last commit failed: %s", e)
+
     def _stop_jobs(self) -> None:
         if self._jobs is not None:
             self._jobs.close()  # runs what is queued: every queued job leaves a consistent proof
@@ -535,14 +613,19 @@ class ProofOfLearning(Callback):
             return
         if self._jobs is not None:
             self._jobs.submit(job)
-        else:
+            return
+        try:
             job()
+        except BaseException:
+            self._write_failed = True  # as on the background writer, nothing is written after a failed write
+            raise
 
     def _index_job(self, upto: int, final_step: int | None = None) -> Any:
-        """Take the indices of steps [_flushed, upto) out of memory; returns the job that writes them as a chunk.
+        """Take the indices of steps [_flushed, upto) out of memory; returns the job that hands them to the writer.
 
-        With ``final_step`` (training ended there), the job instead merges every chunk and these steps into
-        the one index-log file of a complete proof and marks the manifest complete; the caller's commit lands it.
+        They wait there for the next commit (:meth:`_commit`). With ``final_step`` (training ended there), the
+        job instead merges every chunk, the waiting steps and these into the one index-log file of a complete
+        proof and marks the manifest complete; the caller's commit lands it.
         """
         n = upto - self._flushed
         steps = self._pending[:max(n, 0)] + [[] for _ in range(n - len(self._pending))]
@@ -551,24 +634,25 @@ class ProofOfLearning(Callback):
             steps = [[b for rank in ranks for b in rank[s]] for s in range(len(steps))] if ranks is not None else []
         if n <= 0 and final_step is None:
             return None
-        first = self._flushed
         self._pending = self._pending[max(n, 0):]
         self._flushed = max(upto, self._flushed)
         writer = self._writer
         if writer is None:
             return None
         if final_step is None:
-            return lambda: self._write_index_chunk(writer, first, IndexLog.from_steps(steps))
+            return lambda: self._unfiled.extend(steps)
         sample_epochs = self._recorded_epochs()
 
         def finish() -> None:
             chunks = writer.manifest["index_log"]
-            if steps or not (len(chunks) == 1 and chunks[0]["path"] == pf.INDEX_LOG_FINAL):
-                log = IndexLog.concat([self._read_index_log(writer), IndexLog.from_steps(steps)])
+            last, self._unfiled = self._unfiled + steps, []
+            if last or not (len(chunks) == 1 and chunks[0]["path"] == pf.INDEX_LOG_FINAL):
+                log = IndexLog.concat([self._read_index_log(writer), IndexLog.from_steps(last)])
                 for chunk in chunks:
                     writer.drop(chunk["path"])
                 writer.manifest["index_log"] = []
                 self._write_index_chunk(writer, 0, log, rel=pf.INDEX_LOG_FINAL)
+                self._filed = log.steps
             writer.manifest["sample_epochs"] = sample_epochs
             writer.manifest["status"] = pf.STATUS_COMPLETE
             writer.manifest["final_step"] = final_step
@@ -578,7 +662,7 @@ class ProofOfLearning(Callback):
     def _write_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, rng: dict[str, Any], batch_idx: int | None
     ) -> None:
-        """Snapshot the training state here; encode, write and commit it (after the pending indices) on the writer."""
+        """Snapshot the training state here; encode and write it on the writer, which commits it when due."""
         final = batch_idx is None  # the checkpoint of the step training ended at
         index_job = self._index_job(self._flushed + len(self._pending) if final else step, step if final else None)
         streams = gather_to_zero(rng, self._world) if self._world > 1 else None
@@ -605,7 +689,7 @@ class ProofOfLearning(Callback):
             entry = writer.put(rel, data)
             writer.manifest["checkpoints"].append({"step": step, "epoch": epoch, "path": rel, "sha256": entry["sha256"]})
             writer.manifest["sample_epochs"] = sample_epochs
-            writer.commit()
+            self._commit(writer, force=final)
 
         self._run(job)
         self._checkpoints += 1

@@ -42,8 +42,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, fsync: bool = True, make_parent: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one."""
+def atomic_write(path: Path, data: bytes, fsync: bool = True, make_parent: bool = True, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one.
+
+    With ``sync_dir=False`` the rename is not yet durable: the caller syncs the directory later.
+    """
     if make_parent:
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{pf.TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
@@ -57,7 +60,7 @@ def atomic_write(path: Path, data: bytes, fsync: bool = True, make_parent: bool 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if fsync:
+    if fsync and sync_dir:
         _fsync_dir(path.parent)
 
 
@@ -87,7 +90,9 @@ class ProofWriter:
 
     ``put`` writes a file and lists it; ``drop`` unlists one; ``commit`` writes
     the manifest and only then deletes dropped files, so a crash at any point
-    leaves every listed file in place.
+    leaves every listed file in place. A put file's data is synced when it is
+    written, its directory once, at the commit that lists it: a checkpoint
+    that waits for a later commit costs one fsync, not two.
     """
 
     def __init__(self, root: str | os.PathLike[str], manifest: dict[str, Any], fsync: bool = True) -> None:
@@ -96,6 +101,7 @@ class ProofWriter:
         self.fsync = fsync
         self._dropped: list[str] = []
         self._made: set[Path] = set()  # directories this writer created or found: no mkdir per file
+        self._unsynced: set[Path] = set()  # directories of files put since the last commit
         self.manifest.setdefault("files", {})
         self._bytes = sum(e["bytes"] for e in self.manifest["files"].values())
 
@@ -179,8 +185,9 @@ class ProofWriter:
         if not pf.is_safe_relative_path(rel):
             raise ValueError(f"unsafe proof path {rel!r}")
         path = self.root / rel
-        atomic_write(path, data, self.fsync, make_parent=path.parent not in self._made)
+        atomic_write(path, data, self.fsync, make_parent=path.parent not in self._made, sync_dir=False)
         self._made.add(path.parent)
+        self._unsynced.add(path.parent)
         entry = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
         old = self.manifest["files"].get(rel)
         self._bytes += len(data) - (old["bytes"] if old else 0)
@@ -198,6 +205,10 @@ class ProofWriter:
 
     def commit(self) -> str:
         """Write the manifest, then delete dropped files. Returns the proof's identity."""
+        if self.fsync:
+            for directory in sorted(self._unsynced):  # the renames of the files it lists are durable first
+                _fsync_dir(directory)
+        self._unsynced.clear()
         data = manifest_bytes(self.manifest)
         atomic_write(self.root / pf.MANIFEST, data, self.fsync, make_parent=False)
         for rel in self._dropped:

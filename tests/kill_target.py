@@ -20,5 +20,5 @@ class Slow(pl.Callback):
 if __name__ == "__main__":
     root = sys.argv[1]
     pl.seed_everything(0, verbose=False)
-    trainer = make_trainer([Slow(), ProofOfLearning(f"{root}/proof", every_n_steps=1, fsync=False)], root, max_epochs=50)
+    trainer = make_trainer([Slow(), ProofOfLearning(f"{root}/proof", every_n_steps=1, fsync=False, commit_every_s=0.2)], root, max_epochs=50)
     trainer.fit(UnseenModule(width=64), datamodule=UnseenDataModule(num_workers=0))

@@ -37,7 +37,8 @@ def assert_consistent(proof: Path) -> ProofReader:
     return reader
 
 
-def test_failure_inside_a_write_leaves_the_previous_manifest(tmp_path, monkeypatch):
+@pytest.mark.parametrize("commit_every_s", [0.0, 30.0])
+def test_failure_inside_a_write_leaves_the_previous_manifest(tmp_path, monkeypatch, commit_every_s):
     calls = {"n": 0}
     real_replace = os.replace
 
@@ -49,10 +50,17 @@ def test_failure_inside_a_write_leaves_the_previous_manifest(tmp_path, monkeypat
 
     monkeypatch.setattr(os, "replace", flaky_replace)
     with pytest.raises(OSError, match="disk full"):
-        train_with_proof(tmp_path, UnseenModule, UnseenDataModule(num_workers=0), every_n_steps=2, max_epochs=1)
+        train_with_proof(tmp_path, UnseenModule, UnseenDataModule(num_workers=0), every_n_steps=2, max_epochs=1,
+                         pol_kwargs={"commit_every_s": commit_every_s})
     proof = tmp_path / "proof"
     assert not [p for p in proof.rglob("*") if p.name.startswith(pf.TMP_PREFIX)]
-    reader = assert_consistent(proof)
+    if commit_every_s == 0:  # every checkpoint was committed: those before the failed write are listed
+        reader = assert_consistent(proof)
+        assert [c["step"] for c in reader.checkpoints] == [0, 2]  # the ninth rename was the manifest listing step 4
+    else:  # no commit was due after the first: the failure leaves that one, and nothing is written after it
+        reader = ProofReader(proof)
+        assert [p for p in reader.verify_files() if not p.startswith("unlisted file")] == []
+        assert reader.checkpoints == [] and reader.manifest["index_log"] == []
     assert reader.manifest["status"] == pf.STATUS_IN_PROGRESS
 
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
-from lightning_pol import PoLVerifierModule, ProofReader
+from lightning_pol import PoLVerifierModule, ProofOfLearning, ProofReader
+from lightning_pol import proof_format as pf
 from lightning_pol.background import BackgroundWriter
 from lightning_pol.commitment import compute_leaves
 from lightning_pol.verifier import _comparable, identical, verify_proof
-from tests.conftest import train_with_proof
+from tests.conftest import make_trainer, train_with_proof
 from tests.test_verify import models, rewrite_model
 from tests.unseen_project import UnseenDataModule, UnseenModule
 
@@ -79,14 +82,45 @@ def test_background_writer_runs_in_order_bounds_its_queue_and_raises_job_errors(
     jobs.close()
 
 
-def test_background_and_synchronous_writing_give_identical_proofs(tmp_path):
+def test_background_and_synchronous_writing_and_any_commit_interval_give_identical_proofs(tmp_path):
     digests = []
-    for background in (True, False):
-        proof, _, _ = train_with_proof(tmp_path / str(background), UnseenModule, UnseenDataModule(num_workers=0), every_n_steps=4,
-                                       max_epochs=1, pol_kwargs={"background": background, "max_pending": 1})
+    for i, kwargs in enumerate([{}, {"background": False}, {"max_pending": 1, "commit_every_s": 0.0}]):
+        proof, _, _ = train_with_proof(tmp_path / str(i), UnseenModule, UnseenDataModule(num_workers=0), every_n_steps=4,
+                                       max_epochs=1, pol_kwargs=kwargs)
         manifest = ProofReader(proof).manifest
         digests.append({rel: e["sha256"] for rel, e in manifest["files"].items()})
-    assert digests[0] == digests[1] and len(digests[0]) > 10
+    assert digests[0] == digests[1] == digests[2] and len(digests[0]) > 10
+
+
+class PeekAtStep(pl.Callback):
+    """At one step, reads which checkpoints the manifest on disk lists, saves a Lightning checkpoint, reads again."""
+
+    def __init__(self, proof, step):
+        self.proof, self.step, self.seen = proof, step, []
+
+    def listed(self):
+        path = self.proof / pf.MANIFEST
+        return [c["step"] for c in json.loads(path.read_text())["checkpoints"]] if path.exists() else []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and not self.seen:
+            self.seen.append(self.listed())
+            trainer.save_checkpoint(self.proof.parent / "mid.ckpt")  # the callback's state_dict commits
+            self.seen.append(self.listed())
+
+
+@pytest.mark.parametrize("commit_every_s", [30.0, 0.0])
+def test_commits_wait_for_the_interval_or_a_lightning_checkpoint(tmp_path, commit_every_s):
+    proof = tmp_path / "proof"
+    peek = PeekAtStep(proof, 10)
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer([peek, ProofOfLearning(proof, every_n_steps=4, background=False, commit_every_s=commit_every_s)],
+                           tmp_path, max_epochs=1)
+    trainer.fit(UnseenModule(), datamodule=UnseenDataModule(num_workers=0))
+    before, after = peek.seen
+    # checkpoints 0, 4 and 8 were written before step 10; only a due commit or a Lightning checkpoint lists them
+    assert before == ([] if commit_every_s else [0, 4, 8]) and after == [0, 4, 8]
+    assert verify_proof(proof, q=0).valid
 
 
 def test_commitment_hashed_in_workers_equals_in_process():
