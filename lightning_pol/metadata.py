@@ -4,6 +4,7 @@ training settings that shape the trajectory, and the software and hardware.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -150,21 +151,30 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.lru_cache(maxsize=1)
+def _installed() -> tuple[tuple[str, Any], ...]:
+    # What cannot change while the process runs, read once: the CUDA and cuDNN
+    # queries and /proc/cpuinfo cost milliseconds, at every fit of a sweep.
+    return (
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("lightning", lightning.__version__),
+        ("numpy", np.__version__),
+        ("safetensors", safetensors.__version__),
+        ("cuda", torch.version.cuda),
+        ("cudnn", torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None),
+        ("platform", platform.platform()),
+        ("machine", platform.machine()),
+        ("cpu", cpu_model()),
+        ("cpu_count", os.cpu_count()),
+    )
+
+
 def environment() -> dict[str, Any]:
     """Software and hardware that bear on bit-exact replay."""
     cuda = torch.cuda.is_available()
     return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "numpy": np.__version__,
-        "safetensors": safetensors.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
+        **dict(_installed()),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
