@@ -201,6 +201,7 @@ class ProofOfLearning(Callback):
         self._filed = 0  # steps [0, _filed) are in index-log files
         self._committed_at = -math.inf
         self._write_failed = False
+        self._fitting = False  # this rank writes the proof and fit has not ended: commits are still to come
         self._pending: list[list[list[int]]] = []  # micro-batches of steps _flushed, _flushed+1, ...
         self._sample_epochs: list[list[int]] = []  # [first_step, epoch] runs
         self._new_run = False  # the next batch starts a run even within the same epoch (a resume)
@@ -304,6 +305,7 @@ class ProofOfLearning(Callback):
         writer = self._writer
         if writer is None:
             return
+        self._fitting = True
         self._checkpoints = len(writer.manifest["checkpoints"])
         if self.background:
             self._stop_jobs()
@@ -406,7 +408,9 @@ class ProofOfLearning(Callback):
         self._end_fit()
 
     def _end_fit(self) -> None:
-        self._commit_on_exit()
+        if self._fitting:  # once: Lightning may call on_exception after a teardown that raised
+            self._fitting = False
+            self._commit_on_exit()
         self._stop_jobs()
         if self._unpatch is not None:
             self._unpatch()
@@ -578,27 +582,27 @@ class ProofOfLearning(Callback):
         writer.commit()
         self._committed_at = time.monotonic()
 
+    def _commit_unless_complete(self, writer: ProofWriter) -> None:
+        """(A job) Commit now, unless the final commit, which marked the proof complete, was made."""
+        if writer.manifest["status"] == pf.STATUS_IN_PROGRESS:
+            self._commit(writer, force=True)
+
     def _commit_now(self) -> None:
         """Commit what was handed to the writer, and wait for it (a Lightning checkpoint, ``identity``)."""
         writer = self._writer
-        if writer is None:
-            return
-        self._run(lambda: self._commit(writer, force=True))
+        if writer is None or not self._fitting:
+            return  # after fit, everything was committed (or a failed write stopped the writing)
+        self._run(lambda: self._commit_unless_complete(writer))
         if self._jobs is not None:
             self._jobs.flush()
 
     def _commit_on_exit(self) -> None:
-        """Fit ends without ``on_train_end`` (an exception, an interrupt): commit what was written."""
+        """At the end of fit, commit what was written if the proof is not complete (fit raised)."""
         writer = self._writer
         if writer is None or self._write_failed or (self._jobs is not None and self._jobs.error is not None):
             return
-
-        def job() -> None:
-            if writer.manifest["status"] == pf.STATUS_IN_PROGRESS:
-                self._commit(writer, force=True)
-
         try:
-            self._run(job)
+            self._run(lambda: self._commit_unless_complete(writer))
         except Exception as e:  # noqa: BLE001 - fit is already ending with its own exception
             log.warning("proof of learning: the last commit failed: %s", e)
 

@@ -183,3 +183,16 @@ def test_background_jobs_run_with_a_short_switch_interval_then_put_it_back():
     assert sys.getswitchinterval() == pytest.approx(0.002)
     sys.setswitchinterval(before)
     jobs.close()
+
+
+def test_a_lightning_checkpoint_after_fit_writes_nothing_to_the_proof(tmp_path):
+    proof = tmp_path / "proof"
+    pol = ProofOfLearning(proof, every_n_steps=4)
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer([pol], tmp_path, max_epochs=1)
+    trainer.fit(UnseenModule(), datamodule=UnseenDataModule(num_workers=0))
+    manifest = proof / pf.MANIFEST
+    before = (manifest.read_bytes(), manifest.stat().st_mtime_ns)
+    trainer.save_checkpoint(tmp_path / "after.ckpt")  # calls the callback's state_dict
+    assert pol.identity == pf.sha256_bytes(before[0])
+    assert (manifest.read_bytes(), manifest.stat().st_mtime_ns) == before
