@@ -90,9 +90,9 @@ class ProofOfLearning(Callback):
 
     A checkpoint's file is written when it is taken; the manifest that lists
     it is committed at most every ``commit_every_s`` seconds, whenever
-    Lightning saves a checkpoint (``state_dict``), and at the end. A commit
-    costs a manifest, an index-log chunk and four fsyncs, which on a small
-    model cost more than the checkpoint itself.
+    Lightning saves a checkpoint (``state_dict``), when fit raises, and at the
+    end. A commit writes an index-log chunk and the manifest and syncs their
+    directories, which on a small model costs more than the checkpoint itself.
 
     The global RNG is saved after each backward pass and restored at the start
     of the next batch, so draws made between steps (a DataLoader seeding its
