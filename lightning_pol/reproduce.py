@@ -16,6 +16,7 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -123,6 +124,9 @@ def main(cfg: DictConfig) -> None:
         table = study(cfg, out)
     except (PoLError, OmegaConfBaseException, OSError, ValueError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except InstantiationException as e:  # a config value its target refused: the target's reason
+        print(f"error: {one_line(e.__cause__ or e)}", file=sys.stderr)
         sys.exit(2)
     print(table_markdown(table))
     print(f"outputs: {out}/table.json, table.md, entropy_growth.png, calibration.json")

@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -46,6 +47,9 @@ def run(cfg: DictConfig) -> int:
         proof = ProofReader(dirpath)
     except (PoLError, OmegaConfBaseException, OSError, ImportError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except InstantiationException as e:  # a config value its target refused (pol.max_pending=0): the target's reason
+        print(f"error: {one_line(e.__cause__ or e)}", file=sys.stderr)
         return 2
     size = sum(e["bytes"] for e in proof.manifest["files"].values())
     print(f"proof: {dirpath.resolve()}")

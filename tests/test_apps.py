@@ -127,3 +127,6 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     done = run_app("train", "data=cifar10", "data.root=" + str(tmp_path / "nodata"), "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 't'}")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "download" in done.stderr.strip().splitlines()[-1]
+    done = run_app("train", "pol.commit_every_s=-1", f"hydra.run.dir={tmp_path / 'c'}")  # refused by the callback itself
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == ["error: commit_every_s must be a number of seconds >= 0, got -1"]
