@@ -152,32 +152,36 @@ def cpu_model() -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _installed() -> tuple[tuple[str, Any], ...]:
-    # What cannot change while the process runs, read once: the CUDA and cuDNN
-    # queries and /proc/cpuinfo cost milliseconds, at every fit of a sweep.
-    return (
-        ("python", platform.python_version()),
-        ("torch", torch.__version__),
-        ("lightning", lightning.__version__),
-        ("numpy", np.__version__),
-        ("safetensors", safetensors.__version__),
-        ("cuda", torch.version.cuda),
-        ("cudnn", torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None),
-        ("platform", platform.platform()),
-        ("machine", platform.machine()),
-        ("cpu", cpu_model()),
-        ("cpu_count", os.cpu_count()),
-    )
+def _installed() -> dict[str, Any]:
+    """What cannot change while the process runs, read once (never mutated: callers copy it).
+
+    The CUDA and cuDNN queries and /proc/cpuinfo cost milliseconds, at every fit of a sweep.
+    """
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "numpy": np.__version__,
+        "safetensors": safetensors.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpus": tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) if cuda else (),
+    }
 
 
 def environment() -> dict[str, Any]:
     """Software and hardware that bear on bit-exact replay."""
-    cuda = torch.cuda.is_available()
+    installed = _installed()
     return {
-        **dict(_installed()),
+        **{k: v for k, v in installed.items() if k != "gpus"},
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "gpus": list(installed["gpus"]),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
