@@ -72,6 +72,19 @@ def relist(proof: Path, rel: str) -> None:
     (proof / pf.MANIFEST).write_bytes(manifest_bytes(m))
 
 
+def write_checkpoint(proof: Path, rel: str, state: dict[str, Any]) -> None:
+    """Write ``state`` as checkpoint ``rel`` exactly as the callback encodes one, and re-sign it in the manifest."""
+    import json
+
+    from lightning_pol import proof_format as pf
+    from lightning_pol.state_codec import encode_state
+    from lightning_pol.writer import safetensors_bytes
+
+    tensors, tree = encode_state(state)
+    (proof / rel).write_bytes(safetensors_bytes(tensors, {pf.CHECKPOINT_STATE_KEY: json.dumps(tree, allow_nan=False, separators=(",", ":"))}))
+    relist(proof, rel)
+
+
 class _Boom:
     def __init__(self, marker: Path) -> None:
         self.marker = marker

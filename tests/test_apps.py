@@ -130,3 +130,47 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     done = run_app("train", "pol.commit_every_s=-1", f"hydra.run.dir={tmp_path / 'c'}")  # refused by the callback itself
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == ["error: commit_every_s must be a number of seconds >= 0, got -1"]
+
+
+def _tampered_final(trained: Path, dest: Path) -> Path:
+    """A copy of ``trained`` whose final checkpoint has one weight changed (re-signed): only the last segment fails."""
+    import shutil
+
+    import torch
+
+    from tests.conftest import write_checkpoint
+
+    shutil.copytree(trained, dest)
+    reader = ProofReader(dest)
+    entry = reader.checkpoints[-1]
+    state = reader.load_checkpoint(entry)
+    key = next(k for k, v in state["model"].items() if v.is_floating_point() and v.numel() > 1)
+    weights = state["model"][key].clone()
+    weights.reshape(-1)[0] += 1e-3
+    state["model"] = {**state["model"], key: weights}
+    write_checkpoint(dest, entry["path"], state)
+    return dest
+
+
+def test_two_shard_multirun_over_a_rejected_proof_merges_to_rejected(trained, tmp_path):
+    """One shard replays the broken last segment, the other only honest ones: the merged verdict is the rejection."""
+    proof = _tampered_final(trained, tmp_path / "proof")
+    sweep = tmp_path / "sweep"
+    done = run_app("verify", "--multirun", f"proof_dir={proof}", "verifier.q=0", "verifier.num_shards=2",
+                   "verifier.shard=0,1", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 1, done.stderr[-3000:]
+    shards = [json.loads((sweep / str(i) / "verification.json").read_text()) for i in (0, 1)]
+    assert sorted(s["valid"] for s in shards) == [False, True]  # the failure is in one shard only
+    merged = json.loads((sweep / "verification.json").read_text())
+    assert merged["valid"] is False and merged["checks"]["replay"]["passed"] is False
+    assert merged["checks"]["replay"]["failed"] == [[80, 90]]
+    assert "| verification.json |" in (sweep / "summary.md").read_text() and "INVALID" in (sweep / "summary.md").read_text()
+
+
+def test_a_sweep_with_a_shard_missing_is_unusable(trained, tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_app("verify", "--multirun", f"proof_dir={trained}", "verifier.q=0", "verifier.num_shards=2",
+                   "verifier.shard=0", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert not (sweep / "verification.json").exists()
+    assert "shards [0] of 2 finished; cannot merge" in (sweep / "summary.md").read_text()

@@ -189,3 +189,17 @@ def test_chain_of_three(family, tmp_path):
     assert report.valid, report.summary()
     assert report.checks["chain"]["proofs"] == [ProofReader(p).identity for p in (grandchild, child, parent)]
     assert report.checks["chain"]["vsr"] == 1.0
+
+
+def test_a_registry_record_of_an_invalid_verification_is_not_trusted_for_a_parent(family, tmp_path):
+    """The registry records every verification, rejections too: a parent recorded invalid is verified again, not looked up."""
+    _, parent, child, _ = family
+    db = tmp_path / "registry.sqlite"
+    p = ProofReader(parent)
+    Registry(db).record(p.identity, p.checkpoints[-1]["sha256"], False, 0.0, {"chain": [p.identity]}, {})
+    report = verify_proof(child, q=1, random=0, registry=db)
+    chain = report.checks["chain"]
+    assert chain["parent_from_registry"] is False and chain["parent_report"]["valid"] is True
+    assert report.valid and chain["vsr"] == 1.0
+    # the parent's record is now the valid one just made, and a second verification takes it from the registry
+    assert verify_proof(child, q=1, random=0, registry=db).checks["chain"]["parent_from_registry"] is True

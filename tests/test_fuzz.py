@@ -38,6 +38,10 @@ def test_small_campaign_ends_every_mutant_in_a_clean_verdict(honest, tmp_path):
     assert stats["max_seconds"] < 30 and stats["max_rss_growth_mb"] < 200
     assert stats["full_cases"] >= 15 and set(stats["full_exits"]) <= {"1", "2"}
     assert json.loads((tmp_path / "campaign" / "summary.json").read_text())["stats"]["cases"] == 330
+    # The well-formed lies have no verdict but the full one: every semantic mutant is verified in full, and rejected.
+    semantic = [c for c in result.cases if c.cls == "semantic"]
+    assert len(semantic) == 30 and all(c.full is not None and c.full["exit"] == 1 for c in semantic), \
+        [(c.desc, c.full) for c in semantic if c.full is None or c.full["exit"] != 1]
 
 
 def test_worker_reports_hangs_and_memory(tmp_path):

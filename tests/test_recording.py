@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_pol import PoLError, ProofReader
+from lightning_pol import PoLError, ProofReader, verify_proof
 from tests.conftest import make_trainer, train_with_proof
 from tests.unseen_project import UnseenDataModule, UnseenModule
 
@@ -28,15 +28,21 @@ def recorded_steps(proof):
         (dict(num_workers=2, sampler="batch_sampler"), dict(max_epochs=2), 2 * 113),
         (dict(num_workers=2), dict(max_epochs=3, limit_train_batches=10), 30),
         (dict(num_workers=2, persistent_workers=True), dict(max_steps=70, max_epochs=-1), 70),
+        (dict(num_workers=2, every_rng=True), dict(max_epochs=2), 2 * 57),
     ],
-    ids=["persistent-workers", "drop-last", "accumulation", "custom-sampler", "batch-sampler", "limit-batches", "max-steps-mid-epoch"],
+    ids=["persistent-workers", "drop-last", "accumulation", "custom-sampler", "batch-sampler", "limit-batches", "max-steps-mid-epoch",
+         "numpy-and-python-random-augmentation"],
 )
-def test_index_log_matches_training_step(tmp_path, dm_kwargs, trainer_kwargs, steps):
+def test_index_log_matches_training_step_and_the_proof_verifies(tmp_path, dm_kwargs, trainer_kwargs, steps):
+    """What the README calls supported as is: recorded as training_step saw it, and every segment replays bit for bit."""
     proof, module, _ = train_with_proof(tmp_path, UnseenModule(), UnseenDataModule(**dm_kwargs), every_n_steps=7, **trainer_kwargs)
     reader, log = recorded_steps(proof)
     assert len(log) == steps == reader.manifest["final_step"]
     assert log == module.seen
     assert [c["step"] for c in reader.checkpoints] == sorted(set(range(0, steps, 7)) | {steps})
+    report = verify_proof(proof, q=0)
+    assert report.valid, report.summary()
+    assert len(report.segments) == len(reader.checkpoints) - 1 and all(s.bit_exact for s in report.segments)
 
 
 def test_accumulated_step_holds_all_its_micro_batches(tmp_path):

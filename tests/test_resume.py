@@ -7,7 +7,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_pol import ProofOfLearning, ProofReader
+from lightning_pol import PoLError, ProofOfLearning, ProofReader
 from lightning_pol import proof_format as pf
 from tests.conftest import make_trainer
 from tests.test_determinism import replay
@@ -149,3 +149,62 @@ def test_sigkill_after_the_fourth_lightning_checkpoint_then_resume_verifies(tmp_
     report = verify_proof(tmp_path / "proof", q=0)
     assert report.valid, report.reasons
     assert report.checks["replay"]["summary"] == f"{len(reader.checkpoints) - 1}/{len(reader.checkpoints) - 1} segments bit-exact"
+
+
+# -- what a resume refuses, leaving the proof as it was ---------------------------------------
+
+@pytest.fixture
+def crashed(tmp_path):
+    """A run that crashed at step 66 of epoch 1: its proof (committed data, checkpoints to 64) and last.ckpt (step 57).
+
+    Per test, in place: the callback's state in last.ckpt is keyed by its dirpath, as ModelCheckpoint's is."""
+    root = tmp_path / "run"
+    pl.seed_everything(0, verbose=False)
+    with pytest.raises(Crash):
+        run(root, UnseenModule(), crash_at=66)
+    return root
+
+
+def _resume_refused(root, edit_manifest=None, datamodule=None) -> str:
+    import json
+
+    from lightning_pol.writer import manifest_bytes
+
+    manifest = root / "proof" / pf.MANIFEST
+    if edit_manifest is not None:
+        m = json.loads(manifest.read_text())
+        edit_manifest(m)
+        manifest.write_bytes(manifest_bytes(m))
+    listed = [pf.MANIFEST, *json.loads(manifest.read_text())["files"]]
+    before = {rel: (root / "proof" / rel).read_bytes() for rel in listed}
+    callbacks = [ModelCheckpoint(dirpath=root / "ckpt", save_last=True, every_n_epochs=1, save_top_k=-1),
+                 ProofOfLearning(root / "proof", every_n_steps=8)]
+    trainer = make_trainer(callbacks, root, max_epochs=3, gradient_clip_val=1.0, enable_checkpointing=True)
+    with pytest.raises(PoLError) as refused:
+        trainer.fit(UnseenModule(), datamodule=datamodule or UnseenDataModule(num_workers=2), ckpt_path=root / "ckpt" / "last.ckpt")
+    after = {rel: (root / "proof" / rel).read_bytes() for rel in listed}
+    assert after == before  # nothing of the proof is lost or changed by the refusal (unlisted files are not part of it)
+    return str(refused.value)
+
+
+def test_resume_with_other_training_data_is_refused(crashed):
+    reason = _resume_refused(crashed, datamodule=UnseenDataModule(num_workers=2, augment=False))
+    assert reason == "cannot resume: the training data differs from the data this proof committed to"
+
+
+def test_resume_into_another_runs_proof_is_refused(crashed):
+    def other_run(m):
+        m["run_id"] = "0123456789abcdef0123456789abcdef"
+
+    reason = _resume_refused(crashed, edit_manifest=other_run)
+    assert "holds the proof of run 0123456789abcdef0123456789abcdef, not of run" in reason
+
+
+def test_resume_from_a_proof_that_records_fewer_steps_than_the_checkpoint_expects_is_refused(crashed):
+    def forget_steps(m):
+        for chunk in m["index_log"]:
+            del m["files"][chunk["path"]]
+        m["index_log"] = []
+
+    reason = _resume_refused(crashed, edit_manifest=forget_steps)
+    assert reason == "cannot resume: the proof records 0 steps but the Lightning checkpoint expects 56"

@@ -18,7 +18,7 @@ from lightning_pol.distances import distances
 from lightning_pol.state_codec import encode_state
 from lightning_pol.verifier import verify_proof
 from lightning_pol.writer import manifest_bytes, safetensors_bytes
-from tests.conftest import pickle_bomb, relist, train_with_proof
+from tests.conftest import pickle_bomb, relist, train_with_proof, write_checkpoint
 from tests.unseen_project import UnseenDataModule, UnseenModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,3 +258,98 @@ def test_another_thread_count_is_reported_and_tolerant_mode_accepts_within_delta
     assert all(0 <= s.distances["l2"] <= 0.05 for s in report.segments)
     with pytest.raises(Exception, match="tolerant mode needs"):
         verify_proof(pristine, mode="tolerant")
+
+
+# -- segment selection -----------------------------------------------------------------------
+
+def test_random_segments_are_unpredictable_and_their_detection_probability_is_stated(pristine):
+    a = verify_proof(pristine, q=1, random=1)
+    b = verify_proof(pristine, q=1, random=1)
+    assert a.valid and b.valid
+    assert a.selection["seed"] != b.selection["seed"]  # drawn from the OS, not fixed
+    # 22 segments: epoch 0 has 8 (top-Q takes one, 7 left for one random pick), epochs 1 and 2 have 7 each
+    assert a.selection["detection_probability_one_fake_per_epoch"] == pytest.approx({0: 1 / 7, 1: 1 / 6, 2: 1 / 6})
+    picks = {tuple(s.start_step for s in selected_segments(pristine, q=1, random=1, seed=seed)) for seed in range(10)}
+    assert len(picks) > 1  # the seed decides which segments are replayed
+
+
+def selected_segments(proof: Path, q: int, random: int, seed: int) -> list:
+    """The segments the verifier selects with these settings, without replaying them."""
+    import functools
+
+    from lightning_pol.replay import PoLVerifierModule
+    from lightning_pol.report import Report
+    from lightning_pol.verifier import _select
+
+    reader = ProofReader(proof)
+    entries = {c["step"]: c for c in reader.checkpoints}
+    state = functools.lru_cache(maxsize=None)(lambda step: reader.load_checkpoint(entries[step]))
+    return _select(PoLVerifierModule(reader), sorted(entries), state, q, random, seed, Report(str(proof), None, False))
+
+
+def test_detection_probability_of_random_segments():
+    from lightning_pol.verifier import detection_probability
+
+    assert detection_probability(10, 3, 2) == pytest.approx(1 - 56 / 120)  # 1 - C(8,3)/C(10,3)
+    assert detection_probability(7, 1, 1) == pytest.approx(1 / 7)
+    assert detection_probability(5, 5, 1) == 1.0 and detection_probability(5, 4, 2) == 1.0
+    assert detection_probability(5, 0, 1) == 0.0 and detection_probability(5, 2, 0) == 0.0
+
+
+# -- checks that no replayed segment would catch -------------------------------------------------
+
+def _unreplayed_step(proof: Path, report) -> int:
+    replayed = {t for s in report.segments for t in range(s.start_step, s.end_step)}
+    return next(t for t in range(1, 50) if t not in replayed)
+
+
+def test_a_duplicated_index_in_a_step_that_is_never_replayed_is_rejected(proof):
+    honest = verify_proof(proof, q=1, random=0)
+    assert honest.valid and honest.checks["data"]["permutation"]["passed"]
+    t = _unreplayed_step(proof, honest)
+    log = ProofReader(proof).index_log()
+    idx = log.indices.clone()
+    idx[int(log.offsets[t])] = idx[int(log.offsets[t]) + 1]  # the sample twice in step t, another sample never in epoch 0
+    (proof / pf.INDEX_LOG_FINAL).write_bytes(safetensors_bytes(dict(log.to_tensors(), indices=idx)))
+    relist(proof, pf.INDEX_LOG_FINAL)
+    report = verify_proof(proof, q=1, random=0)
+    assert [(s.start_step, s.end_step) for s in report.segments] == [(s.start_step, s.end_step) for s in honest.segments]
+    assert report.checks["replay"]["passed"] is True  # the replayed segments are untouched
+    assert not report.valid and report.checks["data"]["passed"] is False
+    assert report.checks["data"]["permutation"]["epochs_not_permutations"] == [0]
+
+
+def test_leaves_that_do_not_hash_to_the_committed_root_are_rejected_by_the_default_verifier(proof):
+    honest = verify_proof(proof, q=1, random=0)
+    log = ProofReader(proof).index_log()
+    replayed = {int(i) for s in honest.segments for t in range(s.start_step, s.end_step) for i in log.step(t).tolist()}
+    sample = next(i for i in range(1797) if i not in replayed)  # its leaf is never recomputed from the data
+    leaves = ProofReader(proof).leaves().clone()
+    leaves[sample, 0] ^= 1
+    (proof / pf.LEAVES).write_bytes(safetensors_bytes({pf.LEAVES_KEY: leaves}))
+    relist(proof, pf.LEAVES)
+    report = verify_proof(proof, q=1, random=0)
+    assert not report.valid and report.checks["data"]["passed"] is False
+    assert report.checks["data"]["mismatched_samples"] == []
+    assert "the leaves do not hash to the committed Merkle root" in report.checks["data"]["problems"]
+
+
+@pytest.mark.parametrize("what", ["optimizer", "rng"])
+def test_a_final_checkpoint_with_only_its_optimizer_or_rng_state_changed_fails_its_segment(proof, what):
+    reader = ProofReader(proof)
+    entry = reader.checkpoints[-1]
+    state = reader.load_checkpoint(entry)
+    if what == "optimizer":
+        moments = state["optimizers"][0]["state"][0]["exp_avg"].clone()
+        moments.reshape(-1)[0] += 1e-3
+        state["optimizers"][0]["state"][0]["exp_avg"] = moments
+    else:
+        rng = state["rng"]["torch"].clone()
+        rng[100] ^= 1
+        state["rng"]["torch"] = rng
+    write_checkpoint(proof, entry["path"], state)
+    segments = len(reader.checkpoints) - 1
+    report = verify_proof(proof, q=0, num_shards=segments, shard=segments - 1)  # this shard replays the last segment only
+    assert [(s.start_step, s.end_step) for s in report.segments] == [(168, 171)]
+    assert not report.valid and report.checks["replay"]["failed"] == [[168, 171]]
+    assert report.segments[0].distances["l2"] == 0.0  # the weights replay exactly: only the other state differs

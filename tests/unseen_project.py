@@ -11,7 +11,10 @@ index log against what ``training_step`` really received.
 
 from __future__ import annotations
 
+import random
+
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
@@ -20,11 +23,15 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 
 class NoisyDigits(Dataset):
-    def __init__(self, augment: bool) -> None:
+    """``augment``: noise and flips from torch's global RNG; ``every_rng``: a brightness from numpy's global RNG
+    and a 90-degree turn from Python's ``random`` too, as torchvision-era and hand-written pipelines do."""
+
+    def __init__(self, augment: bool, every_rng: bool = False) -> None:
         digits = load_digits()
         self.x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
         self.y = torch.tensor(digits.target)
         self.augment = augment
+        self.every_rng = every_rng
 
     def __len__(self) -> int:
         return len(self.y)
@@ -35,6 +42,10 @@ class NoisyDigits(Dataset):
             x = x + 0.1 * torch.randn_like(x)
             if torch.rand(()) < 0.5:
                 x = x.flip(-1)
+        if self.every_rng:
+            x = x * float(np.random.uniform(0.8, 1.2))
+            if random.random() < 0.5:
+                x = x.rot90(1, (-2, -1))
         return x, self.y[i], i
 
 
@@ -84,13 +95,14 @@ class UnseenDataModule(pl.LightningDataModule):
         drop_last: bool = False,
         persistent_workers: bool = False,
         sampler: str = "shuffle",
+        every_rng: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.data: NoisyDigits | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        self.data = NoisyDigits(self.hparams.augment)
+        self.data = NoisyDigits(self.hparams.augment, self.hparams.every_rng)
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams

@@ -249,10 +249,12 @@ def run_campaign(
     proof: Path | None = None,
     classes: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    verify_all: tuple[str, ...] = ("semantic",),
 ) -> CampaignResult:
     """Run ``cases`` mutants (classes in turn) through the fast path, then ``full`` well-formed ones (None:
-    every one) and ``others`` of the rest through full verification. Writes ``summary.json``, ``summary.md`` and
-    ``cases.jsonl`` into ``out``; mutants with findings are kept under ``out/findings``."""
+    every one) and ``others`` of the rest through full verification, and every mutant of the ``verify_all``
+    classes (the well-formed lies, whose only verdict is the full one). Writes ``summary.json``, ``summary.md``
+    and ``cases.jsonl`` into ``out``; mutants with findings are kept under ``out/findings``."""
     t0 = time.monotonic()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -274,6 +276,7 @@ def run_campaign(
     record: list[Case] = []
     kept_wellformed: dict[str, list[Case]] = defaultdict(list)
     kept_others: list[Case] = []
+    kept_all: list[Case] = []
     pick = random.Random(seed)
     seen_others = 0
     try:
@@ -301,6 +304,9 @@ def run_campaign(
             keep = None
             if case.findings:
                 keep = out / "findings" / f"{i:05d}"
+            elif cls in verify_all:
+                kept_all.append(case)
+                keep = out / "keep" / f"{i:05d}"
             elif case.stage == "wellformed" and (full is None or len(kept_wellformed[cls]) < full):
                 kept_wellformed[cls].append(case)
                 keep = out / "keep" / f"{i:05d}"
@@ -328,7 +334,7 @@ def run_campaign(
             quota = cases // len(names) + (1 if k < cases % len(names) else 0)
             _generate(lambda data, cls=cls: one(cls, data), lambda: len(record), len(record) + quota, seed * 1_000_003 + k * 1000)
 
-        chosen = _round_robin(kept_wellformed, full if full is not None else len(record)) + kept_others
+        chosen = _round_robin(kept_wellformed, full if full is not None else len(record)) + kept_others + kept_all
         say(f"full verification of {len(chosen)} mutants")
         for case in chosen:
             root = out / "keep" / f"{case.id:05d}"
@@ -349,7 +355,8 @@ def run_campaign(
     time.sleep(1.0)  # a payload started in the background would have written its marker by now
     result = CampaignResult(record, time.monotonic() - t0, str(honest_dir),
                             {"cases": cases, "seed": seed, "full": full, "others": others, "timeout_s": timeout,
-                             "full_timeout_s": full_timeout, "rss_bound_mb": rss_bound_mb, "classes": names},
+                             "full_timeout_s": full_timeout, "rss_bound_mb": rss_bound_mb, "classes": names,
+                             "verify_all": list(verify_all)},
                             worker.restarts, sorted(p.name for p in env.canary.iterdir()))
     with open(out / "cases.jsonl", "w") as f:
         for c in record:
