@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
 from lightning_pol.errors import PoLError
+from lightning_pol.zoo.split_data import TrainValDataModule
 
 # Per-channel mean and std of each training set's pixels in [0, 1].
 STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -18,7 +18,7 @@ STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
-class CifarDataModule(pl.LightningDataModule):
+class CifarDataModule(TrainValDataModule):
     """Example::
 
         dm = CifarDataModule("cifar10", root="data", download=True)
@@ -51,8 +51,6 @@ class CifarDataModule(pl.LightningDataModule):
         if name not in NUM_CLASSES:
             raise PoLError(f"unknown dataset {name!r}; choose one of {list(NUM_CLASSES)}")
         self.save_hyperparameters()
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
 
     @property
     def num_classes(self) -> int:
@@ -94,21 +92,3 @@ class CifarDataModule(pl.LightningDataModule):
             return
         self.train_set = self._dataset(train=True)
         self.val_set = self._dataset(train=False)
-
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        h = self.hparams
-        return DataLoader(
-            dataset,
-            batch_size=h.batch_size,
-            shuffle=train,
-            num_workers=h.num_workers,
-            persistent_workers=h.persistent_workers and h.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        assert self.val_set is not None
-        return self._loader(self.val_set, train=False) if len(self.val_set) else []

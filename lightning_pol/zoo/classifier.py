@@ -6,7 +6,6 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_pol.zoo.classification import ClassificationSteps
-
 from lightning_pol.zoo.networks import build_network
 
 

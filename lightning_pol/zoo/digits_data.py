@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from lightning_pol.zoo.split_data import TrainValDataModule
 
 
 class DigitsDataset(Dataset):
@@ -29,7 +30,7 @@ class DigitsDataset(Dataset):
         return image, int(self.labels[index])
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class DigitsDataModule(TrainValDataModule):
     """Example::
 
         dm = DigitsDataModule(batch_size=32)
@@ -51,8 +52,6 @@ class DigitsDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.train_set: DigitsDataset | None = None
-        self.val_set: DigitsDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -67,22 +66,3 @@ class DigitsDataModule(pl.LightningDataModule):
         val, train = order[:n_val], order[n_val:]
         self.train_set = DigitsDataset(images[train], labels[train], augment=self.hparams.augment)
         self.val_set = DigitsDataset(images[val], labels[val])
-
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        h = self.hparams
-        return DataLoader(
-            dataset,
-            batch_size=h.batch_size,
-            shuffle=h.shuffle and train,
-            drop_last=h.drop_last and train,
-            num_workers=h.num_workers,
-            persistent_workers=h.persistent_workers and h.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        assert self.val_set is not None
-        return self._loader(self.val_set, train=False) if len(self.val_set) else []

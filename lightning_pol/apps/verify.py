@@ -1,0 +1,103 @@
+"""``python -m lightning_pol.verify proof_dir=DIR``: verify a proof; exit 0 valid, 1 rejected, 2 unusable input, 3 crash.
+
+Under ``--multirun``, ``verifier.num_shards=N verifier.shard=0,...,N-1`` splits one
+verification across jobs; :class:`lightning_pol.apps.shards.MergeShards` (registered
+in ``conf/verify.yaml``) merges them into ``verification.json`` in the sweep
+directory and exits with the merged verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_pol.apps import CONF_DIR, exit_code
+from lightning_pol.errors import PoLError
+from lightning_pol.verification.settings import VerifierSettings
+from lightning_pol.verification.verifier import verify_proof
+
+REPORT = "verification.json"
+ERROR = "verification.error.json"
+SHARED_SEED = "verifier_seed.txt"
+
+
+def verify_with(settings: VerifierSettings, proof_dir: str | Path, out: Path) -> int:
+    """Verify with ``settings``, write the report to ``out``, print the summary; returns the exit code."""
+    return exit_code(lambda: verify_and_report(settings, proof_dir, out), _error_file(out, proof_dir))
+
+
+def verify_and_report(settings: VerifierSettings, proof_dir: str | Path, out: Path) -> int:
+    """The body of :func:`verify_with`: raises what :func:`~lightning_pol.apps.exit_code` turns into exit 2 or 3."""
+    if not Path(proof_dir).is_dir():
+        raise PoLError(f"no proof directory at {proof_dir}")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=0, desc="replaying segments", unit="segment", disable=not sys.stderr.isatty())
+
+    def progress(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    report = verify_proof(proof_dir, settings, progress=progress)
+    bar.close()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report.to_json())
+    except OSError as e:
+        raise PoLError(f"cannot write the report to {out} ({e.strerror})") from None
+    print(report.summary())
+    print(f"report: {out}")
+    return 0 if report.valid else 1
+
+
+def _error_file(out: Path, proof_dir: Any) -> Callable[[str, int], None]:
+    """Where a job that ends without a report says why (a multirun's merge reads it)."""
+
+    def write(message: str, code: int) -> None:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            (out.parent / ERROR).write_text(json.dumps({"error": message, "exit_code": code, "proof_dir": str(proof_dir)}))
+        except OSError:
+            pass  # the error line on stderr says it already
+
+    return write
+
+
+def run(cfg: DictConfig) -> int:
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    out = job_dir / REPORT if multirun or not cfg.get("report") else Path(str(cfg.report))
+    proof_dir = None if OmegaConf.is_missing(cfg, "proof_dir") else cfg.proof_dir
+
+    def body() -> int:
+        if proof_dir is None:
+            raise PoLError("no proof to verify: pass proof_dir=DIR")
+        settings = VerifierSettings.from_config(cfg.verifier, registry=cfg.get("registry"), parents=cfg.get("parents"))
+        seed_file = Path(hc.sweep.dir) / SHARED_SEED
+        if multirun and settings.seed is None and seed_file.exists():  # every shard of a sweep selects with one seed
+            settings = settings.replace(seed=int(seed_file.read_text()))
+        return verify_and_report(settings, str(proof_dir), out)
+
+    return exit_code(body, _error_file(out, proof_dir))
+
+
+@hydra.main(config_path=CONF_DIR, config_name="verify", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    code = run(cfg)
+    if code and HydraConfig.get().mode != RunMode.MULTIRUN:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The only way a proof is loaded: every file is treated as hostile input.
+
+Nothing here unpickles or imports anything named by the proof. Paths are
+checked before they are opened, sizes before anything is allocated (and a
+buffer is only ever as large as the file really is), digests before anything
+is parsed; each file is then parsed by its type's one parser (the manifest,
+checkpoints, the index log, the leaves). Every problem becomes a
+:class:`ProofFormatError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_pol.format import layout
+from lightning_pol.format.checkpoint import parse_checkpoint
+from lightning_pol.format.index_log import IndexLog
+from lightning_pol.format.manifest import CheckpointEntry, FileEntry, Manifest
+from lightning_pol.format.safetensors_io import load_safetensors
+from lightning_pol.format.samples import leaves_from_tensors
+from lightning_pol.format.strict_json import ProofFormatError
+
+__all__ = ["ProofFormatError", "ProofReader"]
+
+#: Size cap of the manifest, generous for real proofs (about 250 bytes per checkpoint), small enough that
+#: parsing at the cap stays in the low hundreds of MB.
+MAX_MANIFEST_BYTES = 16 << 20
+_HASH_CHUNK = 1 << 20
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a modest machine
+        return 16 << 30
+
+
+#: The largest file this reader hashes or loads: half of this machine's memory. A listed file
+#: above it is refused before it is read (a sparse file can claim a terabyte for free).
+MAX_FILE_BYTES = _physical_memory() // 2
+
+
+def _open_regular(root: Path, rel: str) -> Path:
+    """Resolve ``rel`` inside ``root`` without following any symlink (checked again on the open file)."""
+    if not layout.is_safe_relative_path(rel):
+        raise ProofFormatError(f"unsafe path in manifest: {rel[:100]!r}")
+    path = root
+    for part in rel.split("/"):
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise ProofFormatError(f"missing file: {rel}") from None
+        except OSError as e:  # a name too long, a component that is not a directory...
+            raise ProofFormatError(f"cannot open {rel[:200]} ({e.strerror})") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise ProofFormatError(f"symlink in proof: {rel}")
+    if not stat.S_ISREG(st.st_mode):
+        raise ProofFormatError(f"not a regular file: {rel}")
+    return path
+
+
+class ProofReader:
+    """Read-only view of a proof directory: its typed :attr:`manifest`, and every file checked as it is read.
+
+    Example::
+
+        proof = ProofReader("proof/")
+        print(proof.identity, [c.step for c in proof.checkpoints])
+        state = proof.load_checkpoint(proof.checkpoints[0])
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ProofFormatError(f"{self.root} is not a directory")
+        raw = self._read_raw(layout.MANIFEST, MAX_MANIFEST_BYTES)
+        #: SHA-256 of ``manifest.json``: the proof's identity.
+        self.identity = layout.sha256_bytes(raw)
+        self.manifest: Manifest = Manifest.parse(raw)
+
+    @property
+    def checkpoints(self) -> list[CheckpointEntry]:
+        return self.manifest.checkpoints
+
+    @property
+    def recorded_steps(self) -> int:
+        """Number of optimizer steps whose batches the index log holds."""
+        return self.manifest.recorded_steps
+
+    # -- files -------------------------------------------------------------------
+    def _open(self, rel: str, limit: int, exact: int | None = None) -> tuple[int, int]:
+        """An open descriptor of the regular file ``rel`` and its size, checked before a byte is read.
+
+        The checks are made on the open file (``fstat``), so a file swapped after the path was checked
+        is caught too; O_NONBLOCK keeps a FIFO from blocking the open. A file with more than one
+        name (a hard link) is refused: its other names may lie outside the proof.
+        """
+        path = _open_regular(self.root, rel)
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError as e:
+            raise ProofFormatError(f"cannot open {rel} ({e.strerror})") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ProofFormatError(f"not a regular file: {rel}")
+            if st.st_nlink != 1:
+                raise ProofFormatError(f"hard link in proof: {rel} has {st.st_nlink} names")
+            if st.st_size > limit:
+                raise ProofFormatError(f"{rel} is larger than allowed ({st.st_size} > {limit} bytes)")
+            if exact is not None and st.st_size != exact:
+                raise ProofFormatError(f"digest mismatch: {rel} ({st.st_size} bytes, the manifest says {exact})")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st.st_size
+
+    def _read_raw(self, rel: str, limit: int, exact: int | None = None) -> bytes:
+        """The bytes of ``rel``: the buffer is sized from the file itself, never from a declared number."""
+        fd, size = self._open(rel, limit, exact)
+        with open(fd, "rb", closefd=True) as fh:
+            data = fh.read(size + 1)
+        if len(data) != size:
+            raise ProofFormatError(f"{rel} changed size while being read")
+        return data
+
+    def _entry(self, rel: str) -> FileEntry:
+        entry = self.manifest.files.get(rel)
+        if entry is None:
+            raise ProofFormatError(f"{rel} is not listed in the manifest")
+        if entry.bytes > MAX_FILE_BYTES:
+            raise ProofFormatError(f"{rel} is listed with {str(entry.bytes)[:30]} bytes, more than this reader loads ({MAX_FILE_BYTES})")
+        return entry
+
+    def read_file(self, rel: str) -> bytes:
+        """The bytes of a listed file, after checking its size and digest."""
+        entry = self._entry(rel)
+        data = self._read_raw(rel, entry.bytes, exact=entry.bytes)
+        if layout.sha256_bytes(data) != entry.sha256:
+            raise ProofFormatError(f"digest mismatch: {rel}")
+        return data
+
+    def check_file(self, rel: str) -> None:
+        """Size and digest of a listed file, hashed in chunks: memory stays constant whatever its size."""
+        entry = self._entry(rel)
+        fd, size = self._open(rel, entry.bytes, exact=entry.bytes)
+        h = hashlib.sha256()
+        with open(fd, "rb", closefd=True) as fh:
+            left = size + 1
+            while left > 0:
+                block = fh.read(min(_HASH_CHUNK, left))
+                if not block:
+                    break
+                h.update(block)
+                left -= len(block)
+        if left != 1:
+            raise ProofFormatError(f"{rel} changed size while being read")
+        if h.hexdigest() != entry.sha256:
+            raise ProofFormatError(f"digest mismatch: {rel}")
+
+    def verify_files(self) -> list[str]:
+        """Problems with listed files, and unlisted files in the directory; empty when all is well."""
+        problems = []
+        for rel in self.manifest.files:
+            try:
+                self.check_file(rel)
+            except ProofFormatError as e:
+                problems.append(str(e))
+        listed = set(self.manifest.files) | {layout.MANIFEST}
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                if rel not in listed:
+                    problems.append(f"unlisted file: {rel}")
+        return problems
+
+    def read_tensors(self, rel: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        return load_safetensors(self.read_file(rel), rel)
+
+    # -- typed content ---------------------------------------------------------------
+    def load_checkpoint(self, entry: CheckpointEntry) -> dict[str, Any]:
+        """Decoded training state of one checkpoint entry of :attr:`checkpoints`."""
+        tensors, metadata = self.read_tensors(entry.path)
+        return parse_checkpoint(tensors, metadata, entry, self.manifest)
+
+    def index_log(self) -> IndexLog:
+        """The whole index log; step t used ``log.step(t)``."""
+        parts = []
+        for chunk in self.manifest.index_log:
+            tensors, _ = self.read_tensors(chunk.path)
+            try:
+                part = IndexLog.from_tensors(tensors)
+            except ValueError as e:
+                raise ProofFormatError(f"{chunk.path}: malformed index log ({e})") from None
+            if part.steps != chunk.steps:
+                raise ProofFormatError(f"{chunk.path}: holds {part.steps} steps, the manifest says {chunk.steps}")
+            parts.append(part)
+        log = IndexLog.concat(parts)
+        size = self.manifest.data.size
+        if len(log.indices) and (log.indices.min() < 0 or log.indices.max() >= size):
+            raise ProofFormatError("index log holds indices outside the dataset")
+        training = self.manifest.training
+        accumulate = training.get("accumulate_grad_batches") or 1
+        world = training.get("world_size") or 1
+        if training.get("automatic_optimization") is True and log.steps:
+            # Lightning steps once per accumulate_grad_batches micro-batches (fewer at an epoch's end), never on none;
+            # a DDP step holds exactly one micro-batch a rank.
+            # Without this, moving a step boundary (step 0 empty, step 2 of three micro-batches) changes nothing a replay sees.
+            per_step = torch.searchsorted(log.batch_offsets, log.offsets).diff()
+            low, high = (world, world) if world > 1 else (1, accumulate)
+            if bool((per_step < low).any()) or bool((per_step > high).any()):
+                raise ProofFormatError(f"index log has steps of {int(per_step.min())} to {int(per_step.max())} micro-batches; "
+                                       f"accumulate_grad_batches is {accumulate}, world_size {world}")
+        return log
+
+    def leaves(self) -> torch.Tensor:
+        data = self.manifest.data
+        if data.leaves is None:
+            raise ProofFormatError("manifest has no data commitment")
+        tensors, _ = self.read_tensors(data.leaves)
+        return leaves_from_tensors(tensors, data.size)

@@ -1,0 +1,358 @@
+"""ProofOfLearning: the Lightning callback that writes a Proof-of-Learning while training."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from lightning_pol.errors import PoLError
+from lightning_pol.format import layout
+from lightning_pol.format.manifest import INIT_STRATEGIES
+from lightning_pol.prover.distributed import (
+    broadcast_from_zero,
+    check_ddp_recordable,
+    gather_to_zero,
+    global_steps,
+    on_rank_zero,
+)
+from lightning_pol.prover.instrumentation import LoaderInstrumentation
+from lightning_pol.prover.ledger import StepLedger
+from lightning_pol.prover.recreation import recreation_record
+from lightning_pol.prover.run_record import new_manifest, training_settings
+from lightning_pol.prover.session import ProofSession
+from lightning_pol.runtime.leaves import compute_leaves, sample_leaf
+from lightning_pol.runtime.loader_hook import UnsupportedDataError
+from lightning_pol.runtime.rng import TrainingStream
+from lightning_pol.runtime.training_state import capture_training_state, snapshot_state
+
+log = logging.getLogger(__name__)
+
+
+class ProofOfLearning(Callback):
+    r"""Write a Proof-of-Learning of this training run to ``dirpath``.
+
+    Example::
+
+        from lightning import Trainer
+        from lightning_pol import ProofOfLearning
+
+        pol = ProofOfLearning("proof/", every_n_steps=8, init_strategy="pytorch_default")
+        trainer = Trainer(max_epochs=3, callbacks=[pol])
+        trainer.fit(model, datamodule=datamodule)   # model and datamodule unchanged
+
+    The proof holds W_0, the full training state every ``every_n_steps``
+    optimizer steps and at the end, the dataset indices of every step, a
+    Merkle commitment to the training data, and what the verifier needs to
+    re-create the module and data (docs/proof-format.md).
+
+    - ``setup``: refuses what the verifier could not re-create; instruments the
+      training DataLoader (it records its batches and seeds each sample).
+    - ``on_train_start``: opens the proof (a :class:`~lightning_pol.prover.session.ProofSession`).
+    - ``on_train_batch_start``: restores the training RNG stream; before the first
+      micro-batch of step t, t a multiple of k, writes the checkpoint of step t.
+    - ``on_after_backward``: saves the training RNG stream, so draws between
+      steps (DataLoaders, validation, other callbacks) never shift it.
+    - ``on_train_batch_end``: files the batch under its step (the :class:`~lightning_pol.prover.ledger.StepLedger`).
+    - ``on_train_epoch_end``: after epoch 0, commits to the data it fetched.
+    - ``on_train_end``: the final checkpoint completes the proof; ``teardown``
+      waits for it. ``on_exception`` commits what was written.
+
+    Under ``strategy="ddp"`` every rank records, and rank 0 gathers and writes.
+
+    Args:
+        dirpath: directory of the proof; must be empty or absent (or hold this
+            run's proof when resuming with ``ckpt_path``).
+        every_n_steps: k, the checkpoint interval in optimizer steps.
+        init_strategy: the declared initialization, one of
+            :data:`lightning_pol.INIT_STRATEGIES`.
+        init_params: parameters of the strategy (``{"std": 0.02}`` for ``normal``).
+        seed: the proof seed of the batches' randomness; by default
+            ``torch.initial_seed()``, so ``seed_everything`` makes runs repeatable.
+        overwrite: replace a proof already in ``dirpath``.
+        fsync: flush files to stable storage before renaming them into place.
+        check_recreation: build ``Module(**hparams)`` on the meta device at fit
+            start and compare its ``state_dict`` shapes with the live module.
+        parent: for ``init_strategy="warm_start"``, the proof whose final
+            weights W_0 is; fit refuses to start unless W_0 equals them bit for bit.
+        background: serialize, hash and write checkpoints on a background thread;
+            the training thread only copies the state to CPU memory.
+        max_pending: checkpoints that may wait for the background writer before
+            training waits for the disk.
+        commit_every_s: the least time between two manifest commits (0: every
+            checkpoint). A Lightning checkpoint, the end of training and an
+            exception always commit. A crash loses at most this much of the
+            proof, never its consistency.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str],
+        every_n_steps: int = 100,
+        init_strategy: str = "pytorch_default",
+        init_params: dict[str, Any] | None = None,
+        seed: int | None = None,
+        overwrite: bool = False,
+        fsync: bool = True,
+        check_recreation: bool = True,
+        parent: str | os.PathLike[str] | None = None,
+        background: bool = True,
+        max_pending: int = 2,
+        commit_every_s: float = 30.0,
+    ) -> None:
+        _validate_positive_int("every_n_steps", every_n_steps)
+        _validate_init(init_strategy, parent)
+        if seed is not None and not 0 <= int(seed) < 2**63:
+            raise PoLError(f"seed must be in [0, 2**63), got {seed}")
+        _validate_positive_int("max_pending", max_pending)
+        if isinstance(commit_every_s, bool) or not isinstance(commit_every_s, (int, float)) or not commit_every_s >= 0:
+            raise PoLError(f"commit_every_s must be a number of seconds >= 0, got {commit_every_s!r}")
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps
+        self.init_strategy = init_strategy
+        self.init_params = dict(init_params or {})
+        self.seed = None if seed is None else int(seed)
+        self.overwrite = overwrite
+        self.fsync = fsync
+        self.check_recreation = check_recreation
+        self.parent = None if parent is None else Path(parent)
+        self.background = background
+        self.max_pending = max_pending
+        self.commit_every_s = float(commit_every_s)
+        self._state_key = self._generate_state_key(dirpath=str(self.dirpath), every_n_steps=self.every_n_steps)
+        self._reset_run_state()
+
+    def _reset_run_state(self) -> None:
+        self._seed_in_use: int | None = None
+        self._run_id: str | None = None
+        self._specs: dict[str, Any] = {}
+        self._stream = TrainingStream()
+        self._ledger = StepLedger(self.every_n_steps)
+        self._loader = LoaderInstrumentation(self._proof_seed)
+        self._session: ProofSession | None = None  # on the rank that writes the proof, from on_train_start
+        self._resume: dict[str, Any] | None = None
+        self._opened = False  # on_train_start ran: this rank records (every rank does; rank 0 alone writes)
+        self._logged = -1
+        self._world = 1
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._state_key  # Lightning reads it at every hook call (as a profiler label): built in __init__
+
+    def _proof_seed(self) -> int:
+        if self._seed_in_use is None:
+            self._seed_in_use = self.seed if self.seed is not None else torch.initial_seed() % 2**63
+        return self._seed_in_use
+
+    # ------------------------------------------------------------------ fit start
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._reset_run_state()
+        # Checked before configure_optimizers or any data work, so a run the
+        # verifier could not re-create stops before it costs anything.
+        self._specs = recreation_record(pl_module, trainer.datamodule, self.check_recreation, self.parent)
+        self._world = trainer.world_size
+        if self._world > 1:
+            check_ddp_recordable(trainer, pl_module)
+            # Rank 0 names the proof seed: every rank must fetch a batch under the seed the proof records.
+            self._seed_in_use = broadcast_from_zero(self._proof_seed(), self._world)
+        self._loader.attach(trainer, hash_first_epoch=True)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._loader.is_training_loader(trainer.train_dataloader):
+            raise UnsupportedDataError(
+                "the training DataLoader was replaced after train_dataloader() returned it; "
+                "ProofOfLearning cannot record its batches"
+            )
+        try:
+            size = len(self._loader.dataset)
+        except TypeError:
+            raise UnsupportedDataError("the training dataset has no len(); a proof needs a sized map-style dataset") from None
+        self._opened = True
+        # The other ranks of a DDP run record for rank 0, which writes; they stop when it cannot open the proof.
+        self._session = on_rank_zero(lambda: self._open(trainer, pl_module, size), trainer.global_rank, self._world)
+        if self._session is not None:
+            self._session.start(first_commit=self._resume is None)
+            log.info("proof of learning: writing to %s (k=%d, %d samples committed)", self.dirpath, self.every_n_steps, size)
+
+    def _open(self, trainer: pl.Trainer, pl_module: pl.LightningModule, size: int) -> ProofSession:
+        session = ProofSession(self.dirpath, self.fsync, self.background, self.max_pending, self.commit_every_s)
+        dataset, workers = self._loader.dataset, self._loader.loader.num_workers
+        if self._resume is not None:  # a resumed run checks the data against the commitment: one pass
+            session.reopen(self._resume["run_id"], compute_leaves(dataset, num_workers=workers),
+                           self._ledger.last_written, self._ledger.flushed)
+            self._run_id = self._resume["run_id"]
+            return session
+        leaves = None
+        if self._loader.first_epoch is None:  # no shared memory for the workers' hashes: commit in a pass of its own
+            leaves = compute_leaves(dataset, num_workers=workers)
+        elif size:
+            sample_leaf(dataset, 0)  # a sample that cannot be hashed stops the run here, not in a worker
+        run = {"seed": self._proof_seed(), "every_n_steps": self.every_n_steps,
+               "init_strategy": self.init_strategy, "init_params": self.init_params}
+        training = training_settings(trainer, pl_module, self._loader.loader, self._loader.recorder, size)
+        manifest = new_manifest(run, self._specs["module"], self._specs["datamodule"], self._specs["parent"], training, size)
+        session.create(manifest, self.overwrite, leaves)
+        self._run_id = manifest.run_id
+        return session
+
+    # ------------------------------------------------------------------ every step
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if not self._opened or self._loader.recorder is None:
+            return
+        self._stream.batch_start()
+        step = trainer.global_step
+        epoch, indices = self._loader.recorder.pop()
+        if self._ledger.batch_started(step, epoch, indices):
+            self._write_checkpoint(trainer, pl_module, step, batch_idx)
+
+    @override
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The last point where a step draws randomness that shapes its gradient. Draws after it (an optimizer
+        # hook, another callback's on_train_batch_end) are undone when the next batch starts.
+        if self._opened:
+            self._stream.after_backward()
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        filed = self._ledger.batch_ended()
+        if filed is None:
+            return
+        self._loader.trained(*filed)
+        session = self._session
+        if session is not None and self._logged != session.checkpoints_taken:
+            self._logged = _log_progress(trainer, pl_module, session)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._opened and self._loader.first_epoch is not None:
+            self._commit_data()
+
+    def _write_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, batch_idx: int | None) -> None:
+        """Snapshot the training state here (the checkpoint of ``step``); the session writes it on its thread.
+        ``batch_idx`` None: the state training ended in, and the proof is completed with it."""
+        final = batch_idx is None
+        steps = global_steps(self._ledger.take(self._ledger.trained if final else step), self._world)
+        rng = self._stream.state
+        streams = gather_to_zero(rng, self._world) if self._world > 1 else None
+        self._ledger.checkpoint_taken(step)
+        if self._session is None or steps is None:
+            return  # another rank of a DDP run: its indices and RNG stream went to rank 0
+        peers = streams[1:] if streams is not None else None  # the other ranks' streams; ``rng`` is rank 0's
+        state, ready = snapshot_state(capture_training_state(trainer, pl_module, rng, step, batch_idx, peers))
+        self._session.write_checkpoint(steps, state, ready, step, trainer.current_epoch, self._ledger.recorded_epochs(), final)
+
+    def _commit_data(self) -> None:
+        """Commit to the data the first epoch fetched; the Merkle tree and the file are built on the writer thread."""
+        collector = self._loader.take_first_epoch()
+        parts = gather_to_zero(collector.trained_rows() if self._world > 1 else None, self._world)
+        if self._session is None:
+            return  # another rank of a DDP run: its hashes went to rank 0
+        for part in (parts or [])[1:]:
+            collector.merge(*part)
+        self._session.commit_data(collector.leaves(self._loader.dataset))
+
+    # ------------------------------------------------------------------ fit end
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._opened:
+            return
+        step = trainer.global_step
+        if self._loader.first_epoch is not None:  # training ended within the first epoch
+            self._commit_data()
+        if self._stream.state is None:  # no batch ran at all
+            self._stream.batch_start()
+        # The last indices become the one index-log file of a complete proof, committed with the final checkpoint.
+        if step > self._ledger.last_written:
+            self._write_checkpoint(trainer, pl_module, step, None)
+        else:
+            steps = global_steps(self._ledger.take(self._ledger.trained), self._world)
+            if self._session is not None and steps is not None:
+                self._session.complete(steps, self._ledger.recorded_epochs(), step)
+        # The writer finishes the proof while Lightning winds down (DataLoader workers, strategy); teardown waits.
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        session = self._session
+        try:
+            if session is not None:
+                session.wait()  # fit returns with the proof complete, or raises the write error
+        finally:
+            self._end_fit()
+        if session is not None and session.is_complete:
+            log.info("proof of learning: %s (%d checkpoints, %.2f MB)", self.dirpath, session.checkpoints, session.total_bytes / 1e6)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._end_fit()  # Lightning calls no teardown when fit raises: the proof is committed as far as it was written
+
+    def _end_fit(self) -> None:
+        if self._session is not None:
+            self._session.end()
+        self._loader.detach()
+
+    # ------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # A Lightning checkpoint must not promise steps or files that are not committed: a resume reopens the proof.
+        if self._session is not None:
+            self._session.commit_now()
+        return {"format_version": layout.FORMAT_VERSION, "run_id": self._run_id, "seed": self._seed_in_use, **self._ledger.state_dict(),
+                "next_data_epoch": self._loader.next_data_epoch(), **self._stream.state_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("run_id") is None:
+            return
+        if self._world > 1:  # each rank's RNG stream and unfiled indices are not in rank 0's Lightning checkpoint
+            raise PoLError("ProofOfLearning cannot resume a DDP run in this version: start the proof again")
+        self._resume = dict(state_dict)
+        self._loader.resume_at(state_dict.get("next_data_epoch"))
+        self._seed_in_use = int(state_dict["seed"])
+        self._ledger.load_state_dict(state_dict)
+        self._stream = TrainingStream.from_state_dict(state_dict)
+
+    @property
+    def identity(self) -> str:
+        """SHA-256 of the current manifest: the proof's identity."""
+        if self._session is None:
+            raise PoLError("no proof has been written yet")
+        return self._session.identity()
+
+
+def _log_progress(trainer: pl.Trainer, pl_module: pl.LightningModule, session: ProofSession) -> int:
+    """Show the checkpoints and megabytes written, where they are shown (Lightning's logging costs more than the
+    rest of a batch's hooks: only when they change). Returns the checkpoints shown."""
+    if trainer.logger is not None or trainer.progress_bar_callback is not None:
+        pl_module.log_dict({"pol/checkpoints": float(session.checkpoints_taken), "pol/MB": session.total_bytes / 1e6},
+                           on_step=True, on_epoch=False, prog_bar=True, logger=trainer.logger is not None, batch_size=1)
+        return session.checkpoints_taken
+    return -1
+
+
+def _validate_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise PoLError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _validate_init(init_strategy: str, parent: Any) -> None:
+    if init_strategy not in INIT_STRATEGIES:
+        raise PoLError(f"unknown init_strategy {init_strategy!r}; choose one of {list(INIT_STRATEGIES)}")
+    if (init_strategy == "warm_start") != (parent is not None):
+        raise PoLError(
+            "a warm start names the proof of its weights: pass parent=PARENT_PROOF_DIR with init_strategy='warm_start'"
+            if parent is None else "parent= means W_0 comes from that proof: set init_strategy='warm_start'"
+        )

@@ -1,0 +1,96 @@
+"""The chain of trust, followed: find a warm start's parent proof, and check W_0 against it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from lightning_pol.format import layout
+from lightning_pol.format.lineage import same_weights
+from lightning_pol.format.reader import ProofReader
+from lightning_pol.format.strict_json import ProofFormatError
+from lightning_pol.verification.registry import Registry
+from lightning_pol.verification.report import ChainCheck, InitializationCheck, Report
+
+
+def find_parent(child: ProofReader, parents_dir: str | os.PathLike[str] | None) -> ProofReader | None:
+    """The parent proof with the recorded identity: at its recorded path, or anywhere under ``parents_dir``."""
+    parent = child.manifest.parent or {}
+    identity = parent.get("identity")
+    candidates: list[Path] = []
+    if isinstance(parent.get("path"), str):
+        candidates.append(Path(parent["path"]))
+    if parents_dir is not None:
+        candidates.extend(p.parent for p in sorted(Path(parents_dir).rglob(layout.MANIFEST)))
+    for path in candidates:
+        try:
+            reader = ProofReader(path)
+        except (ProofFormatError, OSError):
+            continue
+        if reader.identity == identity:
+            return reader
+    return None
+
+
+def check_chain(reader: ProofReader, report: Report, registry: Registry | None, parents: str | os.PathLike[str] | None,
+                verify_parent: Callable[[Path], Report]) -> None:
+    """W_0 of a warm start must be its parent's final state, and the parent valid: by a valid record in the
+    ``registry`` for its final checkpoint, or else by ``verify_parent`` (the same settings, one level up)."""
+    parent = reader.manifest.parent
+    if not parent:
+        report.checks["chain"] = ChainCheck(True, "fresh start, no parent", proofs=[reader.identity])
+        return
+    check = ChainCheck(False, "", proofs=[reader.identity], parent_from_registry=False)
+    report.checks["chain"] = check
+    problems: list[str] = []
+    integrity = report.checks.get("integrity")
+    if not isinstance(parent.get("identity"), str):
+        problems.append("the manifest's parent entry is malformed")
+    elif integrity is None or not integrity.passed:
+        problems.append("integrity failed; the chain was not followed")
+    else:
+        preader = find_parent(reader, parents)
+        if preader is None:
+            problems.append(f"the parent proof {parent['identity'][:16]}... was not found (pass parents=DIR)")
+        else:
+            try:
+                _follow(reader, preader, check, problems, registry, verify_parent)
+            except ProofFormatError as e:
+                problems.append(f"the parent proof is unusable: {e}")
+    check.passed = not problems
+    check.problems = problems
+    check.summary = f"chain of {len(check.proofs)} proofs" + (" (parent from registry)" if check.parent_from_registry else "") if not problems else problems[0]
+    report.reasons.extend(problems[:2])
+    init = report.checks.get("initialization")
+    if init is not None and getattr(init, "strategy", None) == "warm_start":
+        report.checks["initialization"] = InitializationCheck(
+            check.passed, "W_0 is the parent's final state" if check.passed else check.summary, strategy="warm_start")
+
+
+def _follow(reader: ProofReader, preader: ProofReader, check: ChainCheck, problems: list[str], registry: Registry | None,
+            verify_parent: Callable[[Path], Report]) -> None:
+    parent = reader.manifest.parent or {}
+    if not preader.manifest.complete or not preader.checkpoints:
+        raise ProofFormatError("the parent proof is not complete")
+    final = preader.checkpoints[-1]
+    if final.sha256 != parent.get("final_checkpoint_sha256"):
+        problems.append("the parent's final checkpoint is not the one the proof names")
+    w0 = reader.load_checkpoint(reader.checkpoints[0])["model"]
+    differ = same_weights(w0, preader.load_checkpoint(final)["model"])
+    if differ:
+        problems.append(f"W_0 is not the parent's final state ({len(differ)} tensors differ, e.g. {differ[0]})")
+    record = registry.lookup(preader.identity) if registry is not None else None
+    if record is not None and record["valid"] and record["final_digest"] == final.sha256:
+        check.parent_from_registry = True
+        check.proofs += list(record["settings"].get("chain") or [preader.identity])
+        check.parent_vsr = float(record["vsr"])
+        return
+    sub = verify_parent(preader.root)
+    sub_chain = sub.checks["chain"]
+    assert isinstance(sub_chain, ChainCheck)
+    check.proofs += sub_chain.proofs
+    check.parent_vsr = sub_chain.vsr if sub_chain.vsr is not None else 0.0
+    check.parent_report = {"valid": sub.valid, "reasons": sub.reasons}
+    if not sub.valid:
+        problems.append(f"the parent proof is not valid: {(sub.reasons or ['rejected'])[0]}")

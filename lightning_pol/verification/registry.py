@@ -1,0 +1,121 @@
+"""The verifier's record of verified proofs (chain of trust): SQLite in WAL mode.
+
+Example::
+
+    registry = Registry("verified.sqlite")
+    registry.lookup(identity)          # None, or the record of an earlier verification
+
+Several verifiers may write to one registry at once: each write is one
+transaction, WAL lets readers and a writer proceed together, and a busy
+database is waited for (``timeout``) rather than failed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from lightning_pol.errors import PoLError
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS proofs (
+    identity TEXT NOT NULL,
+    final_digest TEXT NOT NULL,
+    valid INTEGER NOT NULL,
+    vsr REAL NOT NULL,
+    settings TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    verified_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS proofs_identity ON proofs(identity);
+"""
+
+
+class RegistryError(PoLError):
+    """The registry file cannot be used (not a database, not writable, locked for longer than the timeout)."""
+
+
+def _database(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def run(self: Registry, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            raise RegistryError(f"registry {self.path}: {e}") from None
+
+    return run
+
+
+class Registry:
+    @_database
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 60.0) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+        deadline = time.monotonic() + timeout
+        while True:  # switching a new database to WAL takes it whole, and SQLite does not wait for that: we do
+            db = self._connect()
+            try:
+                if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+            finally:
+                db.close()
+            time.sleep(0.05)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+        return db
+
+    @_database
+    def record(self, identity: str, final_digest: str, valid: bool, vsr: float, settings: dict[str, Any], environment: dict[str, Any]) -> None:
+        """Append one verification (every verification is kept; lookups take the latest)."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO proofs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (identity, final_digest, int(valid), float(vsr), json.dumps(settings, default=str), json.dumps(environment, default=str), time.time()),
+            )
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @_database
+    def lookup(self, identity: str) -> dict[str, Any] | None:
+        """The latest record of ``identity``, or None."""
+        db = self._connect()
+        try:
+            row = db.execute(
+                "SELECT identity, final_digest, valid, vsr, settings, environment, verified_at FROM proofs "
+                "WHERE identity = ? ORDER BY verified_at DESC, rowid DESC LIMIT 1",
+                (identity,),
+            ).fetchone()
+        finally:
+            db.close()
+        if row is None:
+            return None
+        keys = ("identity", "final_digest", "valid", "vsr", "settings", "environment", "verified_at")
+        rec = dict(zip(keys, row))
+        rec["valid"] = bool(rec["valid"])
+        rec["settings"], rec["environment"] = json.loads(rec["settings"]), json.loads(rec["environment"])
+        return rec
+
+    @_database
+    def count(self) -> int:
+        db = self._connect()
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM proofs").fetchone()[0])
+        finally:
+            db.close()

@@ -1,0 +1,177 @@
+"""verify_proof: Algorithm 2 of the paper, with exact replay, random segments and hostile-input checks.
+
+The checks run in order: integrity (files, before anything is parsed), the
+class gate (before anything the proof names runs), initialization,
+hyperparameters, segment selection, replay, data, and the chain of trust.
+Each records a typed :class:`~lightning_pol.verification.report.Check`. A
+check fails on a :class:`~lightning_pol.errors.PoLError` (which includes
+what the prover's own code raised while the verifier ran it); any other
+exception is a bug in the verifier, and is raised, never turned into a verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_pol.errors import PoLError, one_line
+from lightning_pol.format.environment import environment
+from lightning_pol.format.index_log import IndexLog
+from lightning_pol.format.manifest import Manifest
+from lightning_pol.format.reader import ProofReader
+from lightning_pol.format.strict_json import ProofFormatError
+from lightning_pol.verification.chain import check_chain
+from lightning_pol.verification.coverage import coverage, success_rate
+from lightning_pol.verification.data_check import check_data, declared_batches
+from lightning_pol.verification.distances import distances
+from lightning_pol.verification.hyperparameters import check_hyperparameters
+from lightning_pol.verification.initialization_check import check_initialization
+from lightning_pol.verification.integrity import check_integrity
+from lightning_pol.verification.registry import Registry
+from lightning_pol.verification.replay import PoLVerifierModule
+from lightning_pol.verification.report import ChainCheck, IntegrityCheck, Report
+from lightning_pol.verification.segments import Judge, check_replay
+from lightning_pol.verification.selection import select_segments
+from lightning_pol.verification.settings import VerifierSettings
+
+#: Environment fields that must match for bit-exact replay to be expected.
+EXACT_FIELDS = ("torch", "cuda", "machine", "torch_threads", "deterministic_algorithms", "cudnn_deterministic", "float32_matmul_precision")
+#: Deepest chain of parent proofs followed.
+MAX_CHAIN = 64
+
+Progress = Callable[[int, int], None]
+
+
+def verify_proof(proof_dir: str | os.PathLike[str], settings: VerifierSettings | None = None, *,
+                 progress: Progress | None = None, **options: Any) -> Report:
+    """Verify the proof in ``proof_dir``; returns a :class:`~lightning_pol.verification.report.Report`.
+
+    Example::
+
+        report = verify_proof("proof/", q=1, random=1)
+        print(report.summary()); assert report.valid
+
+    ``settings`` (a :class:`~lightning_pol.verification.settings.VerifierSettings`)
+    and keyword ``options`` (its fields: ``q``, ``random``, ``seed``, ``mode``,
+    ``delta``, ``full_data``, ``registry``, ...) say how; options change the
+    settings. ``progress(done, total)`` is called as segments are replayed.
+
+    Raises a :class:`~lightning_pol.errors.PoLError` when the proof cannot be
+    verified at all (its manifest is unusable, the class gate refuses a class
+    it names, a setting is bad): what the app reports as exit 2. Every other
+    problem with the proof is a failed check.
+    """
+    base = settings if settings is not None else VerifierSettings()
+    resolved = (base.replace(**options) if options else base).resolved()
+    if resolved.registry is not None and not isinstance(resolved.registry, Registry):
+        resolved = dataclasses.replace(resolved, registry=Registry(resolved.registry))
+    return _verify(Path(proof_dir), resolved, progress, ())
+
+
+def _verify(proof_dir: Path, settings: VerifierSettings, progress: Progress | None, chain: tuple[str, ...]) -> Report:
+    reader = ProofReader(proof_dir)
+    if reader.identity in chain or len(chain) > MAX_CHAIN:
+        raise ProofFormatError(f"the chain of parent proofs loops or is deeper than {MAX_CHAIN}")
+    report = Report(proof_dir=str(proof_dir), proof_identity=reader.identity, valid=False, settings=settings.to_dict())
+    parent_settings = dataclasses.replace(settings, num_shards=1, shard=0)
+    with _threads_of(reader.manifest, settings):
+        mode = _compare_environments(reader.manifest, settings, report)
+        _check_proof(reader, report, settings, mode, progress)
+        check_chain(reader, report, settings.registry, settings.parents,
+                    lambda parent: _verify(parent, parent_settings, None, chain + (reader.identity,)))
+    report.reasons = [one_line(r) for r in report.reasons]
+    report.valid = report.verdict()
+    chain_check = report.checks["chain"]
+    assert isinstance(chain_check, ChainCheck)
+    others_failed = any(c.passed is False for name, c in report.checks.items() if name not in ("replay", "chain"))
+    replay = report.checks.get("replay")
+    own = success_rate(others_failed, [s.passed for s in report.segments], replay.passed if replay else None)
+    chain_check.vsr = own * chain_check.parent_vsr
+    if settings.registry is not None and settings.num_shards == 1 and report.checks["integrity"].passed:
+        final = reader.checkpoints[-1].sha256 if reader.checkpoints else ""
+        recorded = {"q": settings.q, "random": settings.random, "seed": settings.seed, "mode": settings.mode,
+                    "delta": dict(settings.delta), "chain": chain_check.proofs}
+        settings.registry.record(reader.identity, final, report.valid, chain_check.vsr, recorded, report.environment.get("verifier", {}))
+    return report
+
+
+@contextmanager
+def _threads_of(manifest: Manifest, settings: VerifierSettings) -> Iterator[None]:
+    """Replay with the proof's CPU thread count (another count sums in another order: not bit-exact)."""
+    before = torch.get_num_threads()
+    threads = manifest.environment.get("torch_threads")
+    try:
+        if settings.match_threads and isinstance(threads, int) and 0 < threads <= 1024:
+            torch.set_num_threads(threads)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _compare_environments(manifest: Manifest, settings: VerifierSettings, report: Report) -> str:
+    """The effective mode: exact unless ``auto`` finds the environment differs and a δ is given."""
+    prover = manifest.environment
+    mine = environment()
+    differs = {k: {"proof": prover.get(k), "verifier": mine.get(k)} for k in EXACT_FIELDS if prover.get(k) != mine.get(k)}
+    on_gpu = settings.accelerator != "cpu"
+    if (on_gpu or prover.get("gpus")) and bool(prover.get("gpus")) != on_gpu:
+        differs["device_type"] = {"proof": "gpu" if prover.get("gpus") else "cpu", "verifier": settings.accelerator}
+    mode = settings.mode if settings.mode != "auto" else ("exact" if not differs or not settings.delta else "tolerant")
+    report.environment = {"verifier": mine, "proof": prover, "matches": not differs, "differences": differs}
+    report.mode = {"requested": settings.mode, "effective": mode, "delta": dict(settings.delta), "d_ref": dict(settings.d_ref or {})}
+    if differs and mode == "exact":
+        report.reasons.append(f"the verifier's environment differs from the proof's ({', '.join(differs)}); exact replay may fail")
+    return mode
+
+
+def _check_proof(reader: ProofReader, report: Report, settings: VerifierSettings, mode: str, progress: Progress | None) -> None:
+    integrity = check_integrity(reader)
+    report.checks["integrity"] = integrity.check()
+    if integrity.problems:
+        report.reasons.extend(integrity.problems[:3])
+        return
+    assert integrity.index_log is not None
+    verifier = PoLVerifierModule(reader, accelerator=settings.accelerator, index_log=integrity.index_log)  # the class gate
+    try:
+        _check_content(verifier, integrity.index_log, report, settings, mode, progress)
+    except ProofFormatError as e:  # a checkpoint that does not parse, or loader settings the proof does not declare
+        report.checks["integrity"] = IntegrityCheck(False, str(e), [str(e)])
+        report.reasons.append(str(e))
+
+
+def _check_content(verifier: PoLVerifierModule, index_log: IndexLog, report: Report, settings: VerifierSettings, mode: str,
+                   progress: Progress | None) -> None:
+    reader = verifier.reader
+    entries = {c.step: c for c in reader.checkpoints}
+    steps = sorted(entries)
+    # Before any replay: a replay under batches per epoch other than the training's never ends where it did.
+    try:
+        loader = verifier.training_loader()
+    except PoLError:  # the declared classes give no loader: the data check reports it
+        loader = None
+    wrong_batches = declared_batches(verifier, loader) if loader is not None else None
+    if wrong_batches:
+        raise ProofFormatError(wrong_batches)
+
+    @functools.lru_cache(maxsize=3)  # walks over consecutive checkpoints; never the whole proof in memory
+    def state(step: int) -> dict[str, Any]:
+        return reader.load_checkpoint(entries[step])
+
+    check_initialization(verifier, state(0), report)
+    check_hyperparameters(verifier, steps, state, report)
+    segments, report.selection = select_segments(
+        steps, verifier.step_epoch, lambda a, b: distances(state(a)["model"], state(b)["model"])["l2"],
+        settings.q, settings.random, settings.seed,  # type: ignore[arg-type]
+    )
+    mine = segments[settings.shard :: settings.num_shards]
+    report.selection.update({"num_shards": settings.num_shards, "shard": settings.shard, "replayed_here": len(mine)})
+    check_replay(verifier, mine, state, Judge(mode, settings.delta, settings.d_ref), report, progress)
+    check_data(verifier, index_log, mine, settings.full_data, report)
+    report.coverage = coverage(verifier.manifest, index_log, [(s.start_step, s.end_step) for s in mine], settings.q)
