@@ -29,9 +29,15 @@ import torch
 
 from benchmarks.baseline import TorchSaveEveryK
 from lightning_pol import ProofOfLearning, ProofReader, verify_proof
-from lightning_pol.commitment import canonical_chunks, compute_leaves
-from lightning_pol.metadata import cpu_model
-from lightning_pol.zoo import CifarDataModule, DigitsCNN, DigitsDataModule, ImageClassifier
+from lightning_pol.format.environment import cpu_model
+from lightning_pol.format.samples import canonical_chunks
+from lightning_pol.runtime.leaves import compute_leaves
+from lightning_pol.zoo import (
+    CifarDataModule,
+    DigitsCNN,
+    DigitsDataModule,
+    ImageClassifier,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,7 +126,7 @@ def replay_costs(work: Workload, k: int, repeats: int, tmp: Path) -> dict[str, A
 def _raw_state_bytes(reader: ProofReader) -> int:
     total = 0
     for entry in reader.checkpoints:
-        tensors, _ = reader.read_tensors(entry["path"])
+        tensors, _ = reader.read_tensors(entry.path)
         total += sum(t.numel() * t.element_size() for t in tensors.values())
     return total
 
@@ -136,10 +142,10 @@ def storage(k_values: list[int], widths: list[int], tmp: Path) -> dict[str, Any]
             work = Workload(f"digits width {w}", lambda w=w: DigitsCNN(width=w), lambda: DigitsDataModule(batch_size=32), 45, max_epochs=1)
             work.fit([ProofOfLearning(proof, every_n_steps=k)], tmp / "storage")
             reader = ProofReader(proof)
-            files = sum(e["bytes"] for e in reader.manifest["files"].values()) + (proof / "manifest.json").stat().st_size
-            ckpt_bytes = sum(reader.manifest["files"][c["path"]]["bytes"] for c in reader.checkpoints)
+            files = sum(e.bytes for e in reader.manifest.files.values()) + (proof / "manifest.json").stat().st_size
+            ckpt_bytes = sum(reader.manifest.files[c.path].bytes for c in reader.checkpoints)
             raw = _raw_state_bytes(reader)
-            sample = reader.read_file(reader.checkpoints[-1]["path"])
+            sample = reader.read_file(reader.checkpoints[-1].path)
             rows[f"width {w}, k={k}"] = {
                 "checkpoints": len(reader.checkpoints), "raw_state_bytes": raw, "checkpoint_bytes": ckpt_bytes, "proof_bytes": files,
                 "checkpoints_over_raw": ckpt_bytes / raw, "proof_over_raw": files / raw,

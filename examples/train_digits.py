@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     except PoLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    size = sum(e["bytes"] for e in proof.manifest["files"].values()) + (proof_dir / "manifest.json").stat().st_size
+    size = sum(e.bytes for e in proof.manifest.files.values()) + (proof_dir / "manifest.json").stat().st_size
     print(f"proof: {proof_dir.resolve()}")
-    print(f"size: {size / 1e6:.2f} MB in {len(proof.manifest['files']) + 1} files")
-    print(f"checkpoints: {len(proof.checkpoints)} (steps {proof.checkpoints[0]['step']}..{proof.manifest['final_step']})")
+    print(f"size: {size / 1e6:.2f} MB in {len(proof.manifest.files) + 1} files")
+    print(f"checkpoints: {len(proof.checkpoints)} (steps {proof.checkpoints[0].step}..{proof.manifest.final_step})")
     print(f"identity: {proof.identity}")
     try:
         report = verify_proof(proof_dir, q=args.q, random=args.random)

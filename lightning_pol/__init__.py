@@ -2,15 +2,25 @@
 
 ``ProofOfLearning`` writes a proof while a run trains; ``ProofReader`` is the
 only way to load one; ``verify_proof`` (or ``python -m lightning_pol.verify``)
-checks it, replaying segments through ``PoLVerifierModule``.
+checks it under ``VerifierSettings``, replaying segments through
+``PoLVerifierModule``.
+
+The package, by layer (each uses only the ones below it; docs/architecture.md):
+
+- ``apps``: the ``python -m lightning_pol.*`` commands;
+- ``prover`` (the callback) and ``verification`` (``verify_proof``); ``attacks``;
+- ``runtime``: what a training run and its replay both drive;
+- ``format``: the proof's files, as docs/proof-format.md defines them.
 """
 
-from lightning_pol.callback import ProofOfLearning
 from lightning_pol.errors import PoLError
-from lightning_pol.proof_format import FORMAT_VERSION, INIT_STRATEGIES
-from lightning_pol.reader import ProofFormatError, ProofReader
-from lightning_pol.replay import PoLVerifierModule
-from lightning_pol.verifier import verify_proof
+from lightning_pol.format.layout import FORMAT_VERSION
+from lightning_pol.format.manifest import INIT_STRATEGIES
+from lightning_pol.format.reader import ProofFormatError, ProofReader
+from lightning_pol.prover.callback import ProofOfLearning
+from lightning_pol.verification.replay import PoLVerifierModule
+from lightning_pol.verification.settings import VerifierSettings
+from lightning_pol.verification.verifier import verify_proof
 
 __all__ = [
     "FORMAT_VERSION",
@@ -20,6 +30,7 @@ __all__ = [
     "ProofFormatError",
     "ProofOfLearning",
     "ProofReader",
+    "VerifierSettings",
     "verify_proof",
 ]
 __version__ = "0.1.0"

@@ -92,7 +92,7 @@ from torch.nn import init as tinit
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from lightning_pol.errors import PoLError
-from lightning_pol.proof_format import INIT_STRATEGIES
+from lightning_pol.format.manifest import INIT_STRATEGIES
 
 #: The strategies a fresh start may declare: the format's public list, less ``warm_start``
 #: (a warm start is checked through its parent proof, not by a statistical test).
@@ -112,6 +112,10 @@ _DENSE = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
 _EMBEDDING = (nn.Embedding, nn.EmbeddingBag)
 _NORM = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 _NORM_CONSTANTS = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+
+#: The nonlinearities ``torch.nn.init.calculate_gain`` knows (kaiming's ``nonlinearity``).
+_NONLINEARITIES = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+                   "sigmoid", "tanh", "relu", "leaky_relu", "selu")
 
 _MIN_KS = 2
 _SV_RTOL = 1e-4
@@ -168,8 +172,14 @@ def _resolve(name: str, params: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise PoLError(f"strategy {name!r} takes no parameter(s) {unknown}; it takes {sorted(defaults) or 'none'}")
     resolved = {**defaults, **params}
+    for key in ("a", "gain", "mean", "std"):  # a proof declares these: anything but a finite number is refused here
+        value = resolved.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise PoLError(f"{name} {key} must be a finite number, not {str(value)[:40]!r}")
     if name.startswith("kaiming") and resolved["mode"] not in ("fan_in", "fan_out"):
-        raise PoLError(f"kaiming mode must be 'fan_in' or 'fan_out', not {resolved['mode']!r}")
+        raise PoLError(f"kaiming mode must be 'fan_in' or 'fan_out', not {str(resolved['mode'])[:40]!r}")
+    if name.startswith("kaiming") and resolved["nonlinearity"] not in _NONLINEARITIES:
+        raise PoLError(f"kaiming nonlinearity must be one of {list(_NONLINEARITIES)}, not {str(resolved['nonlinearity'])[:40]!r}")
     if name == "normal" and not float(resolved["std"]) > 0:
         raise PoLError(f"normal std must be > 0, not {resolved['std']!r}")
     return resolved

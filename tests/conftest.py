@@ -60,8 +60,8 @@ def relist(proof: Path, rel: str) -> None:
     """Update the manifest's digest of ``rel``, as a prover who controls every file would."""
     import json
 
-    from lightning_pol import proof_format as pf
-    from lightning_pol.writer import manifest_bytes
+    from lightning_pol.format import layout as pf
+    from lightning_pol.format.manifest import manifest_bytes
 
     m = json.loads((proof / pf.MANIFEST).read_text())
     data = (proof / rel).read_bytes()
@@ -74,14 +74,9 @@ def relist(proof: Path, rel: str) -> None:
 
 def write_checkpoint(proof: Path, rel: str, state: dict[str, Any]) -> None:
     """Write ``state`` as checkpoint ``rel`` exactly as the callback encodes one, and re-sign it in the manifest."""
-    import json
+    from lightning_pol.format.checkpoint import checkpoint_bytes
 
-    from lightning_pol import proof_format as pf
-    from lightning_pol.state_codec import encode_state
-    from lightning_pol.writer import safetensors_bytes
-
-    tensors, tree = encode_state(state)
-    (proof / rel).write_bytes(safetensors_bytes(tensors, {pf.CHECKPOINT_STATE_KEY: json.dumps(tree, allow_nan=False, separators=(",", ":"))}))
+    (proof / rel).write_bytes(checkpoint_bytes(state))
     relist(proof, rel)
 
 

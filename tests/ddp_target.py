@@ -42,7 +42,10 @@ class RankStreams(pl.Callback):
 
 
 if __name__ == "__main__":
-    from tests.ddp_target import TeacherModule, RankStreams  # by their importable names, for the verifier
+    from tests.ddp_target import (  # by their importable names, for the verifier
+        RankStreams,
+        TeacherModule,
+    )
 
     root, epochs, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     pl.seed_everything(0, verbose=False)

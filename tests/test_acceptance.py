@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_pol import ProofReader
-from lightning_pol import proof_format as pf
+from lightning_pol.format import layout as pf
 from tests.conftest import train_with_proof
 from tests.unseen_project import UnseenDataModule, UnseenModule
 
@@ -26,12 +26,12 @@ def run(tmp_path_factory):
 def test_every_file_listed_with_correct_digest_and_nothing_else(run):
     proof, _, _ = run
     reader = ProofReader(proof)
-    assert reader.manifest["status"] == pf.STATUS_COMPLETE
+    assert reader.manifest.status == pf.STATUS_COMPLETE
     assert reader.verify_files() == []
     on_disk = {p.relative_to(proof).as_posix() for p in proof.rglob("*") if p.is_file()}
-    assert on_disk == set(reader.manifest["files"]) | {pf.MANIFEST}
-    for rel, entry in reader.manifest["files"].items():
-        assert pf.sha256_file(proof / rel) == entry["sha256"]
+    assert on_disk == set(reader.manifest.files) | {pf.MANIFEST}
+    for rel, entry in reader.manifest.files.items():
+        assert pf.sha256_file(proof / rel) == entry.sha256
 
 
 def test_no_pickle_and_no_torch_zip(run):
@@ -56,7 +56,7 @@ def test_no_pickle_and_no_torch_zip(run):
 
 def test_checkpoint_steps(run):
     proof, _, _ = run
-    steps = [c["step"] for c in ProofReader(proof).checkpoints]
+    steps = [c.step for c in ProofReader(proof).checkpoints]
     assert steps == list(range(0, 171, 8)) + [171]
 
 
@@ -79,7 +79,7 @@ def test_each_epoch_is_a_permutation_and_matches_what_training_step_saw(run):
     log = reader.index_log()
     indices, offsets = log.indices, log.offsets
     assert len(offsets) == 172
-    runs = reader.manifest["sample_epochs"]
+    runs = reader.manifest.sample_epochs
     assert runs == [[0, 0], [57, 1], [114, 2]]
     for first, nxt in zip([0, 57, 114], [57, 114, 171]):
         epoch = indices[offsets[first] : offsets[nxt]]

@@ -66,8 +66,8 @@ def trained(tmp_path_factory):
 
 def test_train_app_proof_verifies_with_full_replay(trained):
     reader = ProofReader(trained)
-    assert reader.manifest["module"]["class"] == "lightning_pol.zoo.digits_cnn:DigitsCNN"
-    assert [c["step"] for c in reader.checkpoints] == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]
+    assert reader.manifest.module.import_path == "lightning_pol.zoo.digits_cnn:DigitsCNN"
+    assert [c.step for c in reader.checkpoints] == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]
     report = verify_proof(trained, q=0)
     assert report.valid and all(s.bit_exact for s in report.segments)
 
@@ -103,9 +103,9 @@ def test_resnet20_on_fake_cifar10_with_kaiming_normal(tmp_path):
                    "pol.every_n_steps=4", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     reader = ProofReader(run_dir / "proof")
-    assert reader.manifest["init"]["strategy"] == "kaiming_normal"
+    assert reader.manifest.init.strategy == "kaiming_normal"
     report = verify_proof(run_dir / "proof", q=1, random=1)
-    assert report.checks["initialization"]["passed"] is True
+    assert report.checks["initialization"].passed is True
     assert report.valid, report.summary()
 
 
@@ -117,7 +117,7 @@ def test_ddp_train_app_through_hydra_verifies_right_after(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("verdict VALID") == 1
     reader = ProofReader(run_dir / "proof")
-    assert reader.manifest["training"]["world_size"] == 2 and reader.manifest["final_step"] == 23  # 1,437 samples: 719 a rank
+    assert reader.manifest.training["world_size"] == 2 and reader.manifest.final_step == 23  # 1,437 samples: 719 a rank
     assert json.loads((run_dir / "verification.json").read_text())["valid"] is True
 
 
@@ -136,8 +136,6 @@ def _tampered_final(trained: Path, dest: Path) -> Path:
     """A copy of ``trained`` whose final checkpoint has one weight changed (re-signed): only the last segment fails."""
     import shutil
 
-    import torch
-
     from tests.conftest import write_checkpoint
 
     shutil.copytree(trained, dest)
@@ -148,7 +146,7 @@ def _tampered_final(trained: Path, dest: Path) -> Path:
     weights = state["model"][key].clone()
     weights.reshape(-1)[0] += 1e-3
     state["model"] = {**state["model"], key: weights}
-    write_checkpoint(dest, entry["path"], state)
+    write_checkpoint(dest, entry.path, state)
     return dest
 
 

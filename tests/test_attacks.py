@@ -106,7 +106,7 @@ def test_tolerance_reopens_the_infinitesimal_update(suite):
     from lightning_pol import verify_proof
 
     exact = verify_proof(out / "tolerant" / "infinitesimal_update", q=1, random=1, seed=0)
-    assert not exact.valid and exact.checks["replay"]["passed"] is False
+    assert not exact.valid and exact.checks["replay"].passed is False
 
 
 def test_unknown_attack_is_a_one_line_error(tmp_path):

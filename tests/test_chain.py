@@ -15,12 +15,10 @@ import pytest
 import torch
 
 from lightning_pol import PoLError, ProofOfLearning, ProofReader, verify_proof
-from lightning_pol import proof_format as pf
-from lightning_pol.registry import Registry
-from lightning_pol.state_codec import encode_state
-from lightning_pol.writer import safetensors_bytes
+from lightning_pol.format import layout as pf
+from lightning_pol.verification.registry import Registry
 from lightning_pol.zoo import DigitsCNN, DigitsDataModule
-from tests.conftest import make_trainer, relist
+from tests.conftest import make_trainer, write_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,9 +55,9 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def test_child_records_its_parent(family):
     _, parent, child, _ = family
     p, c = ProofReader(parent), ProofReader(child)
-    assert c.manifest["init"]["strategy"] == "warm_start"
-    assert c.manifest["parent"]["identity"] == p.identity
-    assert c.manifest["parent"]["final_checkpoint_sha256"] == p.checkpoints[-1]["sha256"]
+    assert c.manifest.init.strategy == "warm_start"
+    assert c.manifest.parent["identity"] == p.identity
+    assert c.manifest.parent["final_checkpoint_sha256"] == p.checkpoints[-1].sha256
 
 
 def test_child_verifies_with_empty_registry_then_from_registry(family, tmp_path):
@@ -68,11 +66,11 @@ def test_child_verifies_with_empty_registry_then_from_registry(family, tmp_path)
     first = verify_proof(child, q=1, registry=db)
     assert first.valid, first.summary()
     chain = first.checks["chain"]
-    assert chain["proofs"] == [ProofReader(child).identity, ProofReader(parent).identity]
-    assert chain["parent_from_registry"] is False and chain["vsr"] == 1.0
+    assert chain.proofs == [ProofReader(child).identity, ProofReader(parent).identity]
+    assert chain.parent_from_registry is False and chain.vsr == 1.0
     second = verify_proof(child, q=1, registry=db)
-    assert second.valid and second.checks["chain"]["parent_from_registry"] is True
-    assert second.checks["chain"]["proofs"] == chain["proofs"]
+    assert second.valid and second.checks["chain"].parent_from_registry is True
+    assert second.checks["chain"].proofs == chain.proofs
     assert Registry(db).count() == 3  # parent, child, child again
 
 
@@ -93,9 +91,7 @@ def test_parent_weights_plus_noise_are_rejected(family, tmp_path):
     state = reader.load_checkpoint(entry)
     torch.manual_seed(0)
     state["model"] = {k: v + 1e-3 * torch.randn_like(v) if v.is_floating_point() else v for k, v in state["model"].items()}
-    tensors, tree = encode_state(state)
-    (forged / entry["path"]).write_bytes(safetensors_bytes(tensors, {pf.CHECKPOINT_STATE_KEY: json.dumps(tree)}))
-    relist(forged, entry["path"])
+    write_checkpoint(forged, entry.path, state)
     done = cli(f"proof_dir={forged}", "verifier.q=1", f"hydra.run.dir={tmp_path / 'v'}", f"registry={tmp_path / 'r.sqlite'}")
     assert done.returncode == 1
     report = json.loads((tmp_path / "v" / "verification.json").read_text())
@@ -108,15 +104,13 @@ def test_tampered_parent_rejects_the_child(family, tmp_path):
     bad_parent = tmp_path / "parents" / "p"
     shutil.copytree(parent, bad_parent)
     reader = ProofReader(bad_parent)
-    steps = [c["step"] for c in reader.checkpoints]
+    steps = [c.step for c in reader.checkpoints]
     mid = steps[len(steps) // 2]
     before, after = (reader.load_checkpoint(reader.checkpoints[steps.index(s)])["model"] for s in (steps[steps.index(mid) - 1], steps[steps.index(mid) + 1]))
     entry = reader.checkpoints[steps.index(mid)]
     state = reader.load_checkpoint(entry)
     state["model"] = {k: (before[k] + after[k]) / 2 if before[k].is_floating_point() else state["model"][k] for k in state["model"]}
-    tensors, tree = encode_state(state)
-    (bad_parent / entry["path"]).write_bytes(safetensors_bytes(tensors, {pf.CHECKPOINT_STATE_KEY: json.dumps(tree)}))
-    relist(bad_parent, entry["path"])
+    write_checkpoint(bad_parent, entry.path, state)
     # the child names the honest parent's identity; the tampered copy has another identity, so point the
     # child at a copy whose recorded parent is the tampered one, as a prover who controls every file would
     forged_child = tmp_path / "child"
@@ -124,12 +118,12 @@ def test_tampered_parent_rejects_the_child(family, tmp_path):
     m = json.loads((forged_child / pf.MANIFEST).read_text())
     m["parent"]["identity"] = ProofReader(bad_parent).identity
     m["parent"]["path"] = str(bad_parent)
-    from lightning_pol.writer import manifest_bytes
+    from lightning_pol.format.manifest import manifest_bytes
 
     (forged_child / pf.MANIFEST).write_bytes(manifest_bytes(m))
     report = verify_proof(forged_child, q=0, registry=tmp_path / "fresh.sqlite")
-    assert not report.valid and report.checks["chain"]["passed"] is False
-    assert "parent proof is not valid" in report.checks["chain"]["summary"]
+    assert not report.valid and report.checks["chain"].passed is False
+    assert "parent proof is not valid" in report.checks["chain"].summary
 
 
 def test_parent_found_through_a_search_directory(family, tmp_path):
@@ -140,11 +134,11 @@ def test_parent_found_through_a_search_directory(family, tmp_path):
     shutil.copytree(child, moved_child)
     m = json.loads((moved_child / pf.MANIFEST).read_text())
     m["parent"]["path"] = str(tmp_path / "gone")
-    from lightning_pol.writer import manifest_bytes
+    from lightning_pol.format.manifest import manifest_bytes
 
     (moved_child / pf.MANIFEST).write_bytes(manifest_bytes(m))
     missing = verify_proof(moved_child, q=1, random=0)
-    assert not missing.valid and "not found" in missing.checks["chain"]["summary"]
+    assert not missing.valid and "not found" in missing.checks["chain"].summary
     found = verify_proof(moved_child, q=1, random=0, parents=tmp_path / "archive")
     assert found.valid, found.summary()
 
@@ -187,8 +181,8 @@ def test_chain_of_three(family, tmp_path):
     grandchild = train(tmp_path / "grandchild", grandchild_model, 1, init_strategy="warm_start", parent=child)
     report = verify_proof(grandchild, q=1, random=0, registry=tmp_path / "r.sqlite")
     assert report.valid, report.summary()
-    assert report.checks["chain"]["proofs"] == [ProofReader(p).identity for p in (grandchild, child, parent)]
-    assert report.checks["chain"]["vsr"] == 1.0
+    assert report.checks["chain"].proofs == [ProofReader(p).identity for p in (grandchild, child, parent)]
+    assert report.checks["chain"].vsr == 1.0
 
 
 def test_a_registry_record_of_an_invalid_verification_is_not_trusted_for_a_parent(family, tmp_path):
@@ -196,10 +190,10 @@ def test_a_registry_record_of_an_invalid_verification_is_not_trusted_for_a_paren
     _, parent, child, _ = family
     db = tmp_path / "registry.sqlite"
     p = ProofReader(parent)
-    Registry(db).record(p.identity, p.checkpoints[-1]["sha256"], False, 0.0, {"chain": [p.identity]}, {})
+    Registry(db).record(p.identity, p.checkpoints[-1].sha256, False, 0.0, {"chain": [p.identity]}, {})
     report = verify_proof(child, q=1, random=0, registry=db)
     chain = report.checks["chain"]
-    assert chain["parent_from_registry"] is False and chain["parent_report"]["valid"] is True
-    assert report.valid and chain["vsr"] == 1.0
+    assert chain.parent_from_registry is False and chain.parent_report["valid"] is True
+    assert report.valid and chain.vsr == 1.0
     # the parent's record is now the valid one just made, and a second verification takes it from the registry
-    assert verify_proof(child, q=1, random=0, registry=db).checks["chain"]["parent_from_registry"] is True
+    assert verify_proof(child, q=1, random=0, registry=db).checks["chain"].parent_from_registry is True

@@ -10,10 +10,17 @@ import pytest
 import torch
 
 from lightning_pol import ProofReader
-from lightning_pol import commitment
-from lightning_pol.commitment import (
-    UnhashableSampleError, canonical_chunks, compute_leaves, inclusion_proof, leaf_hash, merkle_root, root_of, sample_leaf, verify_inclusion,
+from lightning_pol.format.samples import (
+    UnhashableSampleError,
+    canonical_chunks,
+    inclusion_proof,
+    leaf_hash,
+    merkle_root,
+    root_of,
+    verify_inclusion,
 )
+from lightning_pol.runtime import leaves as commitment
+from lightning_pol.runtime.leaves import compute_leaves, sample_leaf
 from tests.conftest import train_with_proof
 from tests.unseen_project import NoisyDigits, UnseenDataModule, UnseenModule
 
@@ -28,7 +35,7 @@ def proof(tmp_path_factory):
 def test_leaves_and_root_match_the_training_data(proof):
     leaves = proof.leaves()
     assert leaves.shape == (1797, 32)
-    assert root_of(leaves) == proof.manifest["data"]["root"]
+    assert root_of(leaves) == proof.manifest.data.root
     data = NoisyDigits(augment=True)
     assert torch.equal(compute_leaves(data, num_workers=0), leaves)
     for i in (0, 123, 1796):
@@ -49,9 +56,9 @@ def test_first_epoch_fetches_are_hashed_into_the_commitment(tmp_path, monkeypatc
     proof, _, _ = train_with_proof(tmp_path, UnseenModule, UnseenDataModule(**dm_kwargs), max_epochs=2)
     assert len(here) == 1 + not_trained
     reader = ProofReader(proof)
-    assert reader.manifest["status"] == "complete"
+    assert reader.manifest.status == "complete"
     assert torch.equal(reader.leaves(), compute_leaves(NoisyDigits(augment=True)))
-    assert root_of(reader.leaves()) == reader.manifest["data"]["root"]
+    assert root_of(reader.leaves()) == reader.manifest.data.root
 
 
 def test_one_changed_value_or_label_changes_exactly_that_leaf(proof):
@@ -60,7 +67,7 @@ def test_one_changed_value_or_label_changes_exactly_that_leaf(proof):
     data.x[123, 0, 4, 4] += 1 / 16
     changed = compute_leaves(data)
     assert (changed != leaves).any(dim=1).nonzero().flatten().tolist() == [123]
-    assert root_of(changed) != proof.manifest["data"]["root"]
+    assert root_of(changed) != proof.manifest.data.root
     data = NoisyDigits(augment=True)
     data.y[7] = (data.y[7] + 1) % 10
     assert (compute_leaves(data) != leaves).any(dim=1).nonzero().flatten().tolist() == [7]
@@ -116,8 +123,8 @@ def test_first_epoch_table_reaches_spawned_workers():
     """Under the spawn start method the table is pickled to the workers; their rows must land in this process."""
     from torch.utils.data import DataLoader
 
-    from lightning_pol.commitment import FirstEpochLeaves
-    from lightning_pol.recording import instrument_loader
+    from lightning_pol.prover.instrumentation import instrument_loader
+    from lightning_pol.runtime.leaves import FirstEpochLeaves
 
     data = NoisyDigits(augment=True)
     loader = DataLoader(data, batch_size=128, shuffle=True, num_workers=2, multiprocessing_context="spawn")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lightning_pol import ProofReader
-from lightning_pol.registry import Registry
+from lightning_pol.verification.registry import Registry
 from tests.conftest import train_with_proof
 from tests.unseen_project import UnseenDataModule, UnseenModule
 

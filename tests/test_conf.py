@@ -50,6 +50,6 @@ def test_a_run_composed_from_conf_writes_a_proof(tmp_path):
     data = instantiate(load("data/digits")["data"])
     make_trainer([pol], tmp_path, max_steps=25, max_epochs=-1).fit(model, datamodule=data)
     reader = ProofReader(tmp_path / "proof")
-    assert [c["step"] for c in reader.checkpoints] == [0, 10, 20, 25]
-    assert reader.manifest["module"]["class"] == "lightning_pol.zoo.digits_cnn:DigitsCNN"
-    assert reader.manifest["datamodule"]["hparams"]["augment"] is True
+    assert [c.step for c in reader.checkpoints] == [0, 10, 20, 25]
+    assert reader.manifest.module.import_path == "lightning_pol.zoo.digits_cnn:DigitsCNN"
+    assert reader.manifest.datamodule.hparams["augment"] is True

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from lightning_pol import ProofReader
-from lightning_pol import proof_format as pf
-from lightning_pol.writer import ProofWriter
+from lightning_pol.format import layout as pf
+from lightning_pol.format.writer import ProofWriter
 from tests.conftest import train_with_proof
 from tests.unseen_project import UnseenDataModule, UnseenModule
 
@@ -26,7 +26,7 @@ def assert_consistent(proof: Path) -> ProofReader:
     reader = ProofReader(proof)
     problems = [p for p in reader.verify_files() if not p.startswith("unlisted file")]
     assert problems == []
-    steps = [c["step"] for c in reader.checkpoints]
+    steps = [c.step for c in reader.checkpoints]
     assert steps == sorted(steps) and steps[0] == 0
     for c in reader.checkpoints:
         reader.load_checkpoint(c)
@@ -56,12 +56,12 @@ def test_failure_inside_a_write_leaves_the_previous_manifest(tmp_path, monkeypat
     assert not [p for p in proof.rglob("*") if p.name.startswith(pf.TMP_PREFIX)]
     if commit_every_s == 0:  # every checkpoint was committed: those before the failed write are listed
         reader = assert_consistent(proof)
-        assert [c["step"] for c in reader.checkpoints] == [0, 2]  # the ninth rename was the manifest listing step 4
+        assert [c.step for c in reader.checkpoints] == [0, 2]  # the ninth rename was the manifest listing step 4
     else:  # no commit was due after the first: the failure leaves that one, and nothing is written after it
         reader = ProofReader(proof)
         assert [p for p in reader.verify_files() if not p.startswith("unlisted file")] == []
-        assert reader.checkpoints == [] and reader.manifest["index_log"] == []
-    assert reader.manifest["status"] == pf.STATUS_IN_PROGRESS
+        assert reader.checkpoints == [] and reader.manifest.index_log == []
+    assert reader.manifest.status == pf.STATUS_IN_PROGRESS
 
 
 def test_sigkill_at_random_points_leaves_a_consistent_proof(tmp_path):
@@ -87,5 +87,5 @@ def test_sigkill_at_random_points_leaves_a_consistent_proof(tmp_path):
         reader = assert_consistent(root / "proof")
         assert len(reader.checkpoints) >= 2
         # reopening the run's proof removes what the manifest never listed
-        ProofWriter.reopen(root / "proof", reader.manifest["run_id"])
+        ProofWriter.reopen(root / "proof", reader.manifest.run_id)
         assert ProofReader(root / "proof").verify_files() == []

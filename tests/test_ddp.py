@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from lightning_pol import ProofOfLearning, ProofReader, verify_proof
-from lightning_pol import replay as replay_module
 from lightning_pol.errors import PoLError
+from lightning_pol.verification import replay as replay_module
 from tests.unseen_project import UnseenModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,9 +47,9 @@ def _distributed_shards(epoch: int) -> list[list[int]]:
 def test_the_proof_records_every_ranks_batch_in_rank_order(ddp_proof):
     reader = ProofReader(ddp_proof)
     m = reader.manifest
-    assert m["status"] == "complete" and m["training"]["world_size"] == WORLD
-    assert m["training"]["num_training_batches"] == STEPS_PER_EPOCH == 29
-    assert m["final_step"] == EPOCHS * STEPS_PER_EPOCH and m["sample_epochs"] == [[0, 0], [29, 1]]
+    assert m.status == "complete" and m.training["world_size"] == WORLD
+    assert m.training["num_training_batches"] == STEPS_PER_EPOCH == 29
+    assert m.final_step == EPOCHS * STEPS_PER_EPOCH and m.sample_epochs == [[0, 0], [29, 1]]
     log = reader.index_log()
     for epoch in range(EPOCHS):
         shards = _distributed_shards(epoch)
@@ -80,7 +80,7 @@ def test_full_replay_of_a_ddp_proof_is_bit_exact_across_the_epoch_boundary(ddp_p
     segments = report.segments
     assert [s.end_step for s in segments][-1] == EPOCHS * STEPS_PER_EPOCH
     assert all(s.bit_exact for s in segments) and any(s.start_step < STEPS_PER_EPOCH < s.end_step for s in segments)
-    assert report.checks["data"]["passed"]  # one padded sample a epoch repeats: allowed for 2 ranks, not more
+    assert report.checks["data"].passed  # one padded sample a epoch repeats: allowed for 2 ranks, not more
 
 
 @pytest.mark.parametrize("wrong", ["one_stream", "no_buffer_broadcast"])
@@ -100,7 +100,7 @@ def test_a_replay_without_the_ranks_streams_or_buffers_does_not_match(ddp_proof,
 
         monkeypatch.setattr(replay_module.EmulatedRanks, "batch_start", batch_start)
     report = verify_proof(ddp_proof, q=1, random=0)
-    assert not report.valid and not report.checks["replay"]["passed"]
+    assert not report.valid and not report.checks["replay"].passed
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -109,7 +109,7 @@ def test_a_replay_without_the_ranks_streams_or_buffers_does_not_match(ddp_proof,
     (lambda: dict(strategy=_ddp(broadcast_buffers=False)), "broadcast_buffers"),
 ])
 def test_ddp_settings_a_replay_could_not_match_are_refused(tmp_path, setting, message):
-    from lightning_pol.distributed import check_ddp_recordable
+    from lightning_pol.prover.distributed import check_ddp_recordable
 
     trainer = pl.Trainer(accelerator="cpu", devices=2, logger=False, default_root_dir=tmp_path, **setting())
     with pytest.raises(PoLError, match=message):

@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from lightning_pol import ProofReader
-from lightning_pol.seeding import SeededDataset, restore_rng_states
+from lightning_pol.runtime.rng import restore_rng_states
+from lightning_pol.runtime.seeded_data import SeededDataset
 from tests.conftest import train_with_proof
 from tests.unseen_project import NoisyDigits, UnseenDataModule, UnseenModule
 
 
 def digests(proof):
-    return [(c["step"], c["sha256"]) for c in ProofReader(proof).checkpoints]
+    return [(c.step, c.sha256) for c in ProofReader(proof).checkpoints]
 
 
 class DrawsBetweenSteps(pl.Callback):
@@ -47,7 +48,7 @@ def reference(tmp_path_factory):
 def test_same_seed_gives_identical_checkpoints(tmp_path, reference):
     proof, _, _ = train_with_proof(tmp_path, UnseenModule, UnseenDataModule(num_workers=2), every_n_steps=8, max_epochs=2, gradient_clip_val=1.0)
     assert digests(proof) == digests(reference)
-    assert ProofReader(proof).manifest["data"]["root"] == ProofReader(reference).manifest["data"]["root"]
+    assert ProofReader(proof).manifest.data.root == ProofReader(reference).manifest.data.root
 
 
 @pytest.mark.parametrize("dm_kwargs", [dict(num_workers=0), dict(num_workers=2, persistent_workers=True)], ids=["main-process", "persistent"])
@@ -88,21 +89,21 @@ def test_another_seed_gives_another_proof(tmp_path, reference):
 
 def replay(reader: ProofReader, start: int, k: int):
     """Re-run steps [start, start + k) of the unseen project from its checkpoint, in plain PyTorch."""
-    entry = next(c for c in reader.checkpoints if c["step"] == start)
+    entry = next(c for c in reader.checkpoints if c.step == start)
     state = reader.load_checkpoint(entry)
-    module = UnseenModule(**reader.manifest["module"]["hparams"])
+    module = UnseenModule(**reader.manifest.module.hparams)
     module.load_state_dict(state["model"])
     module.train()
     # As Lightning does on resume: build both as configure_optimizers does, then load their states.
     opt = torch.optim.AdamW(module.parameters(), lr=module.hparams.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=module.hparams.lr, total_steps=reader.manifest["training"]["estimated_stepping_batches"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=module.hparams.lr, total_steps=reader.manifest.training["estimated_stepping_batches"])
     opt.load_state_dict(state["optimizers"][0])
     sched.load_state_dict(state["lr_schedulers"][0])
     restore_rng_states(state["rng"])
-    data = SeededDataset(NoisyDigits(augment=True), reader.manifest["seed"])
+    data = SeededDataset(NoisyDigits(augment=True), reader.manifest.seed)
     log = reader.index_log()
     indices, offsets = log.indices, log.offsets
-    runs = reader.manifest["sample_epochs"]
+    runs = reader.manifest.sample_epochs
     for t in range(start, start + k):
         epoch = max(e for first, e in runs if first <= t)
         batch = default_collate(data.__getitems__([(epoch, i) for i in indices[offsets[t] : offsets[t + 1]].tolist()]))  # one batch: one seed (epochs > 0)
@@ -119,7 +120,7 @@ def replay(reader: ProofReader, start: int, k: int):
 @pytest.mark.parametrize("start", [0, 48, 56, 104], ids=["first", "mid-epoch", "across-epoch-boundary", "to-final"])
 def test_checkpoint_replays_bit_exactly(reference, start):
     reader = ProofReader(reference)
-    steps = [c["step"] for c in reader.checkpoints]
+    steps = [c.step for c in reader.checkpoints]
     end = steps[steps.index(start) + 1]
     module, opt = replay(reader, start, end - start)
     target = reader.load_checkpoint(reader.checkpoints[steps.index(end)])
@@ -136,7 +137,7 @@ def test_numpy_draws_between_steps_are_undone_including_a_cached_gaussian():
     Gaussian served from numpy's cache changes no word, so a saved state holding one is always restored."""
     import numpy as np
 
-    from lightning_pol.seeding import TrainingStream
+    from lightning_pol.runtime.rng import TrainingStream
 
     np.random.seed(1)
     stream = TrainingStream()
@@ -155,7 +156,12 @@ def test_python_random_state_as_raw_bytes_is_getstate_exactly():
     """The stream copies Python's Mersenne Twister as bytes; the checkpoint form and a restore must be getstate()'s."""
     import random
 
-    from lightning_pol.seeding import RawPythonState, capture_python_rng, portable_rng_states, restore_python_rng
+    from lightning_pol.runtime.rng import (
+        RawPythonState,
+        capture_python_rng,
+        portable_rng_states,
+        restore_python_rng,
+    )
 
     random.seed(5)
     [random.random() for _ in range(700)]  # past a twist: the index is not 624
@@ -203,7 +209,9 @@ class _NumpyRandomDigits(torch.utils.data.Dataset):
 def test_numpy_is_seeded_per_sample_only_once_a_batch_draws_from_it():
     """Epoch 0 seeds numpy once a batch, not once a sample, until a batch moves it; the batch that first
     draws (in its last sample) is fetched again. Every sample equals a fetch with all generators seeded."""
-    from lightning_pol.seeding import SeededDataset, commitment_seed, seed_everything_local
+    from lightning_pol.format.seeds import commitment_seed
+    from lightning_pol.runtime.rng import seed_everything_local
+    from lightning_pol.runtime.seeded_data import SeededDataset
 
     def eager(i):
         seed_everything_local(commitment_seed(i))
@@ -222,7 +230,9 @@ def test_python_random_is_seeded_only_for_datasets_that_draw_from_it():
     seeded. Either way every sample equals a fetch with all three generators seeded."""
     import random
 
-    from lightning_pol.seeding import SeededDataset, batch_seed, commitment_seed, seed_everything_local
+    from lightning_pol.format.seeds import batch_seed, commitment_seed
+    from lightning_pol.runtime.rng import seed_everything_local
+    from lightning_pol.runtime.seeded_data import SeededDataset
 
     def eager(indices, seed):
         seed_everything_local(seed)

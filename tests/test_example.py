@@ -23,8 +23,8 @@ def test_example_trains_with_a_proof_and_refuses_to_overwrite_it(tmp_path):
     assert f"proof: {proof.resolve()}" in first.stdout
     reader = ProofReader(proof)
     assert f"identity: {reader.identity}" in first.stdout
-    assert reader.verify_files() == [] and reader.manifest["status"] == "complete"
-    assert [c["step"] for c in reader.checkpoints] == [0, 10, 20, 30, 40, 45]
+    assert reader.verify_files() == [] and reader.manifest.status == "complete"
+    assert [c.step for c in reader.checkpoints] == [0, 10, 20, 30, 40, 45]
     assert "verdict: VALID" in first.stdout and (out / "verification.json").exists()
 
     again = run_example("--out", str(out), "--epochs", "1")

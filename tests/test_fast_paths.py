@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from lightning_pol import PoLVerifierModule, ProofOfLearning, ProofReader
-from lightning_pol import proof_format as pf
-from lightning_pol.background import BackgroundWriter
-from lightning_pol.commitment import compute_leaves
-from lightning_pol.verifier import _comparable, identical, verify_proof
+from lightning_pol.format import layout as pf
+from lightning_pol.prover.background import BackgroundWriter
+from lightning_pol.runtime.leaves import compute_leaves
+from lightning_pol.verification.distances import identical
+from lightning_pol.verification.segments import comparable
+from lightning_pol.verification.verifier import verify_proof
 from tests.conftest import make_trainer, train_with_proof
 from tests.test_verify import models, rewrite_model
 from tests.unseen_project import UnseenDataModule, UnseenModule
@@ -31,15 +33,15 @@ def honest(tmp_path_factory):
 def test_chained_replay_equals_separate_replays_across_an_epoch_boundary(honest):
     reader = ProofReader(honest)
     verifier = PoLVerifierModule(reader)
-    entries = {c["step"]: c for c in reader.checkpoints}
+    entries = {c.step: c for c in reader.checkpoints}
     boundaries = [48, 56, 64, 72]  # 1,797 samples / 32 → 57 steps per epoch: 56→64 crosses into epoch 1
     chained: dict[int, dict] = {}
     verifier.replay_chain(boundaries, lambda s: reader.load_checkpoint(entries[s]), lambda a, b, got: chained.setdefault(a, got))
     assert sorted(chained) == boundaries[:-1]
     for a, b in zip(boundaries, boundaries[1:]):
         alone = verifier.replay(a, b)
-        assert identical(_comparable(chained[a]), _comparable(alone)), (a, b)
-        assert identical(_comparable(alone), _comparable(reader.load_checkpoint(entries[b])))
+        assert identical(comparable(chained[a]), comparable(alone)), (a, b)
+        assert identical(comparable(alone), comparable(reader.load_checkpoint(entries[b])))
 
 
 def test_chained_replay_restarts_from_the_recorded_state_after_a_bad_checkpoint(honest, tmp_path):
@@ -49,7 +51,7 @@ def test_chained_replay_restarts_from_the_recorded_state_after_a_bad_checkpoint(
     rewrite_model(proof, 64, {k: (ms[56][k] + ms[72][k]) / 2 if ms[56][k].is_floating_point() else ms[64][k] for k in ms[64]})
     report = verify_proof(proof, q=0)
     # Only the two segments that touch the forged checkpoint fail; every later one starts from the recorded state.
-    assert sorted(map(tuple, report.checks["replay"]["failed"])) == [(56, 64), (64, 72)]
+    assert sorted(map(tuple, report.checks["replay"].failed)) == [(56, 64), (64, 72)]
     assert len(report.segments) == len(ProofReader(proof).checkpoints) - 1
 
 
@@ -88,7 +90,7 @@ def test_background_and_synchronous_writing_and_any_commit_interval_give_identic
         proof, _, _ = train_with_proof(tmp_path / str(i), UnseenModule, UnseenDataModule(num_workers=0), every_n_steps=4,
                                        max_epochs=1, pol_kwargs=kwargs)
         manifest = ProofReader(proof).manifest
-        digests.append({rel: e["sha256"] for rel, e in manifest["files"].items()})
+        digests.append({rel: e.sha256 for rel, e in manifest.files.items()})
     assert digests[0] == digests[1] == digests[2] and len(digests[0]) > 10
 
 
@@ -140,7 +142,7 @@ def test_two_shard_multirun_replays_a_proof_whose_loader_has_workers(honest, tmp
     import sys
     from pathlib import Path
 
-    assert ProofReader(honest).manifest["training"]["num_workers"] == 2
+    assert ProofReader(honest).manifest.training["num_workers"] == 2
     repo = Path(__file__).resolve().parents[1]
     sweep = tmp_path / "sweep"
     done = subprocess.run([sys.executable, "-m", "lightning_pol.verify", "--multirun", f"proof_dir={honest}", "verifier.q=0",
@@ -156,7 +158,7 @@ def test_safetensors_through_numpy_gives_the_library_bytes():
     """The writer serializes through numpy (3x faster); the bytes must be those of safetensors.torch, dtypes it lacks included."""
     from safetensors.torch import save
 
-    from lightning_pol.writer import safetensors_bytes
+    from lightning_pol.format.safetensors_io import safetensors_bytes
 
     tensors = {
         "w": torch.randn(3, 4), "steps": torch.arange(5), "flag": torch.tensor(True), "u8": torch.zeros(2, dtype=torch.uint8),

@@ -1,6 +1,6 @@
 """Issue 9, hostile proofs: a small fuzz campaign ends without findings, and the real CLI gives clean verdicts.
 
-The full campaign (10,000 mutants) is ``python -m lightning_pol.fuzz``; its
+The full campaign (10,000 mutants) is ``python -m tools.fuzz``; its
 numbers are in docs/security.md ("Fuzz campaign").
 """
 
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from lightning_pol import proof_format as pf
-from lightning_pol.fuzz.campaign import Worker, run_campaign
-from lightning_pol.fuzz.honest import train_honest
-from lightning_pol.fuzz.mutations import CLASSES, Env, Honest, Mutant, checkpoint_bytes
+from lightning_pol.format import layout as pf
+from lightning_pol.format.checkpoint import checkpoint_bytes
+from tools.fuzz.campaign import Worker, run_campaign
+from tools.fuzz.honest import train_honest
+from tools.fuzz.mutations import CLASSES, Env, Honest, Mutant
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -46,7 +46,7 @@ def failed(check: InitCheck) -> list[tuple[str, str]]:
 
 
 def test_strategies_match_the_proof_format():
-    from lightning_pol.proof_format import INIT_STRATEGIES
+    from lightning_pol.format.manifest import INIT_STRATEGIES
 
     assert set(STRATEGIES) <= set(INIT_STRATEGIES)
 

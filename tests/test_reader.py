@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from lightning_pol import ProofFormatError, ProofReader
-from lightning_pol import proof_format as pf
-from lightning_pol.writer import manifest_bytes
+from lightning_pol.format import layout as pf
+from lightning_pol.format.manifest import manifest_bytes
 from tests.conftest import pickle_bomb, relist, train_with_proof
 from tests.unseen_project import UnseenDataModule, UnseenModule
 
@@ -40,7 +40,7 @@ def edit_manifest(proof, fn):
 def test_pristine_proof_reads(proof):
     reader = ProofReader(proof)
     assert reader.verify_files() == []
-    assert [c["step"] for c in reader.checkpoints] == [0, 4, 8, 10]
+    assert [c.step for c in reader.checkpoints] == [0, 4, 8, 10]
     for c in reader.checkpoints:
         reader.load_checkpoint(c)
 
@@ -142,13 +142,13 @@ def test_data_commitment_may_be_null_only_while_in_progress(proof):
         return fn
 
     edit_manifest(proof, uncommitted(pf.STATUS_IN_PROGRESS))
-    assert ProofReader(proof).manifest["data"]["root"] is None  # a run stopped in its first epoch, before committing
+    assert ProofReader(proof).manifest.data.root is None  # a run stopped in its first epoch, before committing
     edit_manifest(proof, uncommitted(pf.STATUS_COMPLETE))
     with pytest.raises(ProofFormatError, match="manifest field data"):
         ProofReader(proof)
 
 
-# -- findings of the hostile-proof fuzz campaign (python -m lightning_pol.fuzz; docs/security.md) -----
+# -- findings of the hostile-proof fuzz campaign (python -m tools.fuzz; docs/security.md) -----
 
 def edit_header(proof, rel, fn):
     """Rewrite the safetensors header of ``rel`` in place (``fn`` edits the parsed header), and re-sign it."""
@@ -294,7 +294,7 @@ def test_torch_dtype_names_never_reach_torch_getattr(monkeypatch):
     # Found: {"__torch_dtype__": "_dynamo"} made torch's module __getattr__ import torch._dynamo.
     import torch
 
-    from lightning_pol.state_codec import decode_state
+    from lightning_pol.format.state_codec import decode_state
 
     calls = []
     monkeypatch.setattr(torch, "__getattr__", lambda name: calls.append(name), raising=False)
@@ -348,7 +348,7 @@ def test_manifest_numbers_and_typed_fields(proof, mutate, message):
 @pytest.mark.parametrize("final", [10**12, 10**30])
 def test_checkpoint_steps_are_compared_without_building_them(proof, final):
     # Found: set(range(0, final_step, k)) for final_step = 10**12 (MemoryError), 10**30 (OverflowError in len).
-    from lightning_pol.verifier import check_integrity
+    from lightning_pol.verification.integrity import check_integrity
 
     edit_manifest(proof, lambda m: m.update(final_step=final, every_n_steps=1, checkpoints=[m["checkpoints"][0], dict(m["checkpoints"][-1], step=final)]))
     assert any("checkpoints are missing" in p for p in check_integrity(ProofReader(proof)).problems)
@@ -358,7 +358,7 @@ def test_settings_that_never_stop_still_end_the_replay(proof):
     # Found: max_steps past the final step (max_epochs -1) made the replay of the last segment run empty epochs
     # forever. The replay now ends where the recorded batches end (an honest run stopped by EarlyStopping
     # has such settings: tests/test_stopping.py).
-    from lightning_pol.verifier import verify_proof
+    from lightning_pol.verification.verifier import verify_proof
 
     edit_manifest(proof, lambda m: m["training"].update(max_steps=1000, max_epochs=-1))
     report = verify_proof(proof, q=0, random=0, seed=0)
@@ -369,7 +369,7 @@ def test_settings_that_never_stop_still_end_the_replay(proof):
 
 def test_batches_per_epoch_must_be_the_loaders(proof):
     # Found: limit_train_batches=3 made the replay run forever; a limit above the epoch hid a false steps_per_epoch.
-    from lightning_pol.verifier import verify_proof
+    from lightning_pol.verification.verifier import verify_proof
 
     edit_manifest(proof, lambda m: m["training"].update(limit_train_batches=3))
     report = verify_proof(proof, q=0, random=0, seed=0)
@@ -378,7 +378,7 @@ def test_batches_per_epoch_must_be_the_loaders(proof):
 
 def test_replay_compares_the_step_counters(proof):
     # Found: a checkpoint whose batch index (or epoch) lied verified: the replay compared everything but progress.
-    from lightning_pol.verifier import verify_proof
+    from lightning_pol.verification.verifier import verify_proof
 
     edit_state(proof, 4, lambda t: t["progress"].update(batch_idx=5))
     report = verify_proof(proof, q=0, random=0, seed=0)
@@ -389,7 +389,7 @@ def test_replay_compares_the_step_counters(proof):
 def test_declared_class_must_be_of_its_kind(proof, tmp_path, where):
     # Found: module.class = "subprocess:Popen" ran Popen(**hparams) in the initialization check.
     from lightning_pol.errors import PoLError
-    from lightning_pol.verifier import verify_proof
+    from lightning_pol.verification.verifier import verify_proof
 
     marker = tmp_path / "ran"
     command = {"args": [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]}
@@ -409,7 +409,7 @@ def test_declared_class_must_be_of_its_kind(proof, tmp_path, where):
 def test_module_inside_the_proof_is_never_imported(proof, tmp_path, monkeypatch):
     # Found: a module file in the proof, named as the module class, ran when the verifier started inside the proof.
     from lightning_pol.errors import PoLError
-    from lightning_pol.verifier import verify_proof
+    from lightning_pol.verification.verifier import verify_proof
 
     marker = tmp_path / "ran"
     (proof / "fuzz_canary_reader_test.py").write_text(f"open({str(marker)!r}, 'w')\nclass Module:\n    pass\n")
@@ -434,11 +434,11 @@ def test_step_boundaries_follow_the_accumulation(proof):
 
 
 def test_a_module_without_a_loader_is_a_failed_check(proof):
-    from lightning_pol.verifier import verify_proof
+    from lightning_pol.verification.verifier import verify_proof
 
     edit_manifest(proof, lambda m: m.update(datamodule=None))
     report = verify_proof(proof, q=0, random=0, seed=0)
-    assert not report.valid and not report.checks["data"]["passed"]
+    assert not report.valid and not report.checks["data"].passed
 
 
 def test_w0_must_be_exactly_a_state_of_the_module(proof):
@@ -446,13 +446,13 @@ def test_w0_must_be_exactly_a_state_of_the_module(proof):
     # num_batches_tracked; set_rng_state ignores the high half of each of its 64-bit words.
     import torch
 
-    from lightning_pol.verifier import verify_proof
+    from lightning_pol.verification.verifier import verify_proof
 
     reader = ProofReader(proof)
     state = reader.load_checkpoint(reader.checkpoints[0])
     state["model"]["net.1.bias"] = state["model"]["net.1.bias"].double()
-    from lightning_pol.state_codec import encode_state
-    from lightning_pol.writer import safetensors_bytes
+    from lightning_pol.format.safetensors_io import safetensors_bytes
+    from lightning_pol.format.state_codec import encode_state
 
     rel = pf.checkpoint_path(0)
     tensors, tree = encode_state(state)
@@ -509,7 +509,7 @@ def test_files_hold_exactly_their_tensors(proof):
 
 def test_declared_batch_size_must_be_the_loaders(proof):
     # Found: training.batch_size (informational until now) could say anything.
-    from lightning_pol.verifier import verify_proof
+    from lightning_pol.verification.verifier import verify_proof
 
     edit_manifest(proof, lambda m: m["training"].update(batch_size=m["training"]["batch_size"] + 1 if m["training"]["batch_size"] else 1))
     report = verify_proof(proof, q=0, random=0, seed=0)
@@ -518,7 +518,7 @@ def test_declared_batch_size_must_be_the_loaders(proof):
 
 def test_reasons_quote_the_proof_briefly(proof):
     # Found: a 5,000-character path, or a shape of 100,000 dimensions, made a reason of that length.
-    from lightning_pol.verifier import verify_proof
+    from lightning_pol.verification.verifier import verify_proof
 
     edit_manifest(proof, lambda m: m["files"].update({"../" + "x" * 5000: {"sha256": "0" * 64, "bytes": 1}}))
     with pytest.raises(ProofFormatError) as info:

@@ -37,9 +37,9 @@ def test_index_log_matches_training_step_and_the_proof_verifies(tmp_path, dm_kwa
     """What the README calls supported as is: recorded as training_step saw it, and every segment replays bit for bit."""
     proof, module, _ = train_with_proof(tmp_path, UnseenModule(), UnseenDataModule(**dm_kwargs), every_n_steps=7, **trainer_kwargs)
     reader, log = recorded_steps(proof)
-    assert len(log) == steps == reader.manifest["final_step"]
+    assert len(log) == steps == reader.manifest.final_step
     assert log == module.seen
-    assert [c["step"] for c in reader.checkpoints] == sorted(set(range(0, steps, 7)) | {steps})
+    assert [c.step for c in reader.checkpoints] == sorted(set(range(0, steps, 7)) | {steps})
     report = verify_proof(proof, q=0)
     assert report.valid, report.summary()
     assert len(report.segments) == len(reader.checkpoints) - 1 and all(s.bit_exact for s in report.segments)
@@ -95,8 +95,8 @@ def test_module_that_supplies_its_own_data(tmp_path):
     proof, module, _ = train_with_proof(tmp_path, SelfFeedingModule, None, every_n_steps=5, max_epochs=1)
     reader, log = recorded_steps(proof)
     assert log == module.seen and len(log) == 29
-    assert reader.manifest["datamodule"] is None and reader.manifest["training"]["data_source"] == "module"
-    assert reader.manifest["module"]["class"] == "tests.unseen_project:SelfFeedingModule"
+    assert reader.manifest.datamodule is None and reader.manifest.training["data_source"] == "module"
+    assert reader.manifest.module.import_path == "tests.unseen_project:SelfFeedingModule"
 
 
 def test_micro_batch_boundaries_are_recorded(tmp_path):

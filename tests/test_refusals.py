@@ -7,7 +7,7 @@ from torch import nn
 
 import tests.recreation_cases as cases
 from lightning_pol import PoLError, ProofOfLearning, ProofReader
-from lightning_pol.proof_format import MANIFEST
+from lightning_pol.format.layout import MANIFEST
 from tests.conftest import train_with_proof
 from tests.unseen_project import UnseenDataModule, UnseenModule
 

@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from lightning_pol import verify_proof
-from lightning_pol.distances import METRICS
-from lightning_pol.reproducibility import read_calibration, reproduction_errors
+from lightning_pol.verification.distances import METRICS
+from lightning_pol.verification.reproducibility import (
+    read_calibration,
+    reproduction_errors,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_pol import PoLError, ProofOfLearning, ProofReader
-from lightning_pol import proof_format as pf
+from lightning_pol.format import layout as pf
 from tests.conftest import make_trainer
 from tests.test_determinism import replay
 from tests.unseen_project import UnseenDataModule, UnseenModule
@@ -45,8 +45,8 @@ def resumed(tmp_path_factory):
     with pytest.raises(Crash):
         run(root, first, crash_at=66)  # last.ckpt is from the end of epoch 0 (step 57); the proof has reached step 64
     crashed = ProofReader(root / "proof")
-    assert crashed.manifest["status"] == pf.STATUS_IN_PROGRESS
-    assert [c["step"] for c in crashed.checkpoints][-1] == 64
+    assert crashed.manifest.status == pf.STATUS_IN_PROGRESS
+    assert [c.step for c in crashed.checkpoints][-1] == 64
     second = UnseenModule()
     run(root, second, ckpt_path=root / "ckpt" / "last.ckpt")
     return ProofReader(root / "proof"), first, second
@@ -54,10 +54,10 @@ def resumed(tmp_path_factory):
 
 def test_resumed_proof_is_complete_and_clean(resumed):
     reader, _, _ = resumed
-    assert reader.manifest["status"] == pf.STATUS_COMPLETE
+    assert reader.manifest.status == pf.STATUS_COMPLETE
     assert reader.verify_files() == []
-    assert [c["step"] for c in reader.checkpoints] == list(range(0, 171, 8)) + [171]
-    assert [c["path"] for c in reader.manifest["index_log"]] == [pf.INDEX_LOG_FINAL]
+    assert [c.step for c in reader.checkpoints] == list(range(0, 171, 8)) + [171]
+    assert [c.path for c in reader.manifest.index_log] == [pf.INDEX_LOG_FINAL]
 
 
 def test_index_log_keeps_what_was_trained_before_the_checkpoint_and_after_the_resume(resumed):
@@ -67,14 +67,14 @@ def test_index_log_keeps_what_was_trained_before_the_checkpoint_and_after_the_re
     log = [indices[offsets[t] : offsets[t + 1]].tolist() for t in range(171)]
     assert log == first.seen[:57] + second.seen
     assert len(first.seen) == 66  # steps 57..65 were trained, then thrown away with the crash
-    assert reader.manifest["sample_epochs"] == [[0, 0], [57, 1], [114, 2]]
+    assert reader.manifest.sample_epochs == [[0, 0], [57, 1], [114, 2]]
 
 
 def test_segment_across_the_resume_point_replays_exactly(resumed):
     reader, _, _ = resumed
     module, _ = replay(reader, 56, 8)
     target = reader.load_checkpoint(reader.checkpoints[8])
-    assert reader.checkpoints[8]["step"] == 64
+    assert reader.checkpoints[8].step == 64
     for key, value in module.state_dict().items():
         assert torch.equal(value, target["model"][key]), key
 
@@ -83,7 +83,7 @@ def test_resume_within_the_first_epoch_commits_the_data_and_verifies(tmp_path):
     """A run killed in epoch 0 has not committed to its data yet; the resumed run commits to it, and the
     proof verifies although Lightning reshuffled the rest of the epoch."""
     from lightning_pol import verify_proof
-    from lightning_pol.commitment import compute_leaves
+    from lightning_pol.runtime.leaves import compute_leaves
     from tests.unseen_project import NoisyDigits
 
     def fit(module, crash_at=None, ckpt_path=None):
@@ -98,16 +98,16 @@ def test_resume_within_the_first_epoch_commits_the_data_and_verifies(tmp_path):
     with pytest.raises(Crash):
         fit(UnseenModule(), crash_at=30)  # epoch 0 has 57 steps; last.ckpt is from step 20
     crashed = ProofReader(tmp_path / "proof")
-    assert crashed.manifest["data"]["root"] is None and crashed.manifest["status"] == pf.STATUS_IN_PROGRESS
+    assert crashed.manifest.data.root is None and crashed.manifest.status == pf.STATUS_IN_PROGRESS
     fit(UnseenModule(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     reader = ProofReader(tmp_path / "proof")
     assert torch.equal(reader.leaves(), compute_leaves(NoisyDigits(augment=True)))
     # Lightning resumes mid-epoch with a fresh shuffle: the resumed part of epoch 0 is a run of its own.
-    assert reader.manifest["sample_epochs"] == [[0, 0], [20, 0], [57, 1]]
+    assert reader.manifest.sample_epochs == [[0, 0], [20, 0], [57, 1]]
     report = verify_proof(tmp_path / "proof", q=0)
     assert report.valid, report.reasons
-    assert report.checks["replay"]["summary"].startswith(f"{len(reader.checkpoints) - 1}/")
-    assert report.checks["data"]["permutation"]["split_epochs"] == [0]  # shown to whoever reads the report
+    assert report.checks["replay"].summary.startswith(f"{len(reader.checkpoints) - 1}/")
+    assert report.checks["data"].permutation["split_epochs"] == [0]  # shown to whoever reads the report
 
 
 def test_sigkill_after_the_fourth_lightning_checkpoint_then_resume_verifies(tmp_path):
@@ -139,16 +139,16 @@ def test_sigkill_after_the_fourth_lightning_checkpoint_then_resume_verifies(tmp_
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed = ProofReader(tmp_path / "proof")
-    assert killed.manifest["status"] == pf.STATUS_IN_PROGRESS
+    assert killed.manifest.status == pf.STATUS_IN_PROGRESS
     resumed = subprocess.run([sys.executable, "-m", "tests.kill_resume_target", str(tmp_path), str(ckpt / "last.ckpt")],
                              cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     reader = ProofReader(tmp_path / "proof")
-    assert reader.manifest["status"] == pf.STATUS_COMPLETE and reader.manifest["final_step"] == 4 * 57
-    assert reader.checkpoints[-1]["step"] == 4 * 57
+    assert reader.manifest.status == pf.STATUS_COMPLETE and reader.manifest.final_step == 4 * 57
+    assert reader.checkpoints[-1].step == 4 * 57
     report = verify_proof(tmp_path / "proof", q=0)
     assert report.valid, report.reasons
-    assert report.checks["replay"]["summary"] == f"{len(reader.checkpoints) - 1}/{len(reader.checkpoints) - 1} segments bit-exact"
+    assert report.checks["replay"].summary == f"{len(reader.checkpoints) - 1}/{len(reader.checkpoints) - 1} segments bit-exact"
 
 
 # -- what a resume refuses, leaving the proof as it was ---------------------------------------
@@ -168,7 +168,7 @@ def crashed(tmp_path):
 def _resume_refused(root, edit_manifest=None, datamodule=None) -> str:
     import json
 
-    from lightning_pol.writer import manifest_bytes
+    from lightning_pol.format.manifest import manifest_bytes
 
     manifest = root / "proof" / pf.MANIFEST
     if edit_manifest is not None:

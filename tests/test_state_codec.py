@@ -11,8 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from lightning_pol.seeding import collect_rng_states, portable_rng_states, restore_rng_states
-from lightning_pol.state_codec import StateEncodingError, decode_state, encode_state
+from lightning_pol.format.state_codec import (
+    StateEncodingError,
+    decode_state,
+    encode_state,
+)
+from lightning_pol.runtime.rng import (
+    collect_rng_states,
+    portable_rng_states,
+    restore_rng_states,
+)
 
 
 def roundtrip(state):

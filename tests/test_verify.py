@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from lightning_pol import ProofReader
-from lightning_pol import proof_format as pf
-from lightning_pol.distances import distances
-from lightning_pol.state_codec import encode_state
-from lightning_pol.verifier import verify_proof
-from lightning_pol.writer import manifest_bytes, safetensors_bytes
+from lightning_pol.format import layout as pf
+from lightning_pol.format.manifest import manifest_bytes
+from lightning_pol.format.safetensors_io import safetensors_bytes
+from lightning_pol.verification.distances import distances
+from lightning_pol.verification.verifier import verify_proof
 from tests.conftest import pickle_bomb, relist, train_with_proof, write_checkpoint
 from tests.unseen_project import UnseenDataModule, UnseenModule
 
@@ -40,17 +40,15 @@ def proof(pristine, tmp_path):
 
 def rewrite_model(proof: Path, step: int, model: dict[str, torch.Tensor]) -> None:
     reader = ProofReader(proof)
-    entry = next(c for c in reader.checkpoints if c["step"] == step)
+    entry = next(c for c in reader.checkpoints if c.step == step)
     state = reader.load_checkpoint(entry)
     state["model"] = model
-    tensors, tree = encode_state(state)
-    (proof / entry["path"]).write_bytes(safetensors_bytes(tensors, {pf.CHECKPOINT_STATE_KEY: json.dumps(tree)}))
-    relist(proof, entry["path"])
+    write_checkpoint(proof, entry.path, state)
 
 
 def models(proof: Path) -> dict[int, dict[str, torch.Tensor]]:
     reader = ProofReader(proof)
-    return {c["step"]: reader.load_checkpoint(c)["model"] for c in reader.checkpoints}
+    return {c.step: reader.load_checkpoint(c)["model"] for c in reader.checkpoints}
 
 
 def cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -67,7 +65,7 @@ def test_full_replay_is_valid_and_every_segment_bit_exact(pristine):
     assert all(s.bit_exact and s.distances["l2"] == 0.0 for s in report.segments)
     assert report.mode["effective"] == "exact" and report.environment["matches"]
     assert report.coverage["expected"] == 1.0 and report.coverage["measured"] == 1.0
-    assert report.checks["hyperparameters"]["schedule_simulated"]
+    assert report.checks["hyperparameters"].schedule_simulated
 
 
 def test_q1_replays_the_largest_update_of_each_epoch(pristine):
@@ -125,7 +123,7 @@ def test_checkpoint_replaced_by_the_mean_of_its_neighbours(proof):
     rewrite_model(proof, 64, {k: (ms[56][k] + ms[72][k]) / 2 if ms[56][k].is_floating_point() else ms[64][k] for k in ms[64]})
     report = verify_proof(proof, q=0)
     assert not report.valid
-    assert {tuple(x) for x in report.checks["replay"]["failed"]} >= {(56, 64), (64, 72)}
+    assert {tuple(x) for x in report.checks["replay"].failed} >= {(56, 64), (64, 72)}
 
 
 def test_linear_interpolation_from_w0_to_wt(proof):
@@ -136,7 +134,7 @@ def test_linear_interpolation_from_w0_to_wt(proof):
         a = s / final
         rewrite_model(proof, s, {k: (1 - a) * ms[0][k] + a * ms[final][k] if ms[0][k].is_floating_point() else ms[s][k] for k in ms[s]})
     report = verify_proof(proof)  # the default verifier: q=1, one random segment per epoch
-    assert not report.valid and report.checks["replay"]["passed"] is False
+    assert not report.valid and report.checks["replay"].passed is False
 
 
 def test_two_batches_of_a_segment_swapped(proof):
@@ -152,7 +150,7 @@ def test_two_batches_of_a_segment_swapped(proof):
     relist(proof, pf.INDEX_LOG_FINAL)
     report = verify_proof(proof, q=0)
     assert not report.valid
-    assert [8, 16] in report.checks["replay"]["failed"]
+    assert [8, 16] in report.checks["replay"].failed
 
 
 def test_w0_replaced_by_trained_weights_fails_initialization(proof):
@@ -160,7 +158,7 @@ def test_w0_replaced_by_trained_weights_fails_initialization(proof):
     rewrite_model(proof, 0, ms[max(ms)])
     report = verify_proof(proof, q=1, random=0)
     assert not report.valid
-    assert report.checks["initialization"]["passed"] is False
+    assert report.checks["initialization"].passed is False
 
 
 def test_pickle_checkpoint_is_rejected_and_never_run(proof, tmp_path):
@@ -172,7 +170,7 @@ def test_pickle_checkpoint_is_rejected_and_never_run(proof, tmp_path):
     assert done.returncode in (1, 2) and "Traceback" not in done.stderr
     assert not marker.exists()
     report = verify_proof(proof)
-    assert not report.valid and report.checks["integrity"]["passed"] is False
+    assert not report.valid and report.checks["integrity"].passed is False
     assert not marker.exists()
 
 
@@ -188,8 +186,8 @@ def test_manifest_path_outside_the_proof(proof):
 def test_last_checkpoint_deleted(proof):
     (proof / pf.checkpoint_path(171)).unlink()
     report = verify_proof(proof)
-    assert not report.valid and report.checks["integrity"]["passed"] is False
-    assert any("missing file: checkpoints/step-000000171" in p for p in report.checks["integrity"]["problems"])
+    assert not report.valid and report.checks["integrity"].passed is False
+    assert any("missing file: checkpoints/step-000000171" in p for p in report.checks["integrity"].problems)
 
 
 def test_training_sample_changed_after_training(pristine, monkeypatch):
@@ -197,30 +195,28 @@ def test_training_sample_changed_after_training(pristine, monkeypatch):
 
     original = project.NoisyDigits.__init__
 
-    def tampered(self, augment):
-        original(self, augment)
+    def tampered(self, augment, every_rng=False):
+        original(self, augment, every_rng)
         self.x[123, 0, 3, 3] += 0.25
 
     monkeypatch.setattr(project.NoisyDigits, "__init__", tampered)
     report = verify_proof(pristine, q=0)
     assert not report.valid
-    assert report.checks["data"]["passed"] is False
-    assert report.checks["data"]["mismatched_samples"] == [123]
-    assert "123" in report.checks["data"]["summary"]
+    assert report.checks["data"].passed is False
+    assert report.checks["data"].mismatched_samples == [123]
+    assert "123" in report.checks["data"].summary
 
 
 def test_learning_rate_that_differs_from_the_declared_schedule(proof):
     reader = ProofReader(proof)
-    entry = next(c for c in reader.checkpoints if c["step"] == 64)
+    entry = next(c for c in reader.checkpoints if c.step == 64)
     state = reader.load_checkpoint(entry)
     state["optimizers"][0]["param_groups"][0]["lr"] *= 1e-6  # a "tiny learning rate" that was never declared
-    tensors, tree = encode_state(state)
-    (proof / entry["path"]).write_bytes(safetensors_bytes(tensors, {pf.CHECKPOINT_STATE_KEY: json.dumps(tree)}))
-    relist(proof, entry["path"])
+    write_checkpoint(proof, entry.path, state)
     report = verify_proof(proof, q=1, random=0)
     assert not report.valid
     check = report.checks["hyperparameters"]
-    assert check["passed"] is False and "checkpoint 64" in check["problems"][0]
+    assert check.passed is False and "checkpoint 64" in check.problems[0]
 
 
 def test_full_data_flag_recomputes_every_leaf(pristine, monkeypatch):
@@ -228,16 +224,16 @@ def test_full_data_flag_recomputes_every_leaf(pristine, monkeypatch):
 
     original = project.NoisyDigits.__init__
 
-    def tampered(self, augment):
-        original(self, augment)
+    def tampered(self, augment, every_rng=False):
+        original(self, augment, every_rng)
         self.y[1500] = (self.y[1500] + 1) % 10
 
     report = verify_proof(pristine, q=1, random=0, full_data=True)
-    assert report.valid and report.checks["data"]["full_dataset"]
+    assert report.valid and report.checks["data"].full_dataset
     monkeypatch.setattr(project.NoisyDigits, "__init__", tampered)
     report = verify_proof(pristine, q=1, random=0, full_data=True)
-    assert report.checks["data"]["mismatched_samples"] == [1500]
-    assert "Merkle root differs" in " ".join(report.checks["data"]["problems"])
+    assert report.checks["data"].mismatched_samples == [1500]
+    assert "Merkle root differs" in " ".join(report.checks["data"].problems)
 
 
 def test_another_thread_count_is_reported_and_tolerant_mode_accepts_within_delta(pristine):
@@ -274,21 +270,19 @@ def test_random_segments_are_unpredictable_and_their_detection_probability_is_st
 
 
 def selected_segments(proof: Path, q: int, random: int, seed: int) -> list:
-    """The segments the verifier selects with these settings, without replaying them."""
-    import functools
-
-    from lightning_pol.replay import PoLVerifierModule
-    from lightning_pol.report import Report
-    from lightning_pol.verifier import _select
+    """The segments the verifier selects with these settings (from the proof's real update magnitudes), without replaying them."""
+    from lightning_pol.verification.replay import PoLVerifierModule
+    from lightning_pol.verification.selection import select_segments
 
     reader = ProofReader(proof)
-    entries = {c["step"]: c for c in reader.checkpoints}
-    state = functools.lru_cache(maxsize=None)(lambda step: reader.load_checkpoint(entries[step]))
-    return _select(PoLVerifierModule(reader), sorted(entries), state, q, random, seed, Report(str(proof), None, False))
+    models = {c.step: reader.load_checkpoint(c)["model"] for c in reader.checkpoints}
+    segments, _ = select_segments(sorted(models), PoLVerifierModule(reader).step_epoch,
+                                  lambda a, b: distances(models[a], models[b])["l2"], q, random, seed)
+    return segments
 
 
 def test_detection_probability_of_random_segments():
-    from lightning_pol.verifier import detection_probability
+    from lightning_pol.verification.selection import detection_probability
 
     assert detection_probability(10, 3, 2) == pytest.approx(1 - 56 / 120)  # 1 - C(8,3)/C(10,3)
     assert detection_probability(7, 1, 1) == pytest.approx(1 / 7)
@@ -305,7 +299,7 @@ def _unreplayed_step(proof: Path, report) -> int:
 
 def test_a_duplicated_index_in_a_step_that_is_never_replayed_is_rejected(proof):
     honest = verify_proof(proof, q=1, random=0)
-    assert honest.valid and honest.checks["data"]["permutation"]["passed"]
+    assert honest.valid and honest.checks["data"].permutation["passed"]
     t = _unreplayed_step(proof, honest)
     log = ProofReader(proof).index_log()
     idx = log.indices.clone()
@@ -314,9 +308,9 @@ def test_a_duplicated_index_in_a_step_that_is_never_replayed_is_rejected(proof):
     relist(proof, pf.INDEX_LOG_FINAL)
     report = verify_proof(proof, q=1, random=0)
     assert [(s.start_step, s.end_step) for s in report.segments] == [(s.start_step, s.end_step) for s in honest.segments]
-    assert report.checks["replay"]["passed"] is True  # the replayed segments are untouched
-    assert not report.valid and report.checks["data"]["passed"] is False
-    assert report.checks["data"]["permutation"]["epochs_not_permutations"] == [0]
+    assert report.checks["replay"].passed is True  # the replayed segments are untouched
+    assert not report.valid and report.checks["data"].passed is False
+    assert report.checks["data"].permutation["epochs_not_permutations"] == [0]
 
 
 def test_leaves_that_do_not_hash_to_the_committed_root_are_rejected_by_the_default_verifier(proof):
@@ -329,9 +323,9 @@ def test_leaves_that_do_not_hash_to_the_committed_root_are_rejected_by_the_defau
     (proof / pf.LEAVES).write_bytes(safetensors_bytes({pf.LEAVES_KEY: leaves}))
     relist(proof, pf.LEAVES)
     report = verify_proof(proof, q=1, random=0)
-    assert not report.valid and report.checks["data"]["passed"] is False
-    assert report.checks["data"]["mismatched_samples"] == []
-    assert "the leaves do not hash to the committed Merkle root" in report.checks["data"]["problems"]
+    assert not report.valid and report.checks["data"].passed is False
+    assert report.checks["data"].mismatched_samples == []
+    assert "the leaves do not hash to the committed Merkle root" in report.checks["data"].problems
 
 
 @pytest.mark.parametrize("what", ["optimizer", "rng"])
@@ -347,9 +341,55 @@ def test_a_final_checkpoint_with_only_its_optimizer_or_rng_state_changed_fails_i
         rng = state["rng"]["torch"].clone()
         rng[100] ^= 1
         state["rng"]["torch"] = rng
-    write_checkpoint(proof, entry["path"], state)
+    write_checkpoint(proof, entry.path, state)
     segments = len(reader.checkpoints) - 1
     report = verify_proof(proof, q=0, num_shards=segments, shard=segments - 1)  # this shard replays the last segment only
     assert [(s.start_step, s.end_step) for s in report.segments] == [(168, 171)]
-    assert not report.valid and report.checks["replay"]["failed"] == [[168, 171]]
+    assert not report.valid and report.checks["replay"].failed == [[168, 171]]
     assert report.segments[0].distances["l2"] == 0.0  # the weights replay exactly: only the other state differs
+
+
+# -- exit codes: a verdict comes from the checks, "bad input" from PoLErrors, anything else is a crash -------------
+
+def test_the_verifier_module_built_directly_runs_the_class_gate(proof, tmp_path):
+    """PoLVerifierModule(reader), as its docstring shows it, refuses a hostile class before creating anything."""
+    from lightning_pol import PoLError, PoLVerifierModule
+
+    marker = tmp_path / "canary"
+    m = json.loads((proof / pf.MANIFEST).read_text())
+    m["module"] = {"class": "subprocess:Popen", "hparams": {"args": [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]}}
+    (proof / pf.MANIFEST).write_bytes(manifest_bytes(m))
+    with pytest.raises(PoLError) as refused:
+        PoLVerifierModule(ProofReader(proof))
+    assert str(refused.value) == "the proof's module 'subprocess:Popen' is not a lightning.pytorch.core.module.LightningModule"
+    assert "\n" not in str(refused.value) and not marker.exists()
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("an injected verifier bug")
+
+
+@pytest.mark.parametrize("where", [
+    "lightning_pol.verification.data_check.permutation_check",
+    "lightning_pol.verification.verifier.select_segments",
+    "lightning_pol.verification.hyperparameters._simulate_schedule",
+    "lightning_pol.verification.segments.Judge.__call__",  # runs inside the replay's Lightning fit
+    "lightning_pol.verification.replay.EmulatedRanks.batch_start",  # the replay callback's own code
+])
+def test_a_bug_in_a_check_is_a_crash_not_a_verdict_nor_bad_input(pristine, tmp_path, monkeypatch, capsys, where):
+    import importlib
+
+    from lightning_pol.apps.verify import ERROR, verify_with
+    from lightning_pol.verification.settings import VerifierSettings
+
+    module, _, name = where.rpartition(".")
+    owner = importlib.import_module(module) if not module.endswith(("Judge", "EmulatedRanks")) else getattr(
+        importlib.import_module(module.rpartition(".")[0]), module.rpartition(".")[2])
+    monkeypatch.setattr(owner, name, _boom)
+    code = verify_with(VerifierSettings(q=1, random=0), pristine, tmp_path / "verification.json")
+    err = capsys.readouterr().err
+    assert code == 3, err[-2000:]
+    assert "Traceback" in err and "RuntimeError: an injected verifier bug" in err
+    assert err.strip().splitlines()[-1].startswith("error: crash: ")
+    assert not (tmp_path / "verification.json").exists()
+    assert json.loads((tmp_path / ERROR).read_text())["exit_code"] == 3

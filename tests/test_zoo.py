@@ -155,5 +155,5 @@ def test_a_short_resnet20_run_writes_a_proof(tmp_path):
     pol = ProofOfLearning(tmp_path / "proof", every_n_steps=2)
     make_trainer([pol], tmp_path, max_steps=4, max_epochs=-1).fit(model, datamodule=data)
     reader = ProofReader(tmp_path / "proof")
-    assert [c["step"] for c in reader.checkpoints] == [0, 2, 4]
-    assert reader.manifest["module"]["class"] == "lightning_pol.zoo.classifier:ImageClassifier"
+    assert [c.step for c in reader.checkpoints] == [0, 2, 4]
+    assert reader.manifest.module.import_path == "lightning_pol.zoo.classifier:ImageClassifier"

@@ -83,9 +83,10 @@ def run(cfg: DictConfig) -> int:
         if proof_dir is None:
             raise PoLError("no proof to verify: pass proof_dir=DIR")
         settings = VerifierSettings.from_config(cfg.verifier, registry=cfg.get("registry"), parents=cfg.get("parents"))
-        seed_file = Path(hc.sweep.dir) / SHARED_SEED
-        if multirun and settings.seed is None and seed_file.exists():  # every shard of a sweep selects with one seed
-            settings = settings.replace(seed=int(seed_file.read_text()))
+        if multirun and settings.seed is None:  # every shard of a sweep selects with the sweep's one seed
+            seed_file = Path(hc.sweep.dir) / SHARED_SEED
+            if seed_file.exists():
+                settings = settings.replace(seed=int(seed_file.read_text()))
         return verify_and_report(settings, str(proof_dir), out)
 
     return exit_code(body, _error_file(out, proof_dir))

@@ -16,7 +16,11 @@ from collections.abc import Callable
 
 from lightning_pol.attacks.adversarial_examples import adversarial_examples
 from lightning_pol.attacks.initialization import lucky_init, stolen_finetune
-from lightning_pol.attacks.interpolation import blindfold_topq, infinitesimal_update, structurally_correct
+from lightning_pol.attacks.interpolation import (
+    blindfold_topq,
+    infinitesimal_update,
+    structurally_correct,
+)
 from lightning_pol.attacks.retraining import data_substitution, retraining
 from lightning_pol.attacks.toolkit import Setup
 from lightning_pol.attacks.victim import Spoof, Victim

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from lightning_pol import proof_format as pf
 from lightning_pol.attacks.toolkit import (
     SteerWeights,
     Stopwatch,
@@ -34,11 +33,12 @@ from lightning_pol.attacks.toolkit import (
     train_with_proof,
 )
 from lightning_pol.attacks.victim import Spoof, Victim
-from lightning_pol.commitment import leaf_hash, root_of
-from lightning_pol.distances import distances
 from lightning_pol.errors import PoLError
-from lightning_pol.reader import ProofReader
-from lightning_pol.writer import safetensors_bytes
+from lightning_pol.format import layout as pf
+from lightning_pol.format.reader import ProofReader
+from lightning_pol.format.safetensors_io import safetensors_bytes
+from lightning_pol.format.samples import leaf_hash, root_of
+from lightning_pol.verification.distances import distances
 
 
 class _Crafter:
@@ -136,7 +136,7 @@ def adversarial_examples(
                     leaves[i] = torch.frombuffer(bytearray(leaf_hash((row, label))), dtype=torch.uint8)
 
         def claim(m: dict[str, Any]) -> None:
-            m["data"] = {**honest.manifest["data"], "root": root_of(leaves)}
+            m["data"] = {**honest.manifest.data.to_json(), "root": root_of(leaves)}
 
         rewrite_claims(out, claim, {pf.LEAVES: safetensors_bytes({pf.LEAVES_KEY: leaves})})
     return Spoof(out, clock.seconds, {

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_pol.attacks.toolkit import Stopwatch, load_into, snapshot, train_plain, train_with_proof
+from lightning_pol.attacks.toolkit import (
+    Stopwatch,
+    load_into,
+    snapshot,
+    train_plain,
+    train_with_proof,
+)
 from lightning_pol.attacks.victim import Spoof, Victim
 
 

@@ -25,7 +25,7 @@ from lightning_pol.attacks.toolkit import (
     zero_loss,
 )
 from lightning_pol.attacks.victim import Spoof, Victim
-from lightning_pol.distances import distances
+from lightning_pol.verification.distances import distances
 
 
 def _no_compute(module: Any, batch: Any, batch_idx: int, real: Any) -> torch.Tensor:
@@ -118,13 +118,13 @@ def infinitesimal_update(
 
 def _topq_fooled(proof: Path, honest_starts: set[int], q: int, target: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Read the spoof as top-Q would: in every epoch its Q largest updates must be honest segments, and it must end at W_T."""
-    from lightning_pol.reader import ProofReader
-    from lightning_pol.replay import PoLVerifierModule
+    from lightning_pol.format.reader import ProofReader
+    from lightning_pol.verification.replay import PoLVerifierModule
 
     reader = ProofReader(proof)
     verifier = PoLVerifierModule(reader)
     states = [reader.load_checkpoint(c)["model"] for c in reader.checkpoints]
-    steps = [c["step"] for c in reader.checkpoints]
+    steps = [c.step for c in reader.checkpoints]
     by_epoch: dict[int, list[tuple[float, int]]] = {}
     for a, sa, sb in zip(steps, states, states[1:]):
         by_epoch.setdefault(verifier.step_epoch(a), []).append((distances(sa, sb)["l2"], a))

@@ -7,11 +7,17 @@ from typing import Any
 
 import torch
 
-from lightning_pol import proof_format as pf
-from lightning_pol.attacks.toolkit import SteerWeights, Stopwatch, patch_training_step, rewrite_claims, train_with_proof
+from lightning_pol.attacks.toolkit import (
+    SteerWeights,
+    Stopwatch,
+    patch_training_step,
+    rewrite_claims,
+    train_with_proof,
+)
 from lightning_pol.attacks.victim import Spoof, Victim
-from lightning_pol.distances import distances
-from lightning_pol.reader import ProofReader
+from lightning_pol.format import layout as pf
+from lightning_pol.format.reader import ProofReader
+from lightning_pol.verification.distances import distances
 
 
 def _add_to_loss(out: Any, extra: torch.Tensor) -> Any:
@@ -64,11 +70,12 @@ def data_substitution(victim: Victim, out: Path, data_overrides: dict[str, Any] 
     clock = Stopwatch()
     with clock:
         train_with_proof(victim.setup, out, seed=victim.setup.seed, datamodule=victim.setup.make_datamodule(**overrides))
-        leaves = honest.read_file(honest.manifest["data"]["leaves"])
+        claimed = honest.manifest.to_json()
+        leaves = honest.read_file(claimed["data"]["leaves"])
 
         def claim(m: dict[str, Any]) -> None:
-            m["datamodule"] = honest.manifest["datamodule"]
-            m["data"] = honest.manifest["data"]
+            m["datamodule"] = claimed["datamodule"]
+            m["data"] = claimed["data"]
 
         rewrite_claims(out, claim, {pf.LEAVES: leaves})
     return Spoof(out, clock.seconds, {"trained_on": overrides})

@@ -11,13 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from lightning_pol.attacks import ATTACKS
-from lightning_pol.attacks.toolkit import Setup, Stopwatch, snapshot, train_plain, train_with_proof
+from lightning_pol.attacks.toolkit import (
+    Setup,
+    Stopwatch,
+    snapshot,
+    train_plain,
+    train_with_proof,
+)
 from lightning_pol.attacks.victim import Spoof, Victim
-from lightning_pol.distances import distances
 from lightning_pol.errors import PoLError
-from lightning_pol.reader import ProofReader
-from lightning_pol.report import Report
-from lightning_pol.verifier import detection_probability, verify_proof
+from lightning_pol.format.reader import ProofReader
+from lightning_pol.verification.distances import distances
+from lightning_pol.verification.report import Report
+from lightning_pol.verification.selection import detection_probability
+from lightning_pol.verification.settings import VerifierSettings
+from lightning_pol.verification.verifier import verify_proof
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +35,7 @@ CHECK_ORDER = ("integrity", "initialization", "hyperparameters", "chain", "data"
 
 def caught_by(report: Report) -> list[str]:
     """The checks that failed, in :data:`CHECK_ORDER`."""
-    failed = [name for name, c in report.checks.items() if c.get("passed") is False]
+    failed = [name for name, c in report.checks.items() if c.passed is False]
     return sorted(failed, key=lambda n: CHECK_ORDER.index(n) if n in CHECK_ORDER else len(CHECK_ORDER))
 
 
@@ -46,20 +54,19 @@ def _row(name: str, report: Report, seconds: float, unit: float, details: Mappin
     }
 
 
-def blindfold_detection(spoof: Spoof, verifier: Mapping[str, Any], trials: int) -> dict[str, Any]:
+def blindfold_detection(spoof: Spoof, verifier: VerifierSettings, trials: int) -> dict[str, Any]:
     """Detection of a blindfold spoof: the stated probability of the random segments, and the rate over ``trials`` verifier seeds.
 
     Also verifies with top-Q alone (``random=0``): the attack is only sound if that accepts.
     """
-    q, r = int(verifier.get("q", 1)), int(verifier.get("random", 1))
+    q, r = verifier.q, verifier.random
     per_epoch = []
     for e, segments in spoof.details["segments_by_epoch"].items():
         fakes = spoof.details["fake_segments_by_epoch"][e]
         per_epoch.append(detection_probability(max(0, segments - q), r, fakes))
     miss = math.prod(1.0 - p for p in per_epoch)
-    settings = {**verifier, "random": 0}
-    topq_only = verify_proof(spoof.proof, **settings).valid
-    rejected = sum(not verify_proof(spoof.proof, **{**verifier, "seed": s}).valid for s in range(trials))
+    topq_only = verify_proof(spoof.proof, verifier.replace(random=0)).valid
+    rejected = sum(not verify_proof(spoof.proof, verifier.replace(seed=s)).valid for s in range(trials))
     return {
         "detection_probability": 1.0 - miss,
         "detection_probability_per_epoch": per_epoch,
@@ -71,7 +78,11 @@ def blindfold_detection(spoof: Spoof, verifier: Mapping[str, Any], trials: int) 
 
 def calibrate(setup: Setup, victim: Victim, noise_threads: int = 1) -> dict[str, float]:
     """A quick δ for tolerant mode: the honest proof's reproduction error under another thread count, against d_ref."""
-    from lightning_pol.reproducibility import mean_std, reproduction_errors, suggested_delta
+    from lightning_pol.verification.reproducibility import (
+        mean_std,
+        reproduction_errors,
+        suggested_delta,
+    )
 
     k = setup.every_n_steps
     eps = reproduction_errors(victim.proof, [k], noise="threads", noise_threads=noise_threads, max_segments=4)[k]["max"]
@@ -85,15 +96,15 @@ def run_suite(
     out: Path,
     names: Sequence[str] | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
-    verifier: Mapping[str, Any] | None = None,
+    verifier: VerifierSettings | None = None,
     detection_trials: int = 20,
     tolerant: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Build the honest proof and every spoof under ``out``, verify each; returns what ``attacks.json`` holds.
 
-    ``verifier``: keyword arguments of :func:`~lightning_pol.verify_proof` (the
-    default verifier when empty). ``tolerant``: ``{"delta": {...}}`` or
+    ``verifier``: the settings every proof is verified with (the default ones
+    when None). ``tolerant``: ``{"delta": {...}}`` or
     ``{"calibration": PATH}`` or ``{}`` (calibrate here) to run the suite a
     second time against tolerant mode; None skips it.
     """
@@ -102,7 +113,7 @@ def run_suite(
     if unknown:
         raise PoLError(f"unknown attacks {unknown}; choose from {list(ATTACKS)}")
     params = {n: dict(p or {}) for n, p in (params or {}).items()}
-    verifier = dict(verifier or {})
+    verifier = verifier if verifier is not None else VerifierSettings()
     say = progress or log.info
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,27 +121,27 @@ def run_suite(
     clock = Stopwatch()
     with clock:
         model = train_with_proof(setup, out / "honest", seed=setup.seed)
-    steps = ProofReader(out / "honest").manifest["final_step"]
-    victim = Victim(setup, out / "honest", snapshot(model), steps, clock.seconds,
-                    q=int(verifier.get("q", 1)), random=int(verifier.get("random", 1)))
+    steps = ProofReader(out / "honest").manifest.final_step
+    assert steps is not None
+    victim = Victim(setup, out / "honest", snapshot(model), steps, clock.seconds, q=verifier.q, random=verifier.random)
     say(f"honest proof: {steps} steps in {clock.seconds:.1f} s")
     result: dict[str, Any] = {
         "honest_train_seconds": clock.seconds,
-        "verifier": {k: v for k, v in verifier.items() if k != "progress"},
+        "verifier": verifier.to_dict(),
         "attacks": _attack_rows(victim, out / "default", names, params, verifier, detection_trials, say),
     }
     if tolerant is not None:
         if tolerant.get("delta"):
             delta, source = {k: float(v) for k, v in tolerant["delta"].items() if v is not None}, "given"
         elif tolerant.get("calibration"):
-            from lightning_pol.reproducibility import read_calibration
+            from lightning_pol.verification.reproducibility import read_calibration
 
             delta, source = read_calibration(tolerant["calibration"])["delta"], str(tolerant["calibration"])
         else:
             delta, source = calibrate(setup, victim), "calibrated on the honest proof (1 thread vs the proof's)"
         say(f"tolerant mode: delta {delta}")
         tolerant_victim = dataclasses.replace(victim, delta=delta)
-        settings = {**verifier, "mode": "tolerant", "delta": delta, "calibration": None}
+        settings = verifier.replace(mode="tolerant", delta=delta, calibration=None)
         result["tolerant"] = {
             "delta": delta, "delta_source": source,
             "attacks": _attack_rows(tolerant_victim, out / "tolerant", names, params, settings, detection_trials, say),
@@ -141,12 +152,12 @@ def run_suite(
 
 
 def _attack_rows(victim: Victim, out: Path, names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
-                 verifier: Mapping[str, Any], trials: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
-    rows = [_row("honest", verify_proof(victim.proof, **verifier), victim.train_seconds, victim.train_seconds, {})]
+                 verifier: VerifierSettings, trials: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    rows = [_row("honest", verify_proof(victim.proof, verifier), victim.train_seconds, victim.train_seconds, {})]
     say(f"honest: {rows[0]['verdict']}")
     for name in names:
         spoof = ATTACKS[name](victim, out / name, **params.get(name, {}))
-        report = verify_proof(spoof.proof, **verifier)
+        report = verify_proof(spoof.proof, verifier)
         details = dict(spoof.details)
         if name == "blindfold_topq":
             details.update(blindfold_detection(spoof, verifier, trials))

@@ -1,10 +1,11 @@
 """The adversary's tools: train with a proof while cheating outside the declared module, and rewrite claims.
 
 Every spoof is written by the project's own :class:`~lightning_pol.ProofOfLearning`
-callback and :class:`~lightning_pol.writer.ProofWriter`, so its digests, format,
-index log, optimizer and scheduler states are self-consistent; the attack lives
-in what the run does that the declared module does not (a steering callback, a
-patched ``training_step``) and in manifest claims rewritten afterwards.
+callback, so its digests, format, index log, optimizer and scheduler states are
+self-consistent; the attack lives in what the run does that the declared module
+does not (a steering callback, a patched ``training_step``) and in manifest
+claims rewritten afterwards through the format's raw-JSON way in
+(:func:`~lightning_pol.format.writer.rewrite_manifest_json`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_pol.callback import ProofOfLearning
+from lightning_pol.format.writer import rewrite_manifest_json
 from lightning_pol.init import initialize
-from lightning_pol.writer import ProofWriter
+from lightning_pol.prover.callback import ProofOfLearning
 
 State = dict[str, torch.Tensor]
 
@@ -141,14 +142,12 @@ def train_with_proof(
     datamodule: pl.LightningDataModule | None = None,
     callbacks: list[Callback] | None = None,
     trainer_overrides: Mapping[str, Any] | None = None,
-    every_n_steps: int | None = None,
-    init_strategy: str | None = None,
 ) -> pl.LightningModule:
     """Train under ProofOfLearning into ``proof_dir`` (replacing what is there); returns the trained module."""
     pl.seed_everything(seed, workers=True, verbose=False)
     model = model if model is not None else setup.fresh_model(seed)
     pol = ProofOfLearning(
-        proof_dir, every_n_steps=every_n_steps or setup.every_n_steps, init_strategy=init_strategy or setup.init_strategy,
+        proof_dir, every_n_steps=setup.every_n_steps, init_strategy=setup.init_strategy,
         init_params=setup.init_params, seed=seed, overwrite=True, fsync=False,
     )
     kwargs = {**setup.trainer, **dict(trainer_overrides or {})}
@@ -160,15 +159,8 @@ def train_with_proof(
 
 
 def rewrite_claims(proof_dir: Path, edit: Callable[[dict[str, Any]], None], files: Mapping[str, bytes] | None = None) -> str:
-    """Change what a proof claims: write ``files`` and edit the manifest through ProofWriter; returns the new identity."""
-    manifest = ProofWriter.read_manifest(Path(proof_dir))
-    if manifest is None:
-        raise FileNotFoundError(f"no proof manifest in {proof_dir}")
-    writer = ProofWriter(proof_dir, manifest, fsync=False)
-    for rel, data in (files or {}).items():
-        writer.put(rel, data)
-    edit(writer.manifest)
-    return writer.commit()
+    """Change what a proof claims: write ``files`` and edit the manifest's JSON; returns the new identity."""
+    return rewrite_manifest_json(proof_dir, edit, files)
 
 
 class Stopwatch:

@@ -1,0 +1,86 @@
+"""Checkpoint files: a training state as one safetensors file, written and read by the two functions here.
+
+The state (model, optimizers, schedulers, grad scaler, RNG streams, progress) is
+split into tensors and a typed-JSON tree (:mod:`~lightning_pol.format.state_codec`);
+the tree is the file's only metadata key, so identical states are identical bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from lightning_pol.format import layout
+from lightning_pol.format.manifest import CheckpointEntry, Manifest
+from lightning_pol.format.safetensors_io import safetensors_bytes
+from lightning_pol.format.state_codec import decode_state, encode_state, tensor_refs
+from lightning_pol.format.strict_json import ProofFormatError, is_int, load_json
+
+
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """The checkpoint file of ``state``."""
+    tensors, tree = encode_state(state)
+    # One metadata key only: safetensors writes its metadata map in hash order.
+    return safetensors_bytes(tensors, {layout.CHECKPOINT_STATE_KEY: json.dumps(tree, allow_nan=False, separators=(",", ":"))})
+
+
+def parse_checkpoint(tensors: dict[str, torch.Tensor], metadata: dict[str, str], entry: CheckpointEntry, manifest: Manifest) -> dict[str, Any]:
+    """The decoded state of the checkpoint file of ``entry`` (its tensors and metadata), checked against the manifest."""
+    rel = entry.path
+    if set(metadata) != {layout.CHECKPOINT_STATE_KEY}:
+        raise ProofFormatError(f"{rel}: checkpoint metadata must hold exactly the key {layout.CHECKPOINT_STATE_KEY!r}")
+    tree = load_json(metadata[layout.CHECKPOINT_STATE_KEY], f"{rel}: checkpoint state")
+    if not isinstance(tree, dict):
+        raise ProofFormatError(f"{rel}: malformed checkpoint state (not a JSON object)")
+    try:
+        state = decode_state(tensors, tree)
+    except (ValueError, RecursionError) as e:
+        raise ProofFormatError(f"{rel}: malformed checkpoint state ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    unused = set(tensors) - tensor_refs(tree)
+    if unused:  # a checkpoint's tensors are the ones its state refers to
+        raise ProofFormatError(f"{rel}: tensors the state does not refer to: {sorted(unused)[:3]}")
+    rng = state.get("rng")
+    torch_rng = rng.get("torch") if isinstance(rng, dict) else None
+    if not isinstance(torch_rng, torch.Tensor) or torch_rng.dtype != torch.uint8 or torch_rng.dim() != 1:
+        raise ProofFormatError(f"{rel}: rng.torch is not a flat uint8 tensor")
+    if state.get("format") != layout.FORMAT_NAME or not is_int(state.get("format_version")) or state["format_version"] not in layout.READABLE_VERSIONS:
+        raise ProofFormatError(f"{rel}: not a checkpoint of a readable format version")
+    _check_progress(state.get("progress"), entry, manifest)
+    if not isinstance(state.get("model"), dict):
+        raise ProofFormatError(f"{rel}: no model state")
+    _check_optimization_state(state, rel)
+    return state
+
+
+def _check_optimization_state(state: dict[str, Any], rel: str) -> None:
+    """The layouts torch's optimizers, schedulers and grad scaler give their states, which the verifier reads."""
+    optimizers, schedulers = state.get("optimizers"), state.get("lr_schedulers")
+    if not isinstance(optimizers, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("state"), dict) and isinstance(o.get("param_groups"), list)
+        and all(isinstance(g, dict) for g in o["param_groups"]) for o in optimizers
+    ):
+        raise ProofFormatError(f"{rel}: optimizers is not a list of optimizer states")
+    if not isinstance(schedulers, list) or not all(isinstance(sd, dict) for sd in schedulers):
+        raise ProofFormatError(f"{rel}: lr_schedulers is not a list of scheduler states")
+    if state.get("grad_scaler") is not None and not isinstance(state["grad_scaler"], dict):
+        raise ProofFormatError(f"{rel}: grad_scaler is not a grad scaler state")
+    peers = state.get("peer_rng")
+    if peers is not None and not (isinstance(peers, list) and all(isinstance(r, dict) for r in peers)):
+        raise ProofFormatError(f"{rel}: peer_rng is not a list of RNG states")
+
+
+def _check_progress(progress: Any, entry: CheckpointEntry, manifest: Manifest) -> None:
+    rel = entry.path
+    if not isinstance(progress, dict) or not is_int(progress.get("global_step")) or progress["global_step"] != entry.step:
+        raise ProofFormatError(f"{rel}: its step does not match the manifest")
+    if not is_int(progress.get("epoch")) or progress["epoch"] != entry.epoch:
+        raise ProofFormatError(f"{rel}: its epoch does not match the manifest")
+    batch_idx, batches = progress.get("batch_idx"), manifest.training.get("num_training_batches")
+    if batch_idx is not None and (not is_int(batch_idx) or (is_int(batches) and batch_idx >= batches)):
+        raise ProofFormatError(f"{rel}: its batch index is not a batch of an epoch")
+    if batch_idx is None and entry != manifest.checkpoints[-1]:  # only the state at the end of training has none
+        raise ProofFormatError(f"{rel}: only the last checkpoint may have no batch index")
+    if entry.step == 0 and (progress["epoch"] != 0 or batch_idx not in (0, None)):
+        raise ProofFormatError(f"{rel}: step 0 is not the first batch of epoch 0")

@@ -1,0 +1,443 @@
+"""The manifest: a proof's list of files and its claims, as one typed object.
+
+Built by the prover, serialized and parsed here and nowhere else. :meth:`Manifest.parse`
+reads hostile bytes: every field is checked once, and a bad one is a
+:class:`ProofFormatError` whose one-line reason names it. The writer edits a
+manifest only through its operations (list a file, add a checkpoint, set the
+index log, commit the data, mark it complete), which keep it a valid one.
+
+The raw-JSON way in, for the red-team suite and the fuzz campaign, which must be
+able to write what no honest prover would: :func:`manifest_bytes` serializes any
+JSON object exactly as the writer serializes a manifest, and
+:meth:`Manifest.from_json` checks one. ``docs/proof-format.md`` describes the
+fields; change both in the same commit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from lightning_pol.format import layout
+from lightning_pol.format.samples import SAMPLE_ENCODING, TREE
+from lightning_pol.format.state_codec import decode_state
+from lightning_pol.format.strict_json import ProofFormatError, is_int, load_json
+
+#: The public, fixed list of initialization strategies a proof may declare
+#: (the paper requires the set to be agreed in advance). ``warm_start`` means
+#: W_0 is the final state of a parent proof.
+INIT_STRATEGIES = (
+    "pytorch_default",
+    "kaiming_normal",
+    "kaiming_uniform",
+    "xavier_normal",
+    "xavier_uniform",
+    "orthogonal",
+    "normal",
+    "warm_start",
+)
+
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)", re.ASCII)
+_RUN_ID = re.compile(r"[0-9a-f]{1,64}")
+
+
+def manifest_bytes(obj: dict[str, Any]) -> bytes:
+    """The canonical serialization of a manifest's JSON (its SHA-256 is the proof's identity)."""
+    return (json.dumps(obj, indent=1, allow_nan=False, ensure_ascii=True) + "\n").encode("ascii")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """The checkpoint of the state at the start of optimizer step ``step`` (the final one: at the end of training)."""
+
+    step: int
+    epoch: int
+    path: str
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "path": self.path, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class IndexChunk:
+    """An index-log file holding the batches of steps ``first_step`` to ``first_step + steps - 1``."""
+
+    path: str
+    first_step: int
+    steps: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "first_step": self.first_step, "steps": self.steps}
+
+
+@dataclass(frozen=True)
+class _Declaration:
+    """A name, and keyword arguments in typed JSON that the verifier decodes and passes on."""
+
+    name: str
+    typed_arguments: dict[str, Any]
+    #: The two JSON keys of the name and the arguments.
+    KEYS: ClassVar[tuple[str, str]] = ("name", "arguments")
+
+    def arguments(self) -> dict[str, Any]:
+        return decode_state({}, self.typed_arguments)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(zip(self.KEYS, (self.name, self.typed_arguments)))
+
+
+def _alias(field_name: str, doc: str) -> Any:
+    return property(operator.attrgetter(field_name), doc=doc)
+
+
+class ClassSpec(_Declaration):
+    """A class the verifier re-creates as ``cls(**arguments())``: its import path ``module:QualName`` and its
+    ``hparams`` in typed JSON."""
+
+    KEYS = ("class", "hparams")
+    import_path: str = _alias("name", "``package.module:QualName``")
+    hparams: dict[str, Any] = _alias("typed_arguments", "the recorded hparams, typed JSON")
+
+
+class InitDeclaration(_Declaration):
+    """The declared initialization of W_0: a strategy of :data:`INIT_STRATEGIES` and its parameters (typed JSON)."""
+
+    KEYS = ("strategy", "params")
+    strategy: str = _alias("name", "one of :data:`INIT_STRATEGIES`")
+    params: dict[str, Any] = _alias("typed_arguments", "the strategy's parameters, typed JSON")
+
+
+@dataclass
+class DataCommitment:
+    """The Merkle commitment to the training data; ``leaves`` and ``root`` are None until the data is committed."""
+
+    size: int
+    leaves: str | None = None
+    root: str | None = None
+    tree: str = TREE
+    sample_encoding: str = SAMPLE_ENCODING
+
+    @property
+    def committed(self) -> bool:
+        return self.root is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, "leaves": self.leaves, "root": self.root, "tree": self.tree, "sample_encoding": self.sample_encoding}
+
+
+@dataclass
+class Manifest:
+    """``manifest.json``, typed. Field order is the file's key order (docs/proof-format.md).
+
+    ``training`` and ``init.params`` stay typed JSON as stored (:meth:`training_values` decodes);
+    ``environment`` and ``parent`` are plain JSON objects.
+    """
+
+    run_id: str
+    created: str
+    seed: int
+    every_n_steps: int
+    init: InitDeclaration
+    module: ClassSpec
+    training: dict[str, Any]
+    environment: dict[str, Any]
+    data: DataCommitment
+    datamodule: ClassSpec | None = None
+    parent: dict[str, Any] | None = None
+    status: str = layout.STATUS_IN_PROGRESS
+    index_log: list[IndexChunk] = field(default_factory=list)
+    sample_epochs: list[list[int]] = field(default_factory=list)
+    checkpoints: list[CheckpointEntry] = field(default_factory=list)
+    final_step: int | None = None
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    format_version: int = layout.FORMAT_VERSION
+
+    # -- reading -------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return self.status == layout.STATUS_COMPLETE
+
+    @property
+    def recorded_steps(self) -> int:
+        """Optimizer steps whose batches the index log holds."""
+        return sum(c.steps for c in self.index_log)
+
+    def training_values(self) -> dict[str, Any]:
+        """``training`` decoded from typed JSON."""
+        return decode_state({}, self.training)
+
+    def checkpoint_at(self, step: int) -> CheckpointEntry | None:
+        return next((c for c in self.checkpoints if c.step == step), None)
+
+    # -- operations ------------------------------------------------------------------
+    def list_file(self, rel: str, entry: FileEntry) -> FileEntry | None:
+        """List ``rel`` (a put file); returns the entry it replaces."""
+        old = self.files.get(rel)
+        self.files[rel] = entry
+        return old
+
+    def unlist_file(self, rel: str) -> FileEntry | None:
+        return self.files.pop(rel, None)
+
+    def add_checkpoint(self, step: int, epoch: int, path: str) -> CheckpointEntry:
+        """List the checkpoint of ``step``, whose file ``path`` is listed already."""
+        if self.checkpoints and step <= self.checkpoints[-1].step:
+            raise ValueError(f"checkpoint {step} after checkpoint {self.checkpoints[-1].step}")
+        entry = CheckpointEntry(step, epoch, path, self.files[path].sha256)
+        self.checkpoints.append(entry)
+        return entry
+
+    def drop_checkpoints_after(self, step: int) -> list[CheckpointEntry]:
+        """Unlist the checkpoints after ``step`` (a resumed run never produced them); returns them."""
+        dropped = [c for c in self.checkpoints if c.step > step]
+        self.checkpoints = [c for c in self.checkpoints if c.step <= step]
+        return dropped
+
+    def add_index_chunk(self, path: str, steps: int) -> IndexChunk:
+        """List the index-log file ``path`` that holds the next ``steps`` steps."""
+        chunk = IndexChunk(path, self.recorded_steps, steps)
+        self.index_log.append(chunk)
+        return chunk
+
+    def clear_index_log(self) -> list[IndexChunk]:
+        """Unlist every index-log chunk (they are about to be replaced by one file); returns them."""
+        chunks, self.index_log = self.index_log, []
+        return chunks
+
+    def commit_data(self, leaves_path: str, root: str) -> None:
+        self.data.leaves, self.data.root = leaves_path, root
+
+    def set_sample_epochs(self, runs: list[list[int]]) -> None:
+        self.sample_epochs = [list(r) for r in runs]
+
+    def mark_complete(self, final_step: int) -> None:
+        self.status, self.final_step = layout.STATUS_COMPLETE, final_step
+
+    def mark_in_progress(self) -> None:
+        self.status, self.final_step = layout.STATUS_IN_PROGRESS, None
+
+    # -- serialization ---------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": layout.FORMAT_NAME,
+            "format_version": self.format_version,
+            "status": self.status,
+            "run_id": self.run_id,
+            "created": self.created,
+            "seed": self.seed,
+            "every_n_steps": self.every_n_steps,
+            "init": self.init.to_json(),
+            "parent": self.parent,
+            "module": self.module.to_json(),
+            "datamodule": self.datamodule.to_json() if self.datamodule is not None else None,
+            "training": self.training,
+            "environment": self.environment,
+            "data": self.data.to_json(),
+            "index_log": [c.to_json() for c in self.index_log],
+            "sample_epochs": [list(r) for r in self.sample_epochs],
+            "checkpoints": [c.to_json() for c in self.checkpoints],
+            "final_step": self.final_step,
+            "files": {rel: e.to_json() for rel, e in self.files.items()},
+        }
+
+    def to_bytes(self) -> bytes:
+        return manifest_bytes(self.to_json())
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Manifest:
+        """The manifest in ``raw`` (the bytes of a ``manifest.json``), or a :class:`ProofFormatError`."""
+        return cls.from_json(load_json(raw, "manifest.json"))
+
+    @classmethod
+    def from_json(cls, m: Any) -> Manifest:
+        """Check a manifest's JSON object field by field (docs/proof-format.md) and type it."""
+        _check_format(m)
+        files = _files(m.get("files"))
+        checkpoints = _checkpoints(m.get("checkpoints"), files)
+        for key in ("every_n_steps", "seed"):
+            if not is_int(m.get(key), 1 if key == "every_n_steps" else 0):
+                raise ProofFormatError(f"manifest field {key} is missing or invalid")
+        index_log = _index_log(m.get("index_log"), files)
+        status = m.get("status")
+        if status not in (layout.STATUS_IN_PROGRESS, layout.STATUS_COMPLETE):
+            raise ProofFormatError("manifest field status is invalid")
+        data = _data(m.get("data"), status)
+        for key in ("training", "environment", "init"):
+            if not isinstance(m.get(key), dict):
+                raise ProofFormatError(f"manifest field {key} is missing or invalid")
+        threads = m["environment"].get("torch_threads")
+        if threads is not None and not is_int(threads, 1):  # the verifier runs with this many threads
+            raise ProofFormatError("manifest field environment.torch_threads is invalid")
+        module = _class_spec(m.get("module"), "module", required=True)
+        datamodule = _class_spec(m.get("datamodule"), "datamodule", required=False)
+        if m.get("final_step") is not None and not is_int(m["final_step"]):
+            raise ProofFormatError("manifest field final_step is invalid")
+        if m.get("parent") is not None and not isinstance(m["parent"], dict):
+            raise ProofFormatError("manifest field parent is invalid")
+        sample_epochs = _sample_epochs(m.get("sample_epochs"))
+        init = m["init"]
+        if not isinstance(init.get("strategy"), str):
+            raise ProofFormatError("manifest field init is missing or invalid")
+        _check_typed_json(m, module, datamodule)
+        _check_identity(m.get("created"), m.get("run_id"))
+        _check_training(m["training"])
+        assert module is not None
+        return cls(
+            run_id=m["run_id"], created=m["created"], seed=m["seed"], every_n_steps=m["every_n_steps"],
+            init=InitDeclaration(init["strategy"], init.get("params") or {}), module=module, training=m["training"],
+            environment=m["environment"], data=data, datamodule=datamodule, parent=m.get("parent"), status=status,
+            index_log=index_log, sample_epochs=sample_epochs, checkpoints=checkpoints, final_step=m.get("final_step"),
+            files=files, format_version=m["format_version"],
+        )
+
+
+# -- the field checks of Manifest.from_json, each with the reason a reader gives ------------------
+
+def _check_format(m: Any) -> None:
+    if not isinstance(m, dict) or m.get("format") != layout.FORMAT_NAME:
+        raise ProofFormatError("manifest.json is not a lightning-pol proof manifest")
+    if not is_int(m.get("format_version")) or m["format_version"] not in layout.READABLE_VERSIONS:
+        raise ProofFormatError(
+            f"unknown format version {m.get('format_version')!r}; this reader reads {list(layout.READABLE_VERSIONS)}"
+        )
+
+
+def _files(files: Any) -> dict[str, FileEntry]:
+    if not isinstance(files, dict):
+        raise ProofFormatError("manifest has no file list")
+    out = {}
+    for rel, entry in files.items():
+        if not layout.is_safe_relative_path(rel) or rel == layout.MANIFEST:
+            raise ProofFormatError(f"unsafe path in manifest: {rel[:100]!r}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or len(entry["sha256"]) != 64 or not is_int(entry.get("bytes")):
+            raise ProofFormatError(f"bad file entry for {rel}")
+        out[rel] = FileEntry(entry["sha256"], entry["bytes"])
+    return out
+
+
+def _checkpoints(ckpts: Any, files: dict[str, FileEntry]) -> list[CheckpointEntry]:
+    if not isinstance(ckpts, list):
+        raise ProofFormatError("manifest has no checkpoint list")
+    out: list[CheckpointEntry] = []
+    last, last_epoch = -1, 0
+    for c in ckpts:
+        if not isinstance(c, dict) or not is_int(c.get("step")) or not is_int(c.get("epoch")) or not isinstance(c.get("path"), str):
+            raise ProofFormatError("bad checkpoint entry")
+        if c["step"] <= last:
+            raise ProofFormatError("checkpoint steps are not strictly increasing")
+        if c["epoch"] < last_epoch:
+            raise ProofFormatError("checkpoint epochs decrease")
+        last, last_epoch = c["step"], c["epoch"]
+        if c["path"] not in files or files[c["path"]].sha256 != c.get("sha256"):
+            raise ProofFormatError(f"checkpoint at step {c['step']} is not listed with a matching digest")
+        out.append(CheckpointEntry(c["step"], c["epoch"], c["path"], c["sha256"]))
+    return out
+
+
+def _index_log(chunks: Any, files: dict[str, FileEntry]) -> list[IndexChunk]:
+    if not isinstance(chunks, list):
+        raise ProofFormatError("manifest has no index log")
+    out, expected = [], 0
+    for c in chunks:
+        if not isinstance(c, dict) or not isinstance(c.get("path"), str) or c["path"] not in files or not is_int(c.get("first_step")) or c["first_step"] != expected:
+            raise ProofFormatError("index log chunks are missing, unlisted or out of order")
+        if not is_int(c.get("steps")):
+            raise ProofFormatError("bad index log chunk")
+        expected += c["steps"]
+        out.append(IndexChunk(c["path"], c["first_step"], c["steps"]))
+    return out
+
+
+def _data(data: Any, status: str) -> DataCommitment:
+    if not isinstance(data, dict) or not is_int(data.get("size")) or data["size"] >= 2**63:  # indices are int64
+        raise ProofFormatError("manifest field data is missing or invalid")
+    committed = isinstance(data.get("leaves"), str) and isinstance(data.get("root"), str)
+    # A run commits to its data after its first epoch; until then both are null.
+    if not committed and not (data.get("leaves") is None and data.get("root") is None and status == layout.STATUS_IN_PROGRESS):
+        raise ProofFormatError("manifest field data is missing or invalid")
+    if not isinstance(data.get("tree", TREE), str) or not isinstance(data.get("sample_encoding", SAMPLE_ENCODING), str):
+        raise ProofFormatError("manifest field data is missing or invalid")
+    return DataCommitment(data["size"], data.get("leaves"), data.get("root"), data.get("tree", TREE), data.get("sample_encoding", SAMPLE_ENCODING))
+
+
+def _class_spec(spec: Any, key: str, required: bool) -> ClassSpec | None:
+    if spec is None and not required:
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("class"), str) or not isinstance(spec.get("hparams"), dict):
+        raise ProofFormatError(f"manifest field {key} is missing or invalid")
+    return ClassSpec(spec["class"], spec["hparams"])
+
+
+def _sample_epochs(runs: Any) -> list[list[int]]:
+    if not isinstance(runs, list) or not all(isinstance(r, list) and len(r) == 2 and is_int(r[0]) and is_int(r[1]) for r in runs):
+        raise ProofFormatError("manifest field sample_epochs is missing or invalid")
+    if any(b[0] <= a[0] or b[1] < a[1] for a, b in zip(runs, runs[1:])):
+        raise ProofFormatError("manifest field sample_epochs is not in step order")
+    if any(r[1] >= 2**63 for r in runs):  # seeds hash an epoch as a signed 64-bit integer
+        raise ProofFormatError("manifest field sample_epochs has an epoch past 2**63")
+    if runs and runs[0] != [0, 0]:  # every run starts with the first batch of epoch 0
+        raise ProofFormatError("manifest field sample_epochs does not start at step 0 in epoch 0")
+    return [list(r) for r in runs]
+
+
+def _check_typed_json(m: dict[str, Any], module: ClassSpec | None, datamodule: ClassSpec | None) -> None:
+    """The typed JSON the replay decodes (and whose values reach the declared classes): malformed here is a
+    format error, not a ValueError deep inside the replay."""
+    training = m["training"]
+    for key in ("steps_per_epoch", "accumulate_grad_batches", "world_size"):
+        if training.get(key) is not None and not is_int(training[key], 1):
+            raise ProofFormatError(f"manifest field training.{key} is invalid")
+    typed = {"training": training, "module.hparams": module.hparams if module else {}, "init.params": m["init"].get("params") or {}}
+    if datamodule is not None:
+        typed["datamodule.hparams"] = datamodule.hparams
+    for key, value in typed.items():
+        try:
+            decode_state({}, value)
+        except (ValueError, RecursionError) as e:
+            raise ProofFormatError(f"manifest field {key} is not valid typed JSON ({str(e)[:200] or type(e).__name__})") from None
+
+
+def _check_training(training: dict[str, Any]) -> None:
+    decoded = decode_state({}, training)
+    for key in ("optimizers", "lr_schedulers"):  # the classes the verifier's gate checks, and their settings
+        entries = decoded.get(key, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("class"), str) for e in entries):
+            raise ProofFormatError(f"manifest field training.{key} is invalid")
+    batches, per_epoch = decoded.get("num_training_batches"), training.get("steps_per_epoch")
+    if not is_int(batches) and batches != math.inf:
+        raise ProofFormatError("manifest field training.num_training_batches is invalid")
+    limit = decoded.get("limit_train_batches")
+    if limit is not None and not is_int(limit) and not (isinstance(limit, float) and 0.0 <= limit <= 1.0):
+        raise ProofFormatError("manifest field training.limit_train_batches is invalid")  # True would read as 1
+    if training.get("batch_size") is not None and not is_int(training["batch_size"], 1):
+        raise ProofFormatError("manifest field training.batch_size is invalid")
+    if training.get("drop_last") not in (None, True, False):
+        raise ProofFormatError("manifest field training.drop_last is invalid")
+    if is_int(batches) and per_epoch != -(-batches // (training.get("accumulate_grad_batches") or 1)):
+        raise ProofFormatError("manifest field training.steps_per_epoch is not num_training_batches / accumulate_grad_batches")
+
+
+def _check_identity(created: Any, run_id: Any) -> None:
+    try:  # the pattern too: fromisoformat alone reads "02:31:13y+00:00" as a time
+        if not isinstance(created, str) or not _ISO_TIME.fullmatch(created):
+            raise ValueError(created)
+        datetime.fromisoformat(created)
+    except ValueError:
+        raise ProofFormatError("manifest field created is not an ISO 8601 time") from None
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise ProofFormatError("manifest field run_id is not a hex string")

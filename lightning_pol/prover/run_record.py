@@ -1,0 +1,108 @@
+"""What a new proof's manifest records about the run: the training settings that shape the trajectory, as the
+verifier's replay must set them again, and the rest of the manifest of a proof before its first checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_pol.format.classes import import_path
+from lightning_pol.format.environment import environment
+from lightning_pol.format.manifest import (
+    ClassSpec,
+    DataCommitment,
+    InitDeclaration,
+    Manifest,
+)
+from lightning_pol.format.state_codec import encode_state
+
+
+def training_settings(trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any, recorder: Any, size: int) -> dict[str, Any]:
+    """The manifest's ``training`` (typed JSON): Trainer and loader settings, optimizers and schedulers at fit start.
+
+    ``loader`` is the instrumented training DataLoader, ``recorder`` its
+    :class:`~lightning_pol.prover.instrumentation.RecordingSampler` (or None).
+    """
+    inner = recorder.inner if recorder is not None else None
+    batched = recorder is not None and recorder.batched
+    batches = trainer.num_training_batches
+    accumulate = trainer.accumulate_grad_batches
+    settings = {
+        "precision": str(trainer.precision),
+        "gradient_clip_val": trainer.gradient_clip_val,
+        "gradient_clip_algorithm": trainer.gradient_clip_algorithm,
+        "accumulate_grad_batches": accumulate,
+        "max_epochs": trainer.max_epochs,
+        "max_steps": trainer.max_steps,
+        "limit_train_batches": trainer.limit_train_batches,
+        "num_training_batches": batches,
+        "steps_per_epoch": math.ceil(batches / accumulate) if math.isfinite(batches) else None,
+        "estimated_stepping_batches": trainer.estimated_stepping_batches,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "benchmark": bool(torch.backends.cudnn.benchmark),
+        "batch_size": loader.batch_size if loader.batch_size is not None else getattr(inner, "batch_size", None),
+        "drop_last": loader.drop_last if loader.batch_size is not None else getattr(inner, "drop_last", None),
+        "dataset_size": size,
+        "dataset": _type_path(loader.dataset.dataset),
+        "batch_sampler": _type_path(inner) if batched else None,
+        "sampler": _type_path(getattr(inner, "sampler", None) if batched else inner),
+        "num_workers": loader.num_workers,
+        "automatic_optimization": pl_module.automatic_optimization,
+        "accelerator": type(trainer.accelerator).__name__,
+        "strategy": type(trainer.strategy).__name__,
+        "world_size": trainer.world_size,
+        "optimizers": [optimizer_config(o) for o in trainer.optimizers],
+        "lr_schedulers": [scheduler_config(c) for c in trainer.lr_scheduler_configs],
+        "data_source": "datamodule" if trainer.datamodule is not None else "module",
+    }
+    return encode_state(settings)[1]
+
+
+def optimizer_config(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    groups = [{k: v for k, v in g.items() if k != "params"} | {"num_params": len(g["params"])} for g in opt.param_groups]
+    return {"class": import_path(type(opt)), "param_groups": _jsonable(groups)}
+
+
+def scheduler_config(cfg: Any) -> dict[str, Any]:
+    return {
+        "class": import_path(type(cfg.scheduler)),
+        "interval": cfg.interval,
+        "frequency": cfg.frequency,
+        "monitor": cfg.monitor,
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    tensors, tree = encode_state({"v": obj})
+    if tensors:  # tensors inside param groups (e.g. tensor lr) are stored as lists
+        return json.loads(json.dumps(obj, default=lambda t: t.tolist() if isinstance(t, torch.Tensor) else str(t)))
+    return tree["v"]
+
+
+def _type_path(obj: Any) -> str | None:
+    return None if obj is None else f"{type(obj).__module__}:{type(obj).__qualname__}"
+
+
+def new_manifest(run: dict[str, Any], module: ClassSpec, datamodule: ClassSpec | None, parent: dict[str, Any] | None,
+                 training: dict[str, Any], size: int) -> Manifest:
+    """The manifest of a new proof, before its first checkpoint. ``run`` holds the callback's ``seed``,
+    ``every_n_steps``, ``init_strategy`` and ``init_params``."""
+    return Manifest(
+        run_id=uuid.uuid4().hex,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        seed=run["seed"],
+        every_n_steps=run["every_n_steps"],
+        init=InitDeclaration(run["init_strategy"], encode_state(run["init_params"])[1]),
+        parent=parent,
+        module=module,
+        datamodule=datamodule,
+        training=training,
+        environment=environment(),
+        data=DataCommitment(size),
+    )
