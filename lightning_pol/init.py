@@ -185,6 +185,13 @@ def _resolve(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
+def declared_parameters(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of strategy ``name`` with its defaults, checked: a :class:`PoLError` for any other key or
+    value. A verifier checks a proof's ``init.params`` with it before passing them on, so that a proof cannot set
+    :func:`check_initialization`'s own ``alpha`` or ``bonferroni``."""
+    return _resolve(name, dict(params))
+
+
 def _kaiming_std(weight: torch.Tensor, p: dict[str, Any]) -> float:
     fan_in, fan_out = tinit._calculate_fan_in_and_fan_out(weight)
     fan = fan_in if p["mode"] == "fan_in" else fan_out
@@ -403,7 +410,7 @@ def check_initialization(
     Deterministic (no RNG is consumed). See the module docstring for the rules.
     """
     p = _resolve(name, params)
-    if not 0 < alpha < 1:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise PoLError(f"alpha must be in (0, 1), not {alpha!r}")
     layers: list[LayerCheck] = []
     jobs: list[_KSJob] = []

@@ -130,6 +130,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     done = run_app("train", "pol.commit_every_s=-1", f"hydra.run.dir={tmp_path / 'c'}")  # refused by the callback itself
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == ["error: commit_every_s must be a number of seconds >= 0, got -1"]
+    (tmp_path / "a_file").write_text("not a directory")
+    done = run_app("train", f"pol.dirpath={tmp_path / 'a_file' / 'proof'}", "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'd'}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr  # a path the system refuses: one line, not a crash
+    assert done.stderr.strip().splitlines()[-1].startswith("error: [Errno") and "a_file" in done.stderr
+    done = run_app("verify", f"proof_dir={tmp_path}", "verifier.delta.l2=abc", f"hydra.run.dir={tmp_path / 'e'}")
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == ["error: delta must be numbers >= 0 per metric, not {'l2': 'abc'}"]
 
 
 def _tampered_final(trained: Path, dest: Path) -> Path:

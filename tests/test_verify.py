@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -393,3 +394,56 @@ def test_a_bug_in_a_check_is_a_crash_not_a_verdict_nor_bad_input(pristine, tmp_p
     assert err.strip().splitlines()[-1].startswith("error: crash: ")
     assert not (tmp_path / "verification.json").exists()
     assert json.loads((tmp_path / ERROR).read_text())["exit_code"] == 3
+
+
+def _edit_manifest(proof: Path, edit) -> None:
+    m = json.loads((proof / pf.MANIFEST).read_text())
+    edit(m)
+    (proof / pf.MANIFEST).write_bytes(manifest_bytes(m))
+
+
+def _int_weight(proof: Path) -> None:
+    """A checkpoint whose weight is int64 (same shape), re-signed: found by the fuzz campaign (dtype_shape)."""
+    reader = ProofReader(proof)
+    entry = reader.checkpoints[-1]
+    state = reader.load_checkpoint(entry)
+    key = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"] = {**state["model"], key: state["model"][key].round().to(torch.int64)}
+    write_checkpoint(proof, entry.path, state)
+
+
+def _lucky_init_that_lowers_alpha(proof: Path) -> None:
+    """Trained weights as W_0, and init params that would set the KS test's own alpha to nothing."""
+    ms = models(proof)
+    rewrite_model(proof, 0, ms[max(ms)])
+    _edit_manifest(proof, lambda m: m["init"].update(params={"alpha": 1e-300, "bonferroni": False}))
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    (lambda p: _edit_manifest(p, lambda m: m["training"].update(precision="bogus")), "Lightning, given the proof's training settings, raised"),
+    (lambda p: _edit_manifest(p, lambda m: m.update(sample_epochs=[[0, 0], [999999, 1]])), "sample_epochs starts a run at step 999999"),
+    (_lucky_init_that_lowers_alpha, "takes no parameter(s) ['alpha', 'bonferroni']"),
+    (_int_weight, "segment 168->171 does not replay: net.0.weight is torch.float32 [16, 1, 3, 3] and torch.int64 [16, 1, 3, 3]"),
+], ids=["precision", "sample-epochs-past-the-end", "init-params-set-alpha", "int-weight"])
+def test_hostile_values_that_reached_the_verifiers_own_code_are_verdicts(proof, tmp_path, capsys, tamper, reason):
+    """Found by review and by the fuzz campaign once a verifier bug became exit 3: each ended in a traceback."""
+    from lightning_pol.apps.verify import verify_with
+    from lightning_pol.verification.settings import VerifierSettings
+
+    tamper(proof)
+    code = verify_with(VerifierSettings(q=0), proof, tmp_path / "verification.json")
+    out, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in err, err[-2000:]
+    assert reason in out
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"delta": {"l2": "abc"}}, "delta must be numbers >= 0"), ({"seed": "abc"}, "seed must be an integer"),
+    ({"accelerator": "bogus"}, "accelerator must be one of"), ({"q": 1.5}, "bad verifier settings"),
+    ({"mode": "lenient"}, "mode must be auto, exact or tolerant"), ({"delta": {"l7": 1.0}}, "unknown metrics ['l7']"),
+])
+def test_bad_settings_are_refused_when_built(setting, message):
+    from lightning_pol import PoLError, VerifierSettings
+
+    with pytest.raises(PoLError, match=re.escape(message)):
+        VerifierSettings(**setting)

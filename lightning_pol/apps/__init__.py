@@ -6,8 +6,8 @@ with :mod:`.shards` merging a multirun), ``reproduce`` (:mod:`.reproduce`) and
 
 Exit status of every app (:func:`exit_code`): 0 success (a valid proof), 1 a
 proof rejected, 2 unusable input (a wrong config, a malformed or hostile proof,
-a missing dataset: one ``error:`` line on stderr), 3 a crash (a bug in
-lightning-pol: its traceback on stderr, never a verdict).
+a missing dataset, a path the system refuses: one ``error:`` line on stderr),
+3 a crash (a bug in lightning-pol: its traceback on stderr, never a verdict).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ def exit_code(body: Callable[[], int], on_error: Callable[[str, int], None] | No
         return body()
     except InstantiationException as e:  # a config value its target refused (pol.max_pending=0): the target's reason
         message, code = one_line(e.__cause__ or e), EXIT_BAD_INPUT
-        if e.__cause__ is not None and not isinstance(e.__cause__, (PoLError, OmegaConfBaseException, ImportError, TypeError, ValueError)):
+        if e.__cause__ is not None and not isinstance(e.__cause__, (PoLError, OmegaConfBaseException, OSError, ImportError, TypeError, ValueError)):
             traceback.print_exception(e.__cause__)
             message, code = f"crash: {one_line(e.__cause__)}", EXIT_CRASH
-    except (PoLError, OmegaConfBaseException) as e:
+    except (PoLError, OmegaConfBaseException, OSError) as e:  # OSError: a path not writable, a full disk
         message, code = one_line(e), EXIT_BAD_INPUT
     except Exception as e:  # noqa: BLE001 - a bug: never a verdict, never "bad input"
         traceback.print_exc()

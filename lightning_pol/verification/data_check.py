@@ -60,6 +60,10 @@ def permutation_check(verifier: PoLVerifierModule, index_log: IndexLog) -> dict[
     size W by repeating its first indices, so up to W - 1 samples may appear twice.
     """
     n = verifier.manifest.data.size
+    past = [first for first, _ in verifier.epoch_runs if first > index_log.steps]
+    if past:  # a run of sample_epochs that starts after the last recorded step: no batch of it can be checked
+        return {"passed": False, "epochs_not_permutations": [], "split_epochs": [], "sampler": verifier.training.get("sampler"),
+                "summary": f"sample_epochs starts a run at step {past[0]}, past the index log's {index_log.steps} steps"}
     runs = verifier.epoch_runs + [(index_log.steps, None)]
     training = verifier.training
     partial_ok = bool(training.get("drop_last")) or training.get("limit_train_batches") not in (1, 1.0, None)

@@ -33,8 +33,11 @@ def distances(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> d
     if set(a) != set(b):
         raise StateMismatchError("the states have different keys")
     for k in a:
-        if isinstance(a[k], torch.Tensor) and (not isinstance(b[k], torch.Tensor) or tuple(a[k].shape) != tuple(b[k].shape)):
-            raise StateMismatchError(f"{k} has shape {tuple(a[k].shape)} and {tuple(getattr(b[k], 'shape', ()))}")
+        x, y = a[k], b[k]
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+            raise StateMismatchError(f"{k} is a tensor in one state only")
+        if isinstance(x, torch.Tensor) and (x.dtype != y.dtype or tuple(x.shape) != tuple(y.shape)):
+            raise StateMismatchError(f"{k} is {x.dtype} {list(x.shape)} and {y.dtype} {list(y.shape)}")
     x, y = flat_float_state(a), flat_float_state(b)
     d = x - y
     nx, ny = float(x.norm()), float(y.norm())

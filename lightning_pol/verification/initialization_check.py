@@ -26,6 +26,7 @@ def check_initialization(verifier: PoLVerifierModule, w0: dict[str, Any], report
         if name == "warm_start":
             report.checks["initialization"] = InitializationCheck(None, "checked through the chain", strategy=name)
             return
+        strategies.declared_parameters(name, params)  # only the strategy's own: never the test's alpha or bonferroni
         module = verifier.make_module()
         with prover_code("the proof's module, loading W_0,"):
             module.load_state_dict(w0["model"])

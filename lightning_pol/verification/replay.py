@@ -455,6 +455,11 @@ class PoLVerifierModule:
             portions[-1].batches.extend((epoch, b) for b in batches)
         return portions
 
+    def _trainer(self, callback: Callback) -> pl.Trainer:
+        """A Trainer with the proof's training settings (``training``): what Lightning refuses of them is the proof's."""
+        with prover_code("Lightning, given the proof's training settings,"):
+            return pl.Trainer(callbacks=[callback], **self._trainer_kwargs())
+
     def _trainer_kwargs(self) -> dict[str, Any]:
         t = self.training
         return dict(
@@ -518,7 +523,7 @@ class PoLVerifierModule:
         """
         callback = _ReplayCallback(self, None, -1, False, ReplaySampler([], 0, True))
         with _quiet_lightning():
-            trainer = pl.Trainer(callbacks=[callback], **self._trainer_kwargs())
+            trainer = self._trainer(callback)
             try:
                 with prover_code("the proof's configure_optimizers"):
                     trainer.fit(self.make_module(), datamodule=self.make_datamodule())
@@ -591,7 +596,7 @@ class PoLVerifierModule:
         batch_idx *= self.world_size  # rank 0's batches; the replay runs every rank's
         epoch = int(progress["epoch"])
         with _quiet_lightning():
-            trainer = pl.Trainer(callbacks=[callback], **self._trainer_kwargs())
+            trainer = self._trainer(callback)
         module = self.make_module()
         datamodule = self.make_datamodule()
         ckpt = {

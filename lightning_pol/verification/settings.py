@@ -12,6 +12,8 @@ from lightning_pol.errors import PoLError
 from lightning_pol.verification.distances import METRICS
 
 MODES = ("auto", "exact", "tolerant")
+#: Where a replay can run: Lightning's accelerator names.
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,20 @@ class VerifierSettings:
             raise PoLError(f"bad verifier settings: q={q}, random={random}, num_shards={shards}, shard={shard}")
         if self.mode not in MODES:
             raise PoLError(f"verifier mode must be auto, exact or tolerant, not {self.mode!r}")
-        delta = {k: float(v) for k, v in (self.delta or {}).items() if v is not None}
-        if set(delta) - set(METRICS):
-            raise PoLError(f"delta names unknown metrics {sorted(set(delta) - set(METRICS))}; use {list(METRICS)}")
-        object.__setattr__(self, "delta", delta)
-        if self.seed is not None:
-            object.__setattr__(self, "seed", int(self.seed))
+        if self.accelerator not in ACCELERATORS:
+            raise PoLError(f"verifier accelerator must be one of {list(ACCELERATORS)}, not {self.accelerator!r}")
+        if self.seed is not None and not (_whole(self.seed) and 0 <= self.seed < 2**63):
+            raise PoLError(f"verifier seed must be an integer in [0, 2**63) or null, not {self.seed!r}")
+        for name in ("delta", "d_ref"):
+            values = getattr(self, name)
+            if values is None and name == "d_ref":
+                continue
+            numbers = {k: v for k, v in (values or {}).items() if v is not None}
+            if set(numbers) - set(METRICS):
+                raise PoLError(f"{name} names unknown metrics {sorted(set(numbers) - set(METRICS))}; use {list(METRICS)}")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in numbers.values()):
+                raise PoLError(f"{name} must be numbers >= 0 per metric, not {dict(numbers)}")
+            object.__setattr__(self, name, {k: float(v) for k, v in numbers.items()})
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], **more: Any) -> VerifierSettings:
