@@ -383,6 +383,7 @@ class PoLVerifierModule:
         self._module_cls = classes["module"]
         self._dm_cls = classes.get("datamodule")
         self.epoch_runs = [(int(a), int(b)) for a, b in self.manifest.sample_epochs]
+        self._training_loader: Any = None
         world = self.training.get("world_size") or 1
         if not isinstance(world, int) or isinstance(world, bool) or world < 1:
             raise ReplayError(f"the proof's world_size {world!r} is not a positive integer")
@@ -420,14 +421,20 @@ class PoLVerifierModule:
             return self._dm_cls(**self.manifest.datamodule.arguments())
 
     def training_loader(self) -> Any:
-        """The re-created training DataLoader, as the prover's run built it (before instrumentation)."""
-        dm = self.make_datamodule()
-        with prover_code("the proof's train_dataloader()"):
-            if dm is not None:
-                dm.prepare_data()
-                dm.setup("fit")
-                return dm.train_dataloader()
-            return self.make_module().train_dataloader()
+        """The re-created training DataLoader, as the prover's run built it (before instrumentation).
+
+        Built once: the checks only read it (its settings, its dataset), and a datamodule's ``setup`` may load
+        a whole dataset. The replay builds its own."""
+        if self._training_loader is None:
+            dm = self.make_datamodule()
+            with prover_code("the proof's train_dataloader()"):
+                if dm is not None:
+                    dm.prepare_data()
+                    dm.setup("fit")
+                    self._training_loader = dm.train_dataloader()
+                else:
+                    self._training_loader = self.make_module().train_dataloader()
+        return self._training_loader
 
     def step_epoch(self, step: int) -> int:
         """The epoch whose sample seeds step ``step`` used."""

@@ -27,9 +27,6 @@ class Check:
     passed: bool | None
     summary: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
 class IntegrityCheck(Check):
@@ -112,10 +109,7 @@ class Report:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("checks", "segments")}
-        d["checks"] = {name: c.to_dict() for name, c in self.checks.items()}
-        d["segments"] = [asdict(s) for s in self.segments]
-        return d
+        return asdict(self)  # the checks and segments as JSON objects too
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, default=_jsonable, allow_nan=True)
