@@ -2,7 +2,7 @@
 
 ``python -m lightning_pol.train`` (:mod:`.train`), ``verify`` (:mod:`.verify`,
 with :mod:`.shards` merging a multirun), ``reproduce`` (:mod:`.reproduce`) and
-``attacks`` (:mod:`.attacks`). Their configs are the repository's ``conf/``.
+``attacks`` (:mod:`.attacks`). Their configs are the repository's ``conf/`` (:func:`conf_dir`).
 
 Exit status of every app (:func:`exit_code`): 0 success (a valid proof), 1 a
 proof rejected, 2 unusable input (a wrong config, a malformed or hostile proof,
@@ -19,7 +19,21 @@ from pathlib import Path
 
 from lightning_pol.errors import PoLError, one_line
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+def conf_dir() -> Path:
+    """The directory of the apps' Hydra configs: the installed package's ``lightning_pol/conf``, else ``<repo>/conf``.
+
+    The repository's top-level ``conf/`` is the one source of the configs. A wheel (a regular ``pip install .``)
+    carries it as package data in ``lightning_pol/conf`` (pyproject.toml maps the package ``lightning_pol.conf``
+    to ``conf/``), as there is no repository next to site-packages; an editable install or a plain checkout has no
+    ``lightning_pol/conf`` and reads the checkout's ``conf/`` itself, so an edit there takes effect at once.
+    """
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "conf"
+    return installed if installed.is_dir() else package.parent / "conf"
+
+
+CONF_DIR = str(conf_dir())  # a string: hydra.main's config_path (absolute, so any working directory will do)
 
 EXIT_VALID, EXIT_REJECTED, EXIT_BAD_INPUT, EXIT_CRASH = 0, 1, 2, 3
 
