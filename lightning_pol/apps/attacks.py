@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_pol.apps import CONF_DIR, exit_code
+from lightning_pol.apps.progress import ReplayProgress
 from lightning_pol.attacks.suite import run_suite
 from lightning_pol.attacks.toolkit import Setup
 from lightning_pol.verification.settings import VerifierSettings
@@ -51,11 +52,11 @@ def _run(cfg: DictConfig, out: Path) -> int:
     tolerant = None
     if a.tolerant.enabled:
         tolerant = {"delta": OmegaConf.to_container(a.tolerant.delta) if a.tolerant.delta else None, "calibration": a.tolerant.calibration}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), ReplayProgress() as show:
         warnings.simplefilter("ignore")
         result = run_suite(
             setup_from(cfg), out, names=list(a.names), params=OmegaConf.to_container(a.params, resolve=True),  # type: ignore[arg-type]
-            verifier=VerifierSettings.from_config(cfg.verifier), detection_trials=int(a.detection_trials), tolerant=tolerant, progress=print,
+            verifier=VerifierSettings.from_config(cfg.verifier), detection_trials=int(a.detection_trials), tolerant=tolerant, progress=show.say,
         )
     print((out / "attacks.md").read_text())
     print(f"results: {out / 'attacks.json'}")

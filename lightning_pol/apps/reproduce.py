@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_pol.apps import CONF_DIR, exit_code
+from lightning_pol.apps.progress import ReplayProgress
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.init import initialize
 from lightning_pol.prover.callback import ProofOfLearning
@@ -46,22 +47,34 @@ def _train(cfg: DictConfig, seed: int, callbacks: list[Any]) -> pl.LightningModu
 
 
 def study(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    with ReplayProgress() as show:
+        return _study(cfg, out, show)
+
+
+def _study(cfg: DictConfig, out: Path, show: ReplayProgress) -> dict[str, Any]:
     r = cfg.reproduce
     proof = out / "prover" / "proof"
     params = OmegaConf.to_container(cfg.init.params) or {}
     pol = ProofOfLearning(proof, every_n_steps=int(cfg.pol.every_n_steps), init_strategy=str(cfg.init.strategy), init_params=params)
+    show.say(f"prover: training seed {cfg.seed} with a checkpoint every {cfg.pol.every_n_steps} steps")
     prover = _train(cfg, int(cfg.seed), [pol])
     final = {k: v.detach().cpu() for k, v in prover.state_dict().items()}
     refs = []
-    for s in r.seeds:
+    for i, s in enumerate(r.seeds, 1):
+        show.say(f"d_ref: training seed {s} ({i}/{len(r.seeds)})")
         other = _train(cfg, int(s), [])
         refs.append(distances(final, {k: v.detach().cpu() for k, v in other.state_dict().items()}))
     d_ref = mean_std(refs)
     total = ProofReader(proof).manifest.final_step
     assert total is not None
     ks = sorted(set(powers_of_two(total)) | {int(r.calibrate_k)} & set(range(1, total + 1)))
-    eps = reproduction_errors(proof, ks, noise=str(r.noise), noise_threads=int(r.noise_threads), max_segments=int(r.max_segments), progress=log.info)
-    det = reproduction_errors(proof, [total], noise=str(r.noise), noise_threads=int(r.noise_threads), max_segments=1, deterministic=True)[total]
+    eps = reproduction_errors(proof, ks, noise=str(r.noise), noise_threads=int(r.noise_threads), max_segments=int(r.max_segments), progress=show.say)
+
+    def deterministic(message: str, done: int | None = None, total: int | None = None, steps: tuple[int, int] | None = None) -> None:
+        show.say(f"deterministic {message}", done, total, steps)
+
+    det = reproduction_errors(proof, [total], noise=str(r.noise), noise_threads=int(r.noise_threads), max_segments=1, deterministic=True,
+                              progress=deterministic)[total]
     rows = {"k=1": eps[1]["max"], "k=E*S": eps[total]["max"], "deterministic": det["max"]}
     table = {
         "normalized": {name: normalize(v, d_ref) for name, v in rows.items()},

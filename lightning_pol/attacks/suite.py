@@ -23,6 +23,7 @@ from lightning_pol.errors import PoLError
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.verification.distances import distances
 from lightning_pol.verification.report import Report
+from lightning_pol.verification.segments import takes_steps
 from lightning_pol.verification.selection import detection_probability
 from lightning_pol.verification.settings import VerifierSettings
 from lightning_pol.verification.verifier import verify_proof
@@ -99,14 +100,16 @@ def run_suite(
     verifier: VerifierSettings | None = None,
     detection_trials: int = 20,
     tolerant: Mapping[str, Any] | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Build the honest proof and every spoof under ``out``, verify each; returns what ``attacks.json`` holds.
 
     ``verifier``: the settings every proof is verified with (the default ones
     when None). ``tolerant``: ``{"delta": {...}}`` or
     ``{"calibration": PATH}`` or ``{}`` (calibrate here) to run the suite a
-    second time against tolerant mode; None skips it.
+    second time against tolerant mode; None skips it. ``progress(message)`` says what is done (logged when
+    None); one that declares ``steps`` also gets each verification's segments, as ``progress(attack, done=,
+    total=, steps=)``.
     """
     names = list(ATTACKS) if names is None else list(names)
     unknown = [n for n in names if n not in ATTACKS]
@@ -119,6 +122,7 @@ def run_suite(
     out.mkdir(parents=True, exist_ok=True)
 
     clock = Stopwatch()
+    say("honest proof: training")
     with clock:
         model = train_with_proof(setup, out / "honest", seed=setup.seed)
     steps = ProofReader(out / "honest").manifest.final_step
@@ -138,6 +142,7 @@ def run_suite(
 
             delta, source = read_calibration(tolerant["calibration"])["delta"], str(tolerant["calibration"])
         else:
+            say("tolerant mode: calibrating delta on the honest proof")
             delta, source = calibrate(setup, victim), "calibrated on the honest proof (1 thread vs the proof's)"
         say(f"tolerant mode: delta {delta}")
         tolerant_victim = dataclasses.replace(victim, delta=delta)
@@ -153,17 +158,31 @@ def run_suite(
 
 def _attack_rows(victim: Victim, out: Path, names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
                  verifier: VerifierSettings, trials: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
-    rows = [_row("honest", verify_proof(victim.proof, verifier), victim.train_seconds, victim.train_seconds, {})]
+    report = verify_proof(victim.proof, verifier, progress=_replaying(say, "honest"))
+    rows = [_row("honest", report, victim.train_seconds, victim.train_seconds, {})]
     say(f"honest: {rows[0]['verdict']}")
     for name in names:
+        say(f"{name}: building the spoof")
         spoof = ATTACKS[name](victim, out / name, **params.get(name, {}))
-        report = verify_proof(spoof.proof, verifier)
+        report = verify_proof(spoof.proof, verifier, progress=_replaying(say, name))
         details = dict(spoof.details)
         if name == "blindfold_topq":
+            say(f"{name}: verifying with top-Q alone and {trials} verifier seeds")
             details.update(blindfold_detection(spoof, verifier, trials))
         rows.append(_row(name, report, spoof.seconds, victim.train_seconds, details))
         say(f"{name}: {rows[-1]['verdict']} ({', '.join(rows[-1]['failed_checks']) or 'no check failed'}), cost {rows[-1]['cost_ratio']:.2f}x")
     return rows
+
+
+def _replaying(say: Callable[..., None], label: str) -> Callable[..., None] | None:
+    """``verify_proof``'s callback forwarding each replayed segment to ``say``, when ``say`` shows replays (declares ``steps``)."""
+    if not takes_steps(say):
+        return None
+
+    def progress(done: int, total: int, steps: tuple[int, int] | None = None) -> None:
+        say(label, done=done, total=total, steps=steps)
+
+    return progress
 
 
 def _note(row: Mapping[str, Any]) -> str:

@@ -19,6 +19,7 @@ import torch
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.verification.distances import METRICS, distances
 from lightning_pol.verification.replay import PoLVerifierModule
+from lightning_pol.verification.segments import takes_steps
 
 NOISES = ("threads", "gpu", "none")
 
@@ -40,11 +41,13 @@ def powers_of_two(total: int) -> list[int]:
 
 def reproduction_errors(
     proof: str | Path, ks: Sequence[int], noise: str = "threads", noise_threads: int = 1, max_segments: int = 8,
-    deterministic: bool | None = None, progress: Callable[[str], None] | None = None,
+    deterministic: bool | None = None, progress: Callable[..., None] | None = None,
 ) -> dict[int, dict[str, Any]]:
     """ε_repr(k) per metric (max and mean over up to ``max_segments`` segments of length k, evenly spread).
 
-    The proof must hold a checkpoint at every segment boundary (k=1 proofs hold all).
+    The proof must hold a checkpoint at every segment boundary (k=1 proofs hold all). ``progress(message)`` is
+    called once per k; a hook that declares ``steps`` is also called per segment, as
+    ``progress("k=K", done=i, total=n, steps=(start, end))`` (``done=0`` first).
     """
     if noise not in NOISES:
         raise ValueError(f"noise must be one of {NOISES}")
@@ -56,18 +59,24 @@ def reproduction_errors(
     prover_threads = reader.manifest.environment.get("torch_threads") or threads
     torch.set_num_threads(noise_threads if noise == "threads" else prover_threads)
     out: dict[int, dict[str, Any]] = {}
+    per_segment = progress if progress is not None and takes_steps(progress) else None
     try:
         for k in ks:
             starts = list(range(0, final - k + 1, k)) or [0]
             if len(starts) > max_segments:
                 starts = [starts[round(i * (len(starts) - 1) / (max_segments - 1))] for i in range(max_segments)] if max_segments > 1 else starts[:1]
             samples = []
+            replays = sum(t in entries and min(t + k, final) in entries for t in starts)
+            if per_segment is not None:
+                per_segment(f"k={k}", done=0, total=replays, steps=None)
             for t in starts:
                 end = min(t + k, final)
                 if t not in entries or end not in entries:
                     continue
                 got = verifier.replay(t, end)
                 samples.append(distances(got["model"], reader.load_checkpoint(entries[end])["model"]))
+                if per_segment is not None:
+                    per_segment(f"k={k}", done=len(samples), total=replays, steps=(t, end))
             if progress is not None:
                 progress(f"k={k}: {len(samples)} segments")
             out[k] = {

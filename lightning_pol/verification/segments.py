@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -12,7 +13,19 @@ from lightning_pol.verification.replay import PoLVerifierModule
 from lightning_pol.verification.report import ReplayCheck, Report, Segment
 
 State = Callable[[int], dict[str, Any]]
-Progress = Callable[[int, int], None]
+#: ``progress(done, total)``, called with 0 before the first segment and after each is judged. A callback that
+#: declares a ``steps`` parameter also gets ``steps=(start_step, end_step)`` of the segment just judged (None at 0),
+#: so that a display can show steps per second; two-argument callbacks are called as before.
+Progress = Callable[..., None]
+
+
+def takes_steps(progress: Callable[..., Any]) -> bool:
+    """Whether a progress callback declares ``steps`` (by name: ``**kwargs`` does not count)."""
+    try:
+        p = inspect.signature(progress).parameters.get("steps")
+    except (TypeError, ValueError):
+        return False
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
 
 
 def check_replay(verifier: PoLVerifierModule, segments: list[Segment], state: State, judge: Judge, report: Report,
@@ -68,25 +81,29 @@ def replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state:
     are replayed one by one, so one broken segment never hides the others. Anything else is the verifier's
     own fault, and is raised.
     """
-    done = 0
+    done, with_steps = 0, progress is not None and takes_steps(progress)
 
-    def count() -> None:
+    def tell(seg: Segment | None) -> None:
+        if progress is not None and with_steps:
+            progress(done, len(segments), steps=None if seg is None else (seg.start_step, seg.end_step))
+        elif progress is not None:
+            progress(done, len(segments))
+
+    def count(seg: Segment) -> None:
         nonlocal done
         done += 1
-        if progress is not None:
-            progress(done, len(segments))
+        tell(seg)
 
     def judged(seg: Segment, got: dict[str, Any]) -> None:
         judge(seg, got, state(seg.end_step))
-        count()
+        count(seg)
 
     def fail(seg: Segment, e: PoLError) -> None:
         seg.passed = False
         seg.error = one_line(e)
-        count()
+        count(seg)
 
-    if progress is not None:
-        progress(0, len(segments))
+    tell(None)
     for chain in chains(segments):
         by_start = {seg.start_step: seg for seg in chain}
         finished: set[int] = set()
