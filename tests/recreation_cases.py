@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import torch
 from torch import nn
 
 from tests.unseen_project import UnseenModule
@@ -30,3 +33,36 @@ class GlobalWidth(UnseenModule):
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, WIDTH), nn.ReLU(), nn.Linear(WIDTH, 10))
         self.seen = []
+
+
+class LrAttribute(UnseenModule):
+    """Records nothing; every argument has a default, so Class() builds, with the default lr."""
+
+    def __init__(self, lr: float = 0.01) -> None:
+        super(UnseenModule, self).__init__()
+        self.lr = lr
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        self.seen = []
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class LrInAClosure(LrAttribute):
+    """Keeps its lr where no attribute shows it: only the optimizers it configures tell."""
+
+    def __init__(self, lr: float = 0.01) -> None:
+        super().__init__()
+        del self.lr
+        self.make_optimizer = functools.partial(torch.optim.SGD, lr=lr)
+
+    def configure_optimizers(self):
+        return self.make_optimizer(self.parameters())
+
+
+class GlobalRandomData(UnseenModule):
+    """Its training data is drawn from the global RNG in train_dataloader(), as Lightning's BoringModel's is."""
+
+    def train_dataloader(self):
+        x = torch.randn(64, 1, 8, 8)
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.randint(0, 10, (64,)), torch.arange(64)), batch_size=16)

@@ -49,12 +49,13 @@ def test_leaves_and_root_match_the_training_data(proof):
 )
 def test_first_epoch_fetches_are_hashed_into_the_commitment(tmp_path, monkeypatch, dm_kwargs, not_trained):
     """The leaves hashed as epoch 0 fetched its samples (in workers or here) equal a pass over the data,
-    and the prover hashes on the training thread only sample 0 (its early check) and what epoch 0 did not train on."""
+    and the prover hashes on the training thread only sample 0 (its early check), what epoch 0 did not train on,
+    and the fit-start rehearsal's 4 samples (0, 1, n/2, n-1) of the re-created and of the live data."""
     here = []
     digests = commitment._LeafDataset.digests
     monkeypatch.setattr(commitment._LeafDataset, "digests", lambda self, indices: (here.extend(indices), digests(self, indices))[1])
     proof, _, _ = train_with_proof(tmp_path, UnseenModule, UnseenDataModule(**dm_kwargs), max_epochs=2)
-    assert len(here) == 1 + not_trained
+    assert len(here) == 1 + not_trained + 2 * 4
     reader = ProofReader(proof)
     assert reader.manifest.status == "complete"
     assert torch.equal(reader.leaves(), compute_leaves(NoisyDigits(augment=True)))

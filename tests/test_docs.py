@@ -1,11 +1,12 @@
-"""Code in the docs runs: the README's "Reading a proof" and docs/verification.md's settings example, on a real proof.
+"""The docs say what the code does: docs/verification.md's settings example runs on a real proof, and the
+refusals docs/drop-in.md lists are the callback's own messages.
 
-(The README's and docs/drop-in.md's other blocks are run by tests/test_drop_in.py's project, or need a
-user's own model: issue 18 runs every block.)
+(Every block of README.md and docs/drop-in.md is run by tests/test_docs_run.py.)
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def python_blocks(doc: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (REPO / doc).read_text(), re.S)
+    return re.findall(r"```python\n(.*?)```", (REPO / doc).read_text(), re.DOTALL)
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +30,49 @@ def proof(tmp_path_factory) -> Path:
     return proof
 
 
-@pytest.mark.parametrize("doc, marker", [("README.md", "ProofReader("), ("docs/verification.md", "VerifierSettings(")])
-def test_the_docs_code_runs(proof, tmp_path, monkeypatch, doc, marker):
-    (block,) = [b for b in python_blocks(doc) if marker in b]
-    for where in ("proof", "runs/digits/proof"):  # the paths the examples use
-        (tmp_path / where).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(proof, tmp_path / where)
+def test_the_verification_settings_example_runs(proof, tmp_path, monkeypatch):
+    (block,) = [b for b in python_blocks("docs/verification.md") if "VerifierSettings(" in b]
+    (tmp_path / "runs/digits").mkdir(parents=True)
+    shutil.copytree(proof, tmp_path / "runs/digits/proof")  # the path the example uses
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(block, doc, "exec"), namespace)  # noqa: S102 - the docs' own code, run as a reader would
-    if "report" in namespace:
-        assert namespace["report"].valid and namespace["report"].settings["registry"] == "verified.sqlite"
-    else:
-        assert namespace["proof"].manifest.final_step == 24 and namespace["log"].steps == 24
+    exec(compile(block, "docs/verification.md", "exec"), namespace)  # noqa: S102 - the docs' own code, run as a reader would
+    assert namespace["report"].valid and namespace["report"].settings["registry"] == "verified.sqlite"
+
+
+#: The fixed part of each refusal in docs/drop-in.md's table, as the code words it.
+REFUSALS = [
+    "move it to an importable module so the verifier can re-create it",
+    "that it does not record; call self.save_hyperparameters() in",
+    "pass it through __init__ and call self.save_hyperparameters()",
+    "re-created the way the verifier will builds a different network (first differences:",
+    "re-created the way the verifier will configures optimizer",
+    "records a hyperparameter that is not plain data",
+    "pass plain values, or exclude it with save_hyperparameters(ignore=[...]) and give it a default",
+    "it draws from the global RNG in setup() or train_dataloader(); give that draw its own seeded generator",
+    "(torch.Generator().manual_seed(...))",
+    "; say which with ProofOfLearning(",
+    "hydra.output_subdir is null, so the job's config is not saved; set hydra.output_subdir (default .hydra)",
+    "unsupported: an IterableDataset yields no dataset indices, so its batches cannot be recorded; use a map-style Dataset with a sampler",
+    "choose another dirpath or pass overwrite=True",
+]
+
+
+def message_texts() -> list[str]:
+    """Every string literal of lightning_pol, f-strings with their fields as \\0 (implicit concatenation joined)."""
+    texts = []
+    for path in sorted((REPO / "lightning_pol").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.JoinedStr):
+                texts.append("".join(v.value if isinstance(v, ast.Constant) else "\0" for v in node.values))
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                texts.append(node.value)
+    return texts
+
+
+def test_the_refusals_drop_in_lists_are_the_callbacks_messages():
+    doc = " ".join((REPO / "docs/drop-in.md").read_text().split())
+    texts = message_texts()
+    for fragment in REFUSALS:
+        assert fragment in doc, f"docs/drop-in.md no longer shows {fragment!r}"
+        assert any(fragment in t for t in texts), f"no message of lightning_pol says {fragment!r} any more: update docs/drop-in.md's table"

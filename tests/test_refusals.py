@@ -50,9 +50,12 @@ def test_foreign_files_are_never_overwritten(tmp_path):
     [
         (lambda: cases.NoHparams(width=8), r"needs arguments \['width'\].*call self.save_hyperparameters\(\) in NoHparams.__init__"),
         (lambda: cases.ObjectHparam(backbone=nn.Linear(2, 2)), "not plain data.*save_hyperparameters\\(ignore="),
-        (cases.GlobalWidth, "builds a different network"),
+        (cases.GlobalWidth, r"has net.1.out_features=8, the module being trained net.1.out_features=16; .*save_hyperparameters"),
+        (lambda: cases.LrAttribute(lr=0.5), r"has lr=0.01, the module being trained lr=0.5; .*save_hyperparameters\(\)"),
+        (lambda: cases.LrInAClosure(lr=0.5), r"configures optimizer 0 with \[\{'lr': 0.01.*the module being trained with \[\{'lr': 0.5"),
     ],
-    ids=["no-save-hyperparameters", "object-hparam", "architecture-not-in-hparams"],
+    ids=["no-save-hyperparameters", "object-hparam", "architecture-not-in-hparams", "lr-attribute-not-recorded",
+         "lr-only-in-the-optimizer"],
 )
 def test_modules_the_verifier_cannot_recreate_fail_at_fit_start(tmp_path, make, message, monkeypatch):
     monkeypatch.setattr(cases, "WIDTH", 16)
@@ -76,3 +79,15 @@ def test_classes_defined_in_a_function_are_refused(tmp_path):
 
     with pytest.raises(PoLError, match="LightningDataModule LocalData is defined in a function"):
         train_with_proof(tmp_path, UnseenModule(), LocalData(num_workers=0), max_steps=2, max_epochs=-1)
+
+
+@pytest.mark.parametrize("module", ["GlobalRandomData", "BoringModel"])
+def test_data_drawn_from_the_global_rng_is_refused_at_fit_start(tmp_path, module):
+    """The verifier's re-created train_dataloader() would draw other data: refused before anything is written."""
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    make = BoringModel if module == "BoringModel" else getattr(cases, module)
+    with pytest.raises(PoLError, match=r"yields other training data \(sample 0 differs\): it draws from the global RNG") as info:
+        train_with_proof(tmp_path, make, None, max_steps=2, max_epochs=-1)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "proof").exists()

@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_pol.apps import CONF_DIR, exit_code
+from lightning_pol.apps.progress import ReplayProgress
 from lightning_pol.errors import PoLError
 from lightning_pol.verification.settings import VerifierSettings
 from lightning_pol.verification.verifier import verify_proof
@@ -39,16 +40,9 @@ def verify_and_report(settings: VerifierSettings, proof_dir: str | Path, out: Pa
     """The body of :func:`verify_with`: raises what :func:`~lightning_pol.apps.exit_code` turns into exit 2 or 3."""
     if not Path(proof_dir).is_dir():
         raise PoLError(f"no proof directory at {proof_dir}")
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=0, desc="replaying segments", unit="segment", disable=not sys.stderr.isatty())
-
-    def progress(done: int, total: int) -> None:
-        bar.total, bar.n = total, done
-        bar.refresh()
-
-    report = verify_proof(proof_dir, settings, progress=progress)
-    bar.close()
+    label = f"shard {settings.shard}/{settings.num_shards}" if settings.num_shards > 1 else ""
+    with ReplayProgress("replaying segments", label=label) as progress:
+        report = verify_proof(proof_dir, settings, progress=progress)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(report.to_json())
@@ -82,7 +76,9 @@ def run(cfg: DictConfig) -> int:
     def body() -> int:
         if proof_dir is None:
             raise PoLError("no proof to verify: pass proof_dir=DIR")
-        settings = VerifierSettings.from_config(cfg.verifier, registry=cfg.get("registry"), parents=cfg.get("parents"))
+        settings = VerifierSettings.from_config(cfg.verifier, registry=cfg.get("registry"), parents=cfg.get("parents"),
+                                                module_overrides=cfg.get("module_overrides"),
+                                                datamodule_overrides=cfg.get("datamodule_overrides"))
         if multirun and settings.seed is None:  # every shard of a sweep selects with the sweep's one seed
             seed_file = Path(hc.sweep.dir) / SHARED_SEED
             if seed_file.exists():
@@ -90,6 +86,16 @@ def run(cfg: DictConfig) -> int:
         return verify_and_report(settings, str(proof_dir), out)
 
     return exit_code(body, _error_file(out, proof_dir))
+
+
+#: Hyperparameter overrides take any key the proof records, so they are added, not only set (Hydra's ``++``).
+OVERRIDE_GROUPS = ("module_overrides.", "datamodule_overrides.")
+
+
+def open_overrides(argv: list[str]) -> list[str]:
+    """``datamodule_overrides.data_dir=X`` as ``++datamodule_overrides.data_dir=X``: the user names keys of the
+    proof's hyperparameters, which no config file can list, and needs no ``+``."""
+    return [f"++{a}" if a.startswith(OVERRIDE_GROUPS) else a for a in argv]
 
 
 @hydra.main(config_path=CONF_DIR, config_name="verify", version_base="1.3")
@@ -101,4 +107,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = open_overrides(sys.argv[1:])
     main()

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from lightning_pol.format import layout
 from lightning_pol.format.samples import SAMPLE_ENCODING, TREE
-from lightning_pol.format.state_codec import decode_state
+from lightning_pol.format.state_codec import decode_state, encode_state
 from lightning_pol.format.strict_json import ProofFormatError, is_int, load_json
 
 #: The public, fixed list of initialization strategies a proof may declare
@@ -85,6 +85,38 @@ class IndexChunk:
         return {"path": self.path, "first_step": self.first_step, "steps": self.steps}
 
 
+#: The dtypes a recorded monitored value may have had as a tensor (floating point: exact as a JSON float).
+MONITORED_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class MonitoredValue:
+    """A value a plateau scheduler consumed: after ``step`` optimizer steps (``trainer.global_step`` then), the
+    scheduler of ``lr_scheduler_configs[scheduler]`` was stepped with ``value`` of ``monitor`` (a 0-d tensor
+    of ``dtype``, or a plain number when ``dtype`` is None)."""
+
+    step: int
+    scheduler: int
+    monitor: str
+    value: float
+    dtype: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"step": self.step, "scheduler": self.scheduler, "monitor": self.monitor,
+               "value": encode_state({"v": self.value})[1]["v"]}  # non-finite values as typed JSON's markers
+        if self.dtype is not None:
+            out["dtype"] = self.dtype
+        return out
+
+    def metric(self, device: Any = None) -> Any:
+        """The value as the scheduler's hook received it: a 0-d tensor of ``dtype`` (on ``device``), or a float."""
+        if self.dtype is None:
+            return self.value
+        import torch
+
+        return torch.tensor(self.value, dtype=getattr(torch, self.dtype), device=device)
+
+
 @dataclass(frozen=True)
 class _Declaration:
     """A name, and keyword arguments in typed JSON that the verifier decodes and passes on."""
@@ -105,13 +137,31 @@ def _alias(field_name: str, doc: str) -> Any:
     return property(operator.attrgetter(field_name), doc=doc)
 
 
-class ClassSpec(_Declaration):
-    """A class the verifier re-creates as ``cls(**arguments())``: its import path ``module:QualName`` and its
-    ``hparams`` in typed JSON."""
+#: How a :class:`ClassSpec`'s arguments build it: ``cls(**hparams)``; LightningCLI's
+#: ``instantiate_module(cls, hparams)``; Hydra's ``instantiate({"_target_": cls, **hparams})``.
+INSTANTIATORS = ("hparams", "lightning_cli", "hydra")
 
+
+@dataclass(frozen=True)
+class ClassSpec(_Declaration):
+    """A class the verifier re-creates: its import path ``module:QualName``, its ``hparams`` in typed JSON
+    (a config, for the ``lightning_cli`` and ``hydra`` instantiators), and the keys among them that named
+    files on the prover's machine (``local_paths``: what a verifier elsewhere overrides)."""
+
+    instantiator: str = "hparams"
+    local_paths: tuple[str, ...] = ()
     KEYS = ("class", "hparams")
-    import_path: str = _alias("name", "``package.module:QualName``")
-    hparams: dict[str, Any] = _alias("typed_arguments", "the recorded hparams, typed JSON")
+    # Unannotated: annotated, the dataclass decorator would take the aliases for fields.
+    import_path = _alias("name", "``package.module:QualName``")
+    hparams = _alias("typed_arguments", "the recorded hparams, typed JSON")
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        if self.instantiator != "hparams":  # absent: the format's first form, byte for byte
+            out["instantiator"] = self.instantiator
+        if self.local_paths:
+            out["local_paths"] = list(self.local_paths)
+        return out
 
 
 class InitDeclaration(_Declaration):
@@ -162,6 +212,7 @@ class Manifest:
     status: str = layout.STATUS_IN_PROGRESS
     index_log: list[IndexChunk] = field(default_factory=list)
     sample_epochs: list[list[int]] = field(default_factory=list)
+    monitored: list[MonitoredValue] = field(default_factory=list)
     checkpoints: list[CheckpointEntry] = field(default_factory=list)
     final_step: int | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)
@@ -225,6 +276,18 @@ class Manifest:
     def set_sample_epochs(self, runs: list[list[int]]) -> None:
         self.sample_epochs = [list(r) for r in runs]
 
+    def add_monitored(self, value: MonitoredValue) -> None:
+        """Record a value a plateau scheduler consumed (in the order they were consumed)."""
+        if self.monitored and value.step < self.monitored[-1].step:
+            raise ValueError(f"monitored value at step {value.step} after one at step {self.monitored[-1].step}")
+        self.monitored.append(value)
+
+    def keep_monitored(self, count: int) -> list[MonitoredValue]:
+        """Keep the first ``count`` monitored values (a resumed run consumed only those before its Lightning
+        checkpoint); returns the others."""
+        dropped, self.monitored = self.monitored[count:], self.monitored[:count]
+        return dropped
+
     def mark_complete(self, final_step: int) -> None:
         self.status, self.final_step = layout.STATUS_COMPLETE, final_step
 
@@ -250,6 +313,8 @@ class Manifest:
             "data": self.data.to_json(),
             "index_log": [c.to_json() for c in self.index_log],
             "sample_epochs": [list(r) for r in self.sample_epochs],
+            # Only when a plateau scheduler consumed a value: other proofs' manifests are the format's first form.
+            **({"monitored": [v.to_json() for v in self.monitored]} if self.monitored else {}),
             "checkpoints": [c.to_json() for c in self.checkpoints],
             "final_step": self.final_step,
             "files": {rel: e.to_json() for rel, e in self.files.items()},
@@ -290,6 +355,7 @@ class Manifest:
         if m.get("parent") is not None and not isinstance(m["parent"], dict):
             raise ProofFormatError("manifest field parent is invalid")
         sample_epochs = _sample_epochs(m.get("sample_epochs"))
+        monitored = _monitored(m.get("monitored", []))
         init = m["init"]
         if not isinstance(init.get("strategy"), str):
             raise ProofFormatError("manifest field init is missing or invalid")
@@ -302,7 +368,7 @@ class Manifest:
             init=InitDeclaration(init["strategy"], init.get("params") or {}), module=module, training=m["training"],
             environment=m["environment"], data=data, datamodule=datamodule, parent=m.get("parent"), status=status,
             index_log=index_log, sample_epochs=sample_epochs, checkpoints=checkpoints, final_step=m.get("final_step"),
-            files=files, format_version=m["format_version"],
+            files=files, format_version=m["format_version"], monitored=monitored,
         )
 
 
@@ -380,7 +446,12 @@ def _class_spec(spec: Any, key: str, required: bool) -> ClassSpec | None:
         return None
     if not isinstance(spec, dict) or not isinstance(spec.get("class"), str) or not isinstance(spec.get("hparams"), dict):
         raise ProofFormatError(f"manifest field {key} is missing or invalid")
-    return ClassSpec(spec["class"], spec["hparams"])
+    instantiator, paths = spec.get("instantiator", "hparams"), spec.get("local_paths", [])
+    if instantiator not in INSTANTIATORS:
+        raise ProofFormatError(f"manifest field {key}.instantiator is not one of {list(INSTANTIATORS)}")
+    if not isinstance(paths, list) or not all(isinstance(p, str) and len(p) < 1000 for p in paths) or len(paths) > 1000:
+        raise ProofFormatError(f"manifest field {key}.local_paths is invalid")
+    return ClassSpec(spec["class"], spec["hparams"], instantiator, tuple(paths))
 
 
 def _sample_epochs(runs: Any) -> list[list[int]]:
@@ -393,6 +464,31 @@ def _sample_epochs(runs: Any) -> list[list[int]]:
     if runs and runs[0] != [0, 0]:  # every run starts with the first batch of epoch 0
         raise ProofFormatError("manifest field sample_epochs does not start at step 0 in epoch 0")
     return [list(r) for r in runs]
+
+
+def _monitored(entries: Any) -> list[MonitoredValue]:
+    """The values plateau schedulers consumed: their form here; whether the replay can feed them (a plateau
+    scheduler of that index and monitor, a step of the proof) is the verifier's check."""
+    if not isinstance(entries, list):
+        raise ProofFormatError("manifest field monitored is invalid")
+    out: list[MonitoredValue] = []
+    for e in entries:
+        if not isinstance(e, dict) or not {"step", "scheduler", "monitor", "value"} <= e.keys() <= {"step", "scheduler", "monitor", "value", "dtype"}:
+            raise ProofFormatError("manifest field monitored has an entry without step, scheduler, monitor and value")
+        if not is_int(e["step"]) or e["step"] >= 2**63 or not is_int(e["scheduler"]) or e["scheduler"] >= 2**31:
+            raise ProofFormatError("manifest field monitored has an invalid step or scheduler index")
+        if not isinstance(e["monitor"], str) or not 0 < len(e["monitor"]) <= 1000 or e.get("dtype", None) not in (None, *MONITORED_DTYPES):
+            raise ProofFormatError("manifest field monitored has an invalid monitor or dtype")
+        try:
+            value = decode_state({}, {"v": e["value"]})["v"]
+        except (ValueError, RecursionError):
+            value = None
+        if not isinstance(value, float):  # a JSON float, or a __float__ marker: the writer writes nothing else
+            raise ProofFormatError("manifest field monitored has a value that is not a float")
+        if out and e["step"] < out[-1].step:
+            raise ProofFormatError("manifest field monitored is not in step order")
+        out.append(MonitoredValue(e["step"], e["scheduler"], e["monitor"], value, e.get("dtype")))
+    return out
 
 
 def _check_typed_json(m: dict[str, Any], module: ClassSpec | None, datamodule: ClassSpec | None) -> None:

@@ -1,4 +1,20 @@
-"""ProofOfLearning: the Lightning callback that writes a Proof-of-Learning while training."""
+"""ProofOfLearning: the Lightning callback that writes a Proof-of-Learning while training.
+
+Its hooks:
+
+- ``setup``: refuses what the verifier could not re-create; instruments the
+  training DataLoader (it records its batches and seeds each sample).
+- ``on_train_start``: opens the proof (a :class:`~lightning_pol.prover.session.ProofSession`);
+  from here to ``teardown``, records each value a plateau scheduler consumes (:mod:`.monitored`).
+- ``on_train_batch_start``: restores the training RNG stream; before the first
+  micro-batch of step t, t a multiple of k, writes the checkpoint of step t.
+- ``on_after_backward``: saves the training RNG stream, so draws between
+  steps (DataLoaders, validation, other callbacks) never shift it.
+- ``on_train_batch_end``: files the batch under its step (the :class:`~lightning_pol.prover.ledger.StepLedger`).
+- ``on_train_epoch_end``: after epoch 0, commits to the data it fetched.
+- ``on_train_end``: the final checkpoint completes the proof; ``teardown``
+  waits for it. ``on_exception`` commits what was written.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +40,9 @@ from lightning_pol.prover.distributed import (
 )
 from lightning_pol.prover.instrumentation import LoaderInstrumentation
 from lightning_pol.prover.ledger import StepLedger
+from lightning_pol.prover.monitored import MonitoredValues
 from lightning_pol.prover.recreation import recreation_record
+from lightning_pol.prover.rehearsal import Rehearsal
 from lightning_pol.prover.run_record import new_manifest, training_settings
 from lightning_pol.prover.session import ProofSession
 from lightning_pol.runtime.leaves import compute_leaves, sample_leaf
@@ -52,17 +70,7 @@ class ProofOfLearning(Callback):
     Merkle commitment to the training data, and what the verifier needs to
     re-create the module and data (docs/proof-format.md).
 
-    - ``setup``: refuses what the verifier could not re-create; instruments the
-      training DataLoader (it records its batches and seeds each sample).
-    - ``on_train_start``: opens the proof (a :class:`~lightning_pol.prover.session.ProofSession`).
-    - ``on_train_batch_start``: restores the training RNG stream; before the first
-      micro-batch of step t, t a multiple of k, writes the checkpoint of step t.
-    - ``on_after_backward``: saves the training RNG stream, so draws between
-      steps (DataLoaders, validation, other callbacks) never shift it.
-    - ``on_train_batch_end``: files the batch under its step (the :class:`~lightning_pol.prover.ledger.StepLedger`).
-    - ``on_train_epoch_end``: after epoch 0, commits to the data it fetched.
-    - ``on_train_end``: the final checkpoint completes the proof; ``teardown``
-      waits for it. ``on_exception`` commits what was written.
+    Its hooks, in order, are listed in this module's docstring.
 
     Under ``strategy="ddp"`` every rank records, and rank 0 gathers and writes.
 
@@ -77,8 +85,11 @@ class ProofOfLearning(Callback):
             ``torch.initial_seed()``, so ``seed_everything`` makes runs repeatable.
         overwrite: replace a proof already in ``dirpath``.
         fsync: flush files to stable storage before renaming them into place.
-        check_recreation: build ``Module(**hparams)`` on the meta device at fit
-            start and compare its ``state_dict`` shapes with the live module.
+        check_recreation: at fit start, re-create the module and data as the
+            verifier will and refuse a run they differ from (:mod:`.rehearsal`).
+        module_config, datamodule_config: in a Hydra app, the keys of the config
+            nodes that built the module and datamodule (``model``, ``data``);
+            by default the one node whose ``_target_`` is the class.
         parent: for ``init_strategy="warm_start"``, the proof whose final
             weights W_0 is; fit refuses to start unless W_0 equals them bit for bit.
         background: serialize, hash and write checkpoints on a background thread;
@@ -105,6 +116,8 @@ class ProofOfLearning(Callback):
         background: bool = True,
         max_pending: int = 2,
         commit_every_s: float = 30.0,
+        module_config: str | None = None,
+        datamodule_config: str | None = None,
     ) -> None:
         _validate_positive_int("every_n_steps", every_n_steps)
         _validate_init(init_strategy, parent)
@@ -125,6 +138,7 @@ class ProofOfLearning(Callback):
         self.background = background
         self.max_pending = max_pending
         self.commit_every_s = float(commit_every_s)
+        self.config_keys = {"module": module_config, "datamodule": datamodule_config}
         self._state_key = self._generate_state_key(dirpath=str(self.dirpath), every_n_steps=self.every_n_steps)
         self._reset_run_state()
 
@@ -132,7 +146,8 @@ class ProofOfLearning(Callback):
         self._seed_in_use: int | None = None
         self._run_id: str | None = None
         self._specs: dict[str, Any] = {}
-        self._stream = TrainingStream()
+        self._rehearsal: Rehearsal | None = None
+        self._stream, self._monitored = TrainingStream(), MonitoredValues()  # and the values plateau schedulers consume
         self._ledger = StepLedger(self.every_n_steps)
         self._loader = LoaderInstrumentation(self._proof_seed)
         self._session: ProofSession | None = None  # on the rank that writes the proof, from on_train_start
@@ -159,7 +174,10 @@ class ProofOfLearning(Callback):
         self._reset_run_state()
         # Checked before configure_optimizers or any data work, so a run the
         # verifier could not re-create stops before it costs anything.
-        self._specs = recreation_record(pl_module, trainer.datamodule, self.check_recreation, self.parent)
+        self._specs = recreation_record(pl_module, trainer.datamodule, self.parent, self.config_keys)
+        if self.check_recreation:
+            self._rehearsal = Rehearsal(self._specs, self.dirpath)
+            self._rehearsal.check_module(pl_module)
         self._world = trainer.world_size
         if self._world > 1:
             check_ddp_recordable(trainer, pl_module)
@@ -178,19 +196,23 @@ class ProofOfLearning(Callback):
             size = len(self._loader.dataset)
         except TypeError:
             raise UnsupportedDataError("the training dataset has no len(); a proof needs a sized map-style dataset") from None
+        if self._rehearsal is not None:  # before anything is written: a run the verifier would reject stops here
+            self._rehearsal.check_training(trainer, self._loader.dataset, resumed=self._resume is not None)
+            self._rehearsal = None
         self._opened = True
         # The other ranks of a DDP run record for rank 0, which writes; they stop when it cannot open the proof.
         self._session = on_rank_zero(lambda: self._open(trainer, pl_module, size), trainer.global_rank, self._world)
         if self._session is not None:
             self._session.start(first_commit=self._resume is None)
             log.info("proof of learning: writing to %s (k=%d, %d samples committed)", self.dirpath, self.every_n_steps, size)
+        self._monitored.attach(trainer, pl_module, self._session and self._session.add_monitored, (self._resume or {}).get("monitored_values"))
 
     def _open(self, trainer: pl.Trainer, pl_module: pl.LightningModule, size: int) -> ProofSession:
         session = ProofSession(self.dirpath, self.fsync, self.background, self.max_pending, self.commit_every_s)
         dataset, workers = self._loader.dataset, self._loader.loader.num_workers
         if self._resume is not None:  # a resumed run checks the data against the commitment: one pass
             session.reopen(self._resume["run_id"], compute_leaves(dataset, num_workers=workers),
-                           self._ledger.last_written, self._ledger.flushed)
+                           self._ledger.last_written, self._ledger.flushed, self._resume.get("monitored_values"))
             self._run_id = self._resume["run_id"]
             return session
         leaves = None
@@ -302,16 +324,16 @@ class ProofOfLearning(Callback):
     def _end_fit(self) -> None:
         if self._session is not None:
             self._session.end()
-        self._loader.detach()
+        for instrumented in (self._loader, self._monitored):
+            instrumented.detach()
 
     # ------------------------------------------------------------------ state
     @override
     def state_dict(self) -> dict[str, Any]:
-        # A Lightning checkpoint must not promise steps or files that are not committed: a resume reopens the proof.
-        if self._session is not None:
+        if self._session is not None:  # a Lightning checkpoint must not promise uncommitted steps or files: a resume reopens the proof
             self._session.commit_now()
         return {"format_version": layout.FORMAT_VERSION, "run_id": self._run_id, "seed": self._seed_in_use, **self._ledger.state_dict(),
-                "next_data_epoch": self._loader.next_data_epoch(), **self._stream.state_dict()}
+                "next_data_epoch": self._loader.next_data_epoch(), "monitored_values": self._monitored.count, **self._stream.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

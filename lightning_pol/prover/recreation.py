@@ -1,8 +1,11 @@
-"""How the verifier will re-create the module and the data: their import path and hparams, checked at fit start.
+"""How the verifier will re-create the module and the data: the recipe the proof records, chosen at fit start.
 
-"Can the verifier re-create this?" is asked in ``setup``, before
-``configure_optimizers`` or any data work, so a run whose proof could not be
-verified stops before it costs anything.
+A project builds its module one of three ways, and the proof records the matching recipe
+(:data:`~lightning_pol.format.manifest.INSTANTIATORS`): plain hyperparameters
+(``save_hyperparameters()``), LightningCLI's recorded config (its ``_instantiator``), or the
+Hydra config node ``hydra.utils.instantiate`` built it from. Asked in ``setup``, before
+``configure_optimizers`` or any data work, so a run whose proof could not be verified stops
+before it costs anything; :mod:`.rehearsal` then checks the recipe against the live run.
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 
-from lightning_pol.errors import PoLError
+from lightning_pol.errors import PoLError, one_line
 from lightning_pol.format.classes import (
     NotRecreatableError,
     import_path,
@@ -24,17 +27,15 @@ from lightning_pol.format.classes import (
 from lightning_pol.format.lineage import parent_record, same_weights
 from lightning_pol.format.manifest import ClassSpec
 from lightning_pol.format.state_codec import StateEncodingError, encode_state
+from lightning_pol.runtime.recreation import LIGHTNING_CLI, canonical_targets, locate
 
 
 def plain_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """hparams as plain containers (Hydra's DictConfig/ListConfig converted)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - hydra-core is a dependency
-        DictConfig = ListConfig = ()  # type: ignore[assignment,misc]
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
     def conv(v: Any) -> Any:
-        if DictConfig and isinstance(v, (DictConfig, ListConfig)):
+        if isinstance(v, (DictConfig, ListConfig)):
             return OmegaConf.to_container(v, resolve=True)
         if isinstance(v, Mapping):
             return {k: conv(x) for k, x in v.items()}
@@ -47,10 +48,13 @@ def plain_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     return {str(k): conv(v) for k, v in dict(hparams).items()}
 
 
-def recreation_spec(obj: Any, role: str) -> ClassSpec:
-    """How to re-create ``obj`` as ``Class(**hparams)``, or a :class:`NotRecreatableError` that says what to do.
+def recreation_spec(obj: Any, role: str, config_key: str | None = None) -> ClassSpec:
+    """How the verifier will re-create ``obj``, or a :class:`NotRecreatableError` that says what to do.
 
-    ``role`` is "LightningModule" or "LightningDataModule", for the message.
+    ``role`` is "LightningModule" or "LightningDataModule", for the message. The recorded hparams are the
+    recipe when they are plain data (``Class(**hparams)``) or LightningCLI's config (its ``_instantiator``);
+    hparams holding objects (an ``nn.Module``, a partial optimizer) were built by Hydra, and the recipe
+    is the config node that built them (``config_key``, or the one node whose ``_target_`` is the class).
     """
     cls = type(obj)
     name = cls.__name__
@@ -65,68 +69,134 @@ def recreation_spec(obj: Any, role: str) -> ClassSpec:
     except Exception:
         raise NotRecreatableError(f"{role} {name} cannot be imported as {import_path(cls)}") from None
     hparams = plain_hparams(getattr(obj, "hparams", {}) or {})
+    if config_key is None and "_instantiator" in hparams:
+        return _spec(cls, role, hparams, "lightning_cli")
+    try:
+        if config_key is not None:
+            raise StateEncodingError("a config node was named")
+        tensors, encoded = encode_state(hparams)
+    except StateEncodingError as e:
+        node = hydra_config_node(cls, role, config_key)
+        if node is None:
+            raise NotRecreatableError(
+                f"{role} {name} records a hyperparameter that is not plain data ({e}); pass plain values, or exclude it "
+                f"with save_hyperparameters(ignore=[...]) and give it a default, or build {name} with hydra.utils.instantiate "
+                f"from a config node of this Hydra app"
+            ) from None
+        return _spec(cls, role, canonical_targets(node), "hydra")
+    if tensors:
+        raise NotRecreatableError(f"{role} {name} records tensors as hyperparameters ({sorted(tensors)}); pass plain values instead")
     params = inspect.signature(cls.__init__).parameters
     missing = [
         p.name
         for p in list(params.values())[1:]
-        if p.default is inspect.Parameter.empty
-        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and p.name not in hparams
+        if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in hparams
     ]
     if missing:
         raise NotRecreatableError(
-            f"{role} {name} needs arguments {missing} that it does not record; "
-            f"call self.save_hyperparameters() in {name}.__init__"
+            f"{role} {name} needs arguments {missing} that it does not record; call self.save_hyperparameters() in {name}.__init__"
         )
+    return ClassSpec(import_path(cls), encoded, "hparams", tuple(local_paths(hparams)))
+
+
+def _spec(cls: type, role: str, config: dict[str, Any], instantiator: str) -> ClassSpec:
+    if instantiator == "lightning_cli" and config["_instantiator"] != LIGHTNING_CLI:
+        raise NotRecreatableError(f"{role} {cls.__name__} records _instantiator {config['_instantiator']!r}; "
+                                  f"the verifier re-creates only with {LIGHTNING_CLI}")
+    if instantiator == "hydra":
+        config = {k: v for k, v in config.items() if k != "_target_"}
     try:
-        tensors, encoded = encode_state(hparams)
+        tensors, encoded = encode_state(config)
     except StateEncodingError as e:
-        raise NotRecreatableError(
-            f"{role} {name} records a hyperparameter that is not plain data ({e}); "
-            f"pass plain values, or exclude it with save_hyperparameters(ignore=[...]) and give it a default"
-        ) from None
+        raise NotRecreatableError(f"{role} {cls.__name__}'s config is not plain data ({e})") from None
     if tensors:
-        raise NotRecreatableError(
-            f"{role} {name} records tensors as hyperparameters ({sorted(tensors)}); pass plain values instead"
-        )
-    return ClassSpec(import_path(cls), encoded)
+        raise NotRecreatableError(f"{role} {cls.__name__}'s config holds tensors ({sorted(tensors)})")
+    return ClassSpec(import_path(cls), encoded, instantiator, tuple(local_paths(config)))
 
 
-def check_module_recreates(module: torch.nn.Module, spec: ClassSpec) -> None:
-    """Build ``class(**hparams)`` on the meta device and compare state_dict keys and shapes.
-
-    Catches modules whose architecture depends on something the hyperparameters
-    do not record (a global, a file read at init).
-    """
-    cls = resolve_import_path(spec.import_path)
-    hparams = spec.arguments()
-    try:
-        with torch.device("meta"):
-            twin = cls(**hparams)
-    except Exception:
+def local_paths(config: Any, where: str = "") -> list[str]:
+    """Keys whose values name files or directories here (``data_dir``): a verifier elsewhere overrides them."""
+    if isinstance(config, Mapping):
+        found: list[str] = []
+        for key, value in config.items():
+            found += local_paths(value, f"{where}.{key}" if where else str(key))
+        return found
+    if isinstance(config, str) and where and config not in ("", ".", "..") and len(config) < 4096:
         try:
-            twin = cls(**hparams)
-        except Exception as e:
-            raise NotRecreatableError(
-                f"{cls.__qualname__}(**hparams) fails ({type(e).__name__}: {e}); record every argument with save_hyperparameters()"
-            ) from None
-    live = {k: tuple(v.shape) for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
-    made = {k: tuple(v.shape) for k, v in twin.state_dict().items() if isinstance(v, torch.Tensor)}
-    if live != made:
-        diff = sorted(set(live.items()) ^ set(made.items()))[:3]
-        raise NotRecreatableError(
-            f"{cls.__qualname__}(**hparams) builds a different network than the one being trained "
-            f"(first differences: {diff}); record every architecture argument with save_hyperparameters()"
-        )
+            return [where] if os.path.exists(os.path.expanduser(config)) else []
+        except (OSError, ValueError):
+            return []
+    return []
 
 
-def recreation_record(module: pl.LightningModule, datamodule: pl.LightningDataModule | None, check_shapes: bool,
-                      parent: str | os.PathLike[str] | None) -> dict[str, Any]:
+def hydra_config_node(cls: type, role: str, key: str | None) -> dict[str, Any] | None:
+    """The resolved node of this Hydra job's config that built ``cls``: at ``key``, or the one whose ``_target_``
+    names ``cls``. None outside a Hydra app, or when no node names it and no ``key`` was given.
+
+    The job's config is the one Hydra saved in ``<output_dir>/<output_subdir>/config.yaml`` before the task
+    ran; its interpolations resolve here, in the job's process."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    setting = f"{'module' if role == 'LightningModule' else 'datamodule'}_config"
+    if not HydraConfig.initialized():
+        if key is not None:
+            raise NotRecreatableError(f"ProofOfLearning({setting}={key!r}) names a Hydra config node, but this run is not a Hydra app")
+        return None
+    hc = HydraConfig.get()
+    if hc.output_subdir is None:
+        raise NotRecreatableError(f"{role} {cls.__name__} was built from a Hydra config, and hydra.output_subdir is null, so the "
+                                  f"job's config is not saved; set hydra.output_subdir (default .hydra)")
+    try:
+        cfg = OmegaConf.load(Path(hc.runtime.output_dir) / hc.output_subdir / "config.yaml")
+        if key is None:
+            found = [where for where, target in _targets(OmegaConf.to_container(cfg, resolve=False)) if _names(target, cls)]
+            if len(found) > 1:
+                raise NotRecreatableError(f"the Hydra config builds {role} {cls.__name__} at {found}; "
+                                          f"say which with ProofOfLearning({setting}=KEY)")
+            if not found:
+                return None
+            key = found[0]
+        node = OmegaConf.select(cfg, key)
+        if node is None or not OmegaConf.is_dict(node) or "_target_" not in node:
+            raise NotRecreatableError(f"ProofOfLearning({setting}={key!r}): the Hydra config has no _target_ node there")
+        config = OmegaConf.to_container(node, resolve=True)
+    except (OmegaConfBaseException, OSError) as e:
+        raise NotRecreatableError(f"cannot read the Hydra config that built {role} {cls.__name__} ({one_line(e)})") from None
+    if not _names(config["_target_"], cls):
+        raise NotRecreatableError(f"the Hydra config node {key!r} builds {config['_target_']}, not {role} {import_path(cls)}")
+    return config
+
+
+def _targets(config: Any, where: str = "") -> list[tuple[str, Any]]:
+    if isinstance(config, Mapping):
+        found = [(where, config["_target_"])] if "_target_" in config and where else []
+        for k, v in config.items():
+            found += _targets(v, f"{where}.{k}" if where else str(k))
+        return found
+    if isinstance(config, list):
+        return [t for i, v in enumerate(config) for t in _targets(v, f"{where}[{i}]")]
+    return []
+
+
+def _names(target: Any, cls: type) -> bool:
+    if not isinstance(target, str):
+        return False
+    if target in (f"{cls.__module__}.{cls.__qualname__}", import_path(cls)):
+        return True
+    try:  # another import path of the same class (a re-export)
+        return locate(target, None, "target") is cls
+    except NotRecreatableError:
+        return False
+
+
+def recreation_record(module: pl.LightningModule, datamodule: pl.LightningDataModule | None,
+                      parent: str | os.PathLike[str] | None, config_keys: Mapping[str, str | None]) -> dict[str, Any]:
     """What the manifest says about re-creating this fit: ``module`` and ``datamodule`` specs, and the ``parent``
-    record of a warm start; refuses with one line what the verifier could not re-create or check."""
-    spec = recreation_spec(module, "LightningModule")
-    if check_shapes:
-        check_module_recreates(module, spec)
+    record of a warm start; refuses with one line what the verifier could not re-create or check.
+    ``config_keys``: the Hydra config nodes the user named (``module``, ``datamodule``)."""
+    spec = recreation_spec(module, "LightningModule", config_keys.get("module"))
     record = None
     if parent is not None:
         record, final = parent_record(parent)
@@ -136,5 +206,5 @@ def recreation_record(module: pl.LightningModule, datamodule: pl.LightningDataMo
                 f"W_0 is not the parent proof's final state ({len(differ)} tensors differ, e.g. {differ[0]!r}); "
                 "load it with model.load_state_dict() before fit"
             )
-    return {"module": spec, "datamodule": recreation_spec(datamodule, "LightningDataModule") if datamodule is not None else None,
-            "parent": record}
+    dm = recreation_spec(datamodule, "LightningDataModule", config_keys.get("datamodule")) if datamodule is not None else None
+    return {"module": spec, "datamodule": dm, "parent": record}

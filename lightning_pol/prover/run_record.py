@@ -21,6 +21,7 @@ from lightning_pol.format.manifest import (
     Manifest,
 )
 from lightning_pol.format.state_codec import encode_state
+from lightning_pol.runtime.training_state import compiled_submodules
 
 
 def training_settings(trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any, recorder: Any, size: int) -> dict[str, Any]:
@@ -61,6 +62,9 @@ def training_settings(trainer: pl.Trainer, pl_module: pl.LightningModule, loader
         "lr_schedulers": [scheduler_config(c) for c in trainer.lr_scheduler_configs],
         "data_source": "datamodule" if trainer.datamodule is not None else "module",
     }
+    compiled = compiled_submodules(pl_module)
+    if compiled:  # the replay compiles them too (the module's own setup does); absent: the format's first form
+        settings["compiled"] = compiled
     return encode_state(settings)[1]
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from lightning_pol.format import layout
 from lightning_pol.format.checkpoint import checkpoint_bytes
 from lightning_pol.format.index_log import IndexLog
-from lightning_pol.format.manifest import Manifest
+from lightning_pol.format.manifest import Manifest, MonitoredValue
 from lightning_pol.format.samples import leaves_file_bytes, root_of
 from lightning_pol.format.writer import ProofDirectoryError, ProofWriter
 from lightning_pol.prover.background import BackgroundWriter
@@ -71,10 +71,11 @@ class ProofSession:
         if leaves is not None:
             self._put_leaves(leaves)
 
-    def reopen(self, run_id: str, leaves: torch.Tensor, last_written: int, flushed: int) -> None:
+    def reopen(self, run_id: str, leaves: torch.Tensor, last_written: int, flushed: int, monitored: int | None = None) -> None:
         """Continue run ``run_id``'s proof after a resume from a Lightning checkpoint saved when the proof had written
-        the checkpoint of step ``last_written`` and been handed steps ``[0, flushed)``. What the proof holds beyond
-        that never happened in the resumed run, and is dropped; nothing is committed when the resume is refused."""
+        the checkpoint of step ``last_written``, been handed steps ``[0, flushed)`` and ``monitored`` values plateau
+        schedulers consumed (None: a checkpoint that does not say). What the proof holds beyond that never happened
+        in the resumed run, and is dropped; nothing is committed when the resume is refused."""
         writer = ProofWriter.reopen(self.dirpath, run_id, self.fsync)
         self._writer = writer
         m = writer.manifest
@@ -84,6 +85,10 @@ class ProofSession:
             raise ProofDirectoryError("cannot resume: the training data differs from the data this proof committed to")
         for c in m.drop_checkpoints_after(last_written):
             writer.drop(c.path)
+        if monitored is not None:
+            if len(m.monitored) < monitored:
+                raise ProofDirectoryError(f"cannot resume: the proof records {len(m.monitored)} monitored values but the Lightning checkpoint expects {monitored}")
+            m.keep_monitored(monitored)
         recorded = m.recorded_steps
         if recorded < flushed:
             raise ProofDirectoryError(f"cannot resume: the proof records {recorded} steps but the Lightning checkpoint expects {flushed}")
@@ -132,6 +137,10 @@ class ProofSession:
     def complete(self, steps: Steps, sample_epochs: list[list[int]], final_step: int) -> None:
         """Training ended at ``final_step`` without a checkpoint to write there: complete the proof and commit."""
         self._run(lambda: (self._complete(steps, sample_epochs, final_step), self._commit(force=True)))
+
+    def add_monitored(self, value: MonitoredValue) -> None:
+        """A value a plateau scheduler consumed: in the manifest from the next commit on."""
+        self._run(lambda: self._writer.manifest.add_monitored(value))  # type: ignore[union-attr]
 
     def commit_data(self, leaves: torch.Tensor) -> None:
         """The data commitment (the leaves of every sample): written and committed when the next commit is due."""

@@ -1,69 +1,56 @@
 """The class gate: every class a proof names is checked before it is imported for use, or anything of it runs.
 
 The verifier replays a proof through the classes it names (module, datamodule,
-optimizers, schedulers), calling them with the proof's hparams. So an import
-path in a proof is hostile input: ``subprocess:Popen`` as the module would be
-``Popen(args=...)``. A named class must be of the kind its role needs, and its
-top-level module must come from this machine, not from the proof directory
-(where it could land on ``sys.path`` when the verifier runs from inside it).
+optimizers, schedulers) and the targets its recorded configs name (a Hydra
+``_target_``, a LightningCLI ``class_path``, nested ones included), calling them
+with the proof's values. So an import path in a proof is hostile input:
+``subprocess:Popen`` as the module, or as a network inside it, would be
+``Popen(args=...)``. Each must be of the kind its role needs
+(:func:`lightning_pol.runtime.recreation.gated`), and its top-level module must
+come from this machine, not from the proof directory (where it could land on
+``sys.path`` when the verifier runs from inside it).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
-from lightning_pol.format.classes import NotRecreatableError, resolve_import_path
+from lightning_pol.format.classes import NotRecreatableError
+from lightning_pol.format.manifest import ClassSpec
 from lightning_pol.format.reader import ProofReader
-
-_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
+from lightning_pol.runtime.recreation import apply_overrides, builder, gated
 
 
 def declared_class(root: str | os.PathLike[str], path: Any, base: type | None, what: str) -> type:
-    """Import the class a proof names, refusing what the verifier must never run.
-
-    The top-level module is located with ``find_spec``, which finds it without
-    running it: one inside the proof directory is refused before it is imported.
-    """
-    if not isinstance(path, str) or not _IMPORT_PATH.match(path):
+    """Import the class a proof names, refusing what the verifier must never run (:func:`gated`, top-level form)."""
+    if not isinstance(path, str) or ":" not in path:
         raise NotRecreatableError(f"the proof's {what} class {str(path)[:80]!r} is not an import path module:QualName")
-    top = path.partition(":")[0].split(".")[0]
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError) as e:
-        raise NotRecreatableError(f"cannot import the proof's {what} {path!r} ({type(e).__name__}: {e})") from None
-    if spec is None:
-        raise NotRecreatableError(f"cannot import the proof's {what} {path!r} (ModuleNotFoundError: No module named {top!r})")
-    proof = Path(root).resolve()
-    for location in [spec.origin, *(spec.submodule_search_locations or [])]:
-        if location and location not in ("built-in", "frozen") and Path(location).resolve().is_relative_to(proof):
-            raise NotRecreatableError(f"the proof's {what} {path!r} would be imported from inside the proof directory")
-    try:
-        cls = resolve_import_path(path)
-    except Exception as e:  # noqa: BLE001 - an installed module that fails to import, or a missing attribute: the proof's
-        raise NotRecreatableError(f"cannot import the proof's {what} {path!r} ({type(e).__name__}: {e})".splitlines()[0]) from None
-    if base is not None and not (isinstance(cls, type) and issubclass(cls, base)):
-        raise NotRecreatableError(f"the proof's {what} {path!r} is not a {base.__module__}.{base.__qualname__}")
+    cls = gated(path, root, what, base if base is not None else object)
+    if not isinstance(cls, type):
+        raise NotRecreatableError(f"the proof's {what} {path!r} is not a class")
     return cls
 
 
-def declared_classes(reader: ProofReader) -> dict[str, type]:
-    """Every class the proof names, each through :func:`declared_class`, before any of them is called.
+def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, type]:
+    """Every class the proof names, each through the gate, before any of them is called.
 
-    Returns the module's and the datamodule's (keys ``module``, ``datamodule``); the optimizers' and
-    schedulers' are checked for their kind.
+    Returns the module's and the datamodule's (keys ``module``, ``datamodule``); their recorded configs'
+    nested targets, and the optimizers' and schedulers' classes, are checked for their kind. A local path
+    the re-created datamodule or module would read (``data_dir``) must exist here: where it does not, the
+    verifier is told which override names it.
     """
     m = reader.manifest
+    overrides = overrides or {}
     declared: list[tuple[str, Any, type | None]] = [("module", m.module.import_path, pl.LightningModule)]
     if m.datamodule is not None:
         declared.append(("datamodule", m.datamodule.import_path, pl.LightningDataModule))
+    elif overrides.get("datamodule"):
+        raise NotRecreatableError("datamodule_overrides given, but the proof's data comes from its module (no datamodule)")
     training = m.training_values()
     for key, base in (("optimizers", torch.optim.Optimizer), ("lr_schedulers", None)):
         entries = training.get(key)
@@ -79,4 +66,29 @@ def declared_classes(reader: ProofReader) -> dict[str, type]:
             getattr(classes["module"], "lr_scheduler_step", None) is getattr(pl.LightningModule, "lr_scheduler_step", None)
         ):
             raise NotRecreatableError(f"the proof's LR scheduler {path!r} is not a torch LRScheduler, and the module has no lr_scheduler_step")
+    for role, spec in (("module", m.module), ("datamodule", m.datamodule)):
+        if spec is not None:
+            arguments = _decoded(spec, role)
+            arguments = apply_overrides(arguments, overrides.get(role), role)
+            builder(spec.instantiator, classes[role], arguments, reader.root, role)  # gates every nested target; calls nothing
+            _local_paths_exist(spec, arguments, role)
     return {k: v for k, v in classes.items() if k in ("module", "datamodule")}
+
+
+def _decoded(spec: ClassSpec, role: str) -> dict[str, Any]:
+    try:
+        return spec.arguments()
+    except (ValueError, RecursionError) as e:
+        raise NotRecreatableError(f"the proof's {role} hparams are not valid typed JSON ({str(e)[:100]})") from None
+
+
+def _local_paths_exist(spec: ClassSpec, arguments: dict[str, Any], role: str) -> None:
+    for key in spec.local_paths:
+        value: Any = arguments
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, str) and not os.path.exists(os.path.expanduser(value)):
+            raise NotRecreatableError(
+                f"the proof's {role} reads {key}={value!r}, which does not exist here; "
+                f"give its location here with {role}_overrides.{key}=PATH"
+            )

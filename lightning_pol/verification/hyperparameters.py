@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -11,14 +10,13 @@ import torch
 
 from lightning_pol.errors import PoLError, one_line
 from lightning_pol.format.classes import import_path, resolve_import_path
+from lightning_pol.runtime.optimizer_hparams import close as _close
+from lightning_pol.runtime.optimizer_hparams import group_hparams as _group_hparams
 from lightning_pol.verification.distances import identical
 from lightning_pol.verification.replay import PoLVerifierModule, prover_code
 from lightning_pol.verification.report import HyperparametersCheck, Report
 
 State = Callable[[int], dict[str, Any]]
-
-_HPARAM_KEYS = ("lr", "momentum", "betas", "weight_decay", "dampening", "eps", "nesterov", "alpha", "rho", "lr_decay")
-
 
 def check_hyperparameters(verifier: PoLVerifierModule, steps: list[int], state: State, report: Report) -> None:
     """W_0's optimizers and schedulers must be what configure_optimizers declares, and each checkpoint's
@@ -49,20 +47,6 @@ def check_hyperparameters(verifier: PoLVerifierModule, steps: list[int], state: 
         schedule_simulated=simulated, problems=problems[:10],
     )
     report.reasons.extend(problems[:2])
-
-
-def _group_hparams(opt_state: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [{k: g[k] for k in _HPARAM_KEYS if k in g} for g in opt_state.get("param_groups", [])]
-
-
-def _close(a: Any, b: Any) -> bool:
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-15)
-    if isinstance(a, torch.Tensor):
-        return _close(a.tolist(), b.tolist() if isinstance(b, torch.Tensor) else b)
-    return a == b
 
 
 def _plain(obj: Any) -> Any:

@@ -9,6 +9,7 @@ import torch
 
 from lightning_pol import init as strategies
 from lightning_pol.errors import PoLError, one_line
+from lightning_pol.runtime.training_state import model_state
 from lightning_pol.verification.replay import PoLVerifierModule, prover_code
 from lightning_pol.verification.report import InitializationCheck, Report
 
@@ -56,7 +57,7 @@ def not_a_state_of(verifier: PoLVerifierModule, w0: Mapping[str, Any]) -> str | 
     """
     module = verifier.make_module()
     with prover_code("the proof's module state_dict()"):
-        fresh = module.state_dict()
+        fresh = model_state(module)
     model = w0["model"]
     if list(model) != list(fresh):
         return f"W_0 does not hold the declared module's state_dict keys ({sorted(set(model) ^ set(fresh))[:3]} differ)"

@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,14 +19,22 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_pol.errors import PoLError
 from lightning_pol.format.index_log import IndexLog
+from lightning_pol.format.manifest import MonitoredValue
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.runtime.loader_hook import (
     UnsupportedDataError,
     patch_train_dataloader,
 )
+from lightning_pol.runtime.recreation import recreate
 from lightning_pol.runtime.rng import TrainingStream, restore_refusal
 from lightning_pol.runtime.seeded_data import SeededDataset
-from lightning_pol.runtime.training_state import capture_training_state, snapshot_state
+from lightning_pol.runtime.training_state import (
+    capture_training_state,
+    compiled_submodules,
+    load_model_state,
+    load_under_live_keys,
+    snapshot_state,
+)
 from lightning_pol.verification.gate import declared_classes
 
 log = logging.getLogger(__name__)
@@ -192,6 +200,52 @@ class EmulatedRanks:
         return capture_training_state(trainer, pl_module, self.rng, step, position, self.peer_rng)
 
 
+class PlateauFeed:
+    """Feeds the plateau schedulers the values the proof recorded, in place of Lightning's plateau stepping.
+
+    Lightning steps a ``ReduceLROnPlateau`` config with a monitored metric, which the replay does not compute
+    (it runs no validation) or computes over part of an epoch only; so its own plateau stepping is switched
+    off, and each recorded value is handed to the module's ``lr_scheduler_step`` hook, as in training, when
+    the replay starts the step it was consumed before (``trainer.global_step`` equals its ``step``), or at the
+    end of training. A checkpoint of step t already holds what was consumed at step t.
+    """
+
+    def __init__(self, values: list[MonitoredValue], final_step: int | None) -> None:
+        self.values, self.final_step = values, final_step
+        self.pending: list[MonitoredValue] = []
+
+    def attach(self, trainer: pl.Trainer, pl_module: pl.LightningModule, start: int, end: int) -> None:
+        """Check every recorded value against the schedulers ``configure_optimizers`` built; take those of
+        steps (start, end]; switch Lightning's plateau stepping off."""
+        configs = trainer.lr_scheduler_configs
+        for v in self.values:
+            where = f"the proof's recorded {v.monitor!r} at step {v.step}"
+            if not 1 <= v.step <= (self.final_step or 0):
+                raise ReplayError(f"{where} is outside the proof's steps 1..{self.final_step}")
+            if v.scheduler >= len(configs) or not configs[v.scheduler].reduce_on_plateau or not pl_module.automatic_optimization:
+                raise ReplayError(f"{where} names LR scheduler {v.scheduler}, which configure_optimizers does not make a plateau scheduler Lightning steps")
+            if configs[v.scheduler].monitor != v.monitor:
+                raise ReplayError(f"{where} is for LR scheduler {v.scheduler}, which monitors {configs[v.scheduler].monitor!r}")
+        self.pending = [v for v in self.values if start < v.step <= end]
+        if not any(c.reduce_on_plateau for c in configs):
+            return
+        loop = trainer.fit_loop.epoch_loop
+        lightnings = loop.update_lr_schedulers
+
+        def update_lr_schedulers(interval: str, update_plateau_schedulers: bool) -> None:
+            if not update_plateau_schedulers:  # the other schedulers step as in training
+                lightnings(interval, update_plateau_schedulers=False)
+
+        loop.update_lr_schedulers = update_lr_schedulers  # type: ignore[method-assign]  # this replay's Trainer only
+
+    def feed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        """Hand the plateau schedulers the values consumed up to ``step``, in the order training did."""
+        while self.pending and self.pending[0].step <= step:
+            v = self.pending.pop(0)
+            with prover_code(f"the module's lr_scheduler_step, fed the recorded {v.monitor!r} of step {v.step},"):
+                pl_module.lr_scheduler_step(trainer.lr_scheduler_configs[v.scheduler].scheduler, v.metric(pl_module.device))
+
+
 class _ReplayCallback(Callback):
     def __init__(self, owner: PoLVerifierModule, state: dict[str, Any] | None, end_step: int, final: bool, sampler: ReplaySampler) -> None:
         self.owner = owner
@@ -202,6 +256,7 @@ class _ReplayCallback(Callback):
         self.captured: dict[str, Any] | None = None
         self._started_step: int | None = None
         self._undo: Any = None
+        self.plateau = PlateauFeed(owner.manifest.monitored, owner.manifest.final_step)
 
     @_verifier_code
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -243,11 +298,15 @@ class _ReplayCallback(Callback):
                 "lr_schedulers": [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs],
             }
             raise _SegmentDone
+        self.plateau.attach(trainer, pl_module, trainer.global_step, self.end_step)
 
     def _step_started(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_idx: int) -> int | None:
-        """At every batch start: restore the training stream; returns the step when this batch starts a new one."""
-        self.ranks.batch_start(pl_module, batch_idx)
+        """At every batch start: feed the plateau schedulers what was consumed before a new step (outside the
+        training stream, as in training), restore the stream; returns the step when this batch starts a new one."""
         step = trainer.global_step
+        if step != self._started_step:
+            self.plateau.feed(trainer, pl_module, step)
+        self.ranks.batch_start(pl_module, batch_idx)
         if step == self._started_step:  # a later micro-batch of an accumulating step
             return None
         self._started_step = step
@@ -279,6 +338,7 @@ class _ReplayCallback(Callback):
 
     @_verifier_code
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.plateau.feed(trainer, pl_module, trainer.global_step)
         if self.final and trainer.global_step == self.end_step:
             self.captured = self.ranks.capture(trainer, pl_module, trainer.global_step, None)
 
@@ -320,6 +380,7 @@ class _ChainCallback(_ReplayCallback):
 
     @_verifier_code
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.plateau.feed(trainer, pl_module, trainer.global_step)
         if self.final and trainer.global_step == self.end_step and self.position + 2 == len(self.boundaries):
             self.captured = self.ranks.capture(trainer, pl_module, trainer.global_step, None)
             self.on_segment(self.boundaries[self.position], self.end_step, self.captured)
@@ -332,7 +393,7 @@ def _reseat(trainer: pl.Trainer, pl_module: pl.LightningModule, state: dict[str,
         raise ReplayError("a checkpoint holds other optimizers or schedulers than configure_optimizers builds")
     # The module's, optimizers' and schedulers' own loading code, fed the proof's state: what it refuses is the proof's.
     with prover_code(f"loading checkpoint {step} into the declared module and optimizers"):
-        pl_module.load_state_dict(state["model"])
+        load_model_state(pl_module, state["model"])
         for opt, sd in zip(trainer.optimizers, state["optimizers"]):
             opt.load_state_dict(sd)
         for cfg, sd in zip(trainer.lr_scheduler_configs, state["lr_schedulers"]):
@@ -369,10 +430,14 @@ class PoLVerifierModule:
     """
 
     def __init__(
-        self, reader: ProofReader, accelerator: str = "cpu", deterministic: bool | None = None, index_log: IndexLog | None = None
+        self, reader: ProofReader, accelerator: str = "cpu", deterministic: bool | None = None, index_log: IndexLog | None = None,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        # The class gate first: nothing the proof names is imported for use, or called, before it passed.
-        classes = declared_classes(reader)
+        #: The verifier's ``{"module": {...}, "datamodule": {...}}`` hyperparameters naming local resources.
+        self.overrides = {k: dict(v) for k, v in (overrides or {}).items() if v}
+        # The class gate first: nothing the proof names, nested targets included, is imported for use, or
+        # called, before it passed; then the local paths the re-creation will read must exist here.
+        classes = declared_classes(reader, self.overrides)
         self.reader = reader
         self.deterministic = deterministic
         self.manifest = reader.manifest
@@ -384,6 +449,8 @@ class PoLVerifierModule:
         self._dm_cls = classes.get("datamodule")
         self.epoch_runs = [(int(a), int(b)) for a, b in self.manifest.sample_epochs]
         self._training_loader: Any = None
+        #: The submodules the last replay's module compiled (its setup does, when training's did).
+        self.compiled_in_replay: list[str] | None = None
         world = self.training.get("world_size") or 1
         if not isinstance(world, int) or isinstance(world, bool) or world < 1:
             raise ReplayError(f"the proof's world_size {world!r} is not a positive integer")
@@ -410,15 +477,16 @@ class PoLVerifierModule:
         return per_rank * self.world_size
 
     def make_module(self) -> pl.LightningModule:
-        with prover_code(f"the proof's module {self.manifest.module.import_path}"):
-            return self._module_cls(**self.manifest.module.arguments())
+        spec = self.manifest.module
+        with prover_code(f"the proof's module {spec.import_path}"):
+            return recreate(spec, self._module_cls, self.reader.root, self.overrides.get("module"), "module")
 
     def make_datamodule(self) -> pl.LightningDataModule | None:
-        if self._dm_cls is None:
+        spec = self.manifest.datamodule
+        if self._dm_cls is None or spec is None:
             return None
-        assert self.manifest.datamodule is not None
-        with prover_code(f"the proof's datamodule {self.manifest.datamodule.import_path}"):
-            return self._dm_cls(**self.manifest.datamodule.arguments())
+        with prover_code(f"the proof's datamodule {spec.import_path}"):
+            return recreate(spec, self._dm_cls, self.reader.root, self.overrides.get("datamodule"), "datamodule")
 
     def training_loader(self) -> Any:
         """The re-created training DataLoader, as the prover's run built it (before instrumentation).
@@ -605,6 +673,8 @@ class PoLVerifierModule:
         with _quiet_lightning():
             trainer = self._trainer(callback)
         module = self.make_module()
+        if self.training.get("compiled"):  # its setup compiles it before Lightning restores the state
+            load_under_live_keys(module)
         datamodule = self.make_datamodule()
         ckpt = {
             "epoch": epoch,
@@ -627,3 +697,5 @@ class PoLVerifierModule:
                         trainer.fit(module, datamodule=datamodule, ckpt_path=path, weights_only=False)
                 except _SegmentDone:
                     pass
+                finally:
+                    self.compiled_in_replay = compiled_submodules(module)

@@ -56,6 +56,16 @@ class HyperparametersCheck(Check):
 
 
 @dataclass
+class PlateauCheck(Check):
+    """Plateau schedulers (``ReduceLROnPlateau``): the replay feeds them the monitored values the proof recorded
+    (validation is not re-run); here, whether each value names a monitoring scheduler and a step of the proof."""
+
+    values: int = 0
+    monitors: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
 class ReplayCheck(Check):
     mode: str = "exact"
     segments: int = 0
@@ -101,6 +111,8 @@ class Report:
     environment: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
+    #: What the verdict rests on that a reader should know (a compiled module, a plateau schedule fed recorded values).
+    notes: list[str] = field(default_factory=list)
 
     def verdict(self) -> bool:
         """Valid: no check failed, and every check of :data:`REQUIRED` that ran passed."""
@@ -139,8 +151,21 @@ def summary(report: dict[str, Any]) -> str:
             f"  coverage: expected {c.get('expected', 0):.3f}, measured {c.get('measured', 0):.3f}, "
             f"compute {c.get('compute_fraction', 0):.3f} of training"
         )
+    settings = report.get("settings") or {}
+    for role in ("module", "datamodule"):
+        for key, value in _flat(settings.get(f"{role}_overrides") or {}):
+            lines.append(f"  override: {role}.{key}={value!r} (the verifier's, not the proof's)")
+    lines.extend(f"  note: {n}" for n in report.get("notes", []))
     lines.extend(f"  reason: {r}" for r in report.get("reasons", []))
     return "\n".join(lines)
+
+
+def _flat(values: dict[str, Any], where: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        at = f"{where}.{key}" if where else key
+        out += _flat(value, at) if isinstance(value, dict) else [(at, value)]
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

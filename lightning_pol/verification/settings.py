@@ -34,6 +34,9 @@ class VerifierSettings:
     - ``accelerator``, ``match_threads``: where and with how many CPU threads to replay.
     - ``registry`` (a path, or a :class:`~lightning_pol.verification.registry.Registry`)
       and ``parents`` (a directory to search): the chain of trust.
+    - ``module_overrides``/``datamodule_overrides``: hyperparameters of the re-created module and
+      datamodule that name local resources (``{"data_dir": "/data/digits"}``; nested dicts for nested
+      configs). Only keys the proof records; the data commitment still decides whether the data is the same.
 
     Example::
 
@@ -56,6 +59,8 @@ class VerifierSettings:
     match_threads: bool = True
     registry: Any = None
     parents: str | os.PathLike[str] | None = None
+    module_overrides: Mapping[str, Any] = field(default_factory=dict)
+    datamodule_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         q, random, shards, shard = self.q, self.random, self.num_shards, self.shard
@@ -77,6 +82,8 @@ class VerifierSettings:
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in numbers.values()):
                 raise PoLError(f"{name} must be numbers >= 0 per metric, not {dict(numbers)}")
             object.__setattr__(self, name, {k: float(v) for k, v in numbers.items()})
+        for name in ("module_overrides", "datamodule_overrides"):
+            object.__setattr__(self, name, _overrides(name, getattr(self, name)))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], **more: Any) -> VerifierSettings:
@@ -119,11 +126,24 @@ class VerifierSettings:
         """JSON-ready, as a report and the registry record them."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["delta"], out["d_ref"] = dict(self.delta), dict(self.d_ref) if self.d_ref else None
+        out["module_overrides"], out["datamodule_overrides"] = dict(self.module_overrides), dict(self.datamodule_overrides)
         for key in ("calibration", "parents"):
             out[key] = None if out[key] is None else str(out[key])
         registry = self.registry
         out["registry"] = None if registry is None else str(getattr(registry, "path", registry))
         return out
+
+
+def _overrides(name: str, values: Any) -> dict[str, Any]:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(values, DictConfig):
+        values = OmegaConf.to_container(values, resolve=True)
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping) or not all(isinstance(k, str) and k for k in values):
+        raise PoLError(f"{name} must map hyperparameter names to values, not {values!r}"[:200])
+    return {k: _overrides(name, v) if isinstance(v, Mapping) else v for k, v in values.items()}
 
 
 def _whole(value: Any) -> bool:

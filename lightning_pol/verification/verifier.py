@@ -34,6 +34,7 @@ from lightning_pol.verification.distances import distances
 from lightning_pol.verification.hyperparameters import check_hyperparameters
 from lightning_pol.verification.initialization_check import check_initialization
 from lightning_pol.verification.integrity import check_integrity
+from lightning_pol.verification.plateau import check_plateau
 from lightning_pol.verification.registry import Registry
 from lightning_pol.verification.replay import PoLVerifierModule
 from lightning_pol.verification.report import ChainCheck, IntegrityCheck, Report
@@ -138,7 +139,9 @@ def _check_proof(reader: ProofReader, report: Report, settings: VerifierSettings
         report.reasons.extend(integrity.problems[:3])
         return
     assert integrity.index_log is not None
-    verifier = PoLVerifierModule(reader, accelerator=settings.accelerator, index_log=integrity.index_log)  # the class gate
+    overrides = {"module": settings.module_overrides, "datamodule": settings.datamodule_overrides}
+    verifier = PoLVerifierModule(reader, accelerator=settings.accelerator, index_log=integrity.index_log,
+                                 overrides=overrides)  # the class gate
     try:
         _check_content(verifier, integrity.index_log, report, settings, mode, progress)
     except ProofFormatError as e:  # a checkpoint that does not parse, or loader settings the proof does not declare
@@ -166,6 +169,7 @@ def _check_content(verifier: PoLVerifierModule, index_log: IndexLog, report: Rep
 
     check_initialization(verifier, state(0), report)
     check_hyperparameters(verifier, steps, state, report)
+    check_plateau(verifier, report)
     segments, report.selection = select_segments(
         steps, verifier.step_epoch, lambda a, b: distances(state(a)["model"], state(b)["model"])["l2"],
         settings.q, settings.random, settings.seed,  # type: ignore[arg-type]
@@ -173,5 +177,22 @@ def _check_content(verifier: PoLVerifierModule, index_log: IndexLog, report: Rep
     mine = segments[settings.shard :: settings.num_shards]
     report.selection.update({"num_shards": settings.num_shards, "shard": settings.shard, "replayed_here": len(mine)})
     check_replay(verifier, mine, state, Judge(mode, settings.delta, settings.d_ref), report, progress)
+    _note_compiled(verifier, report)
     check_data(verifier, index_log, mine, settings.full_data, report)
     report.coverage = coverage(verifier.manifest, index_log, [(s.start_step, s.end_step) for s in mine], settings.q)
+
+
+def _note_compiled(verifier: PoLVerifierModule, report: Report) -> None:
+    """One line on a module that training compiled: the replay compiles it too (its own setup does)."""
+    compiled = verifier.training.get("compiled")
+    if not compiled:
+        return
+    note = f"the module was compiled in training ({', '.join(map(str, compiled))})"
+    replayed = verifier.compiled_in_replay
+    if replayed is not None and sorted(replayed) != sorted(compiled):
+        note += f"; the replay compiled {replayed or 'nothing'}, so it ran other code than training did"
+    elif replayed is not None:
+        note += "; the replay compiled it as training did"
+    if not report.environment.get("matches", True):
+        note += "; compiled code is bit-exact only under the prover's torch and CPU, and this machine differs"
+    report.notes.append(note)

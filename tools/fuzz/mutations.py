@@ -911,7 +911,7 @@ def canary(d: Draw, mu: Mutant) -> str:
     marker = mu.env.canary / f"ran-{token}"
     command = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
     variant = pick(d, ["pickle", "torch_save", "class_popen", "class_callable", "class_in_proof", "target_keys",
-                       "markers"], "variant")
+                       "nested_targets", "markers"], "variant")
     if variant in ("pickle", "torch_save"):
         rel = pick(d, [pf.MANIFEST, *mu.honest.raw], "file")
         if variant == "pickle":
@@ -970,6 +970,8 @@ def canary(d: Draw, mu: Mutant) -> str:
             tree["lr_schedulers"][0]["extra"] = target
             mu.put(rel, join(with_state_tree(header, tree), body))
         return f"{variant}: {where} {target['_target_']}"
+    if variant == "nested_targets":
+        return _nested_target(d, mu, marker, command, token)
     where = pick(d, ["training", "module_hparams", "init_params", "state"], "where")
     value = pick(d, [{"__torch_dtype__": "_dynamo"}, {"__torch_dtype__": "_inductor"}, {"__torch_dtype__": "onnx"},
                      {"__ndarray__": "x", "dtype": "O", "shape": [1]}, {"__npscalar__": "O", "value": 1},
@@ -989,12 +991,47 @@ def canary(d: Draw, mu: Mutant) -> str:
     return f"markers: {where} {value}"
 
 
+def _nested_target(d: Draw, mu: Mutant, marker: Path, command: list[str], token: str) -> str:
+    """A Hydra-style or LightningCLI-style recipe whose nested target (or instantiator) would run a command."""
+    style = pick(d, ["hydra", "lightning_cli"], "style")
+    target = pick(d, ["subprocess.Popen", "os.system", "builtins.eval", "builtins.exec", "subprocess:Popen", "os:system",
+                      "builtins:eval", "pickle.loads", "in_proof", "instantiator"], "target")
+    if target == "in_proof":
+        name = f"fuzz_nested_{token.replace('-', '_')}"
+        mu.files[f"{name}.py"] = f"open({str(marker)!r}, 'w')\nimport torch\nclass Net(torch.nn.Module):\n    pass\n".encode()
+        if d.draw(st.booleans(), label="listed"):
+            mu.resign(f"{name}.py")
+        mu.on_sys_path = True
+        target = f"{name}.Net"
+    where = pick(d, ["module", "datamodule"], "where")
+    depth = d.draw(st.integers(0, 3), label="depth")
+    if style == "hydra":
+        node: Any = {"_target_": target, "_args_": [" ".join(command)], "args": command, "_partial_": d.draw(st.booleans())}
+        for _ in range(depth):
+            node = {"_target_": "torch.nn.Sequential", "_args_": [node]}
+        hparams: dict[str, Any] = {"net": node}
+    else:
+        node = {"class_path": target, "init_args": {"args": command}}
+        for _ in range(depth):
+            node = {"class_path": "torch.nn.Sequential", "init_args": {"inner": node}}
+        hparams = {"_instantiator": "os.system" if target == "instantiator" else "lightning.pytorch.cli.instantiate_module",
+                   "net": node, "activation": target}
+    mu.m[where] = {"class": mu.m[where]["class"], "hparams": hparams, "instantiator": style}
+    return f"nested_targets: {style} {where} {target} at depth {depth}"
+
+
 def semantic(d: Draw, mu: Mutant) -> str:
     """Well-formed lies, written as the real writer writes: every one must be rejected by the checks after integrity."""
     variant = pick(d, ["scale_weights", "perturb_one", "optimizer_lr", "momentum_buffer", "rng", "index_swap",
                        "index_replace", "module_hparams", "datamodule_hparams", "data_root", "leaf_change",
-                       "init_strategy", "bn_stats"], "variant")
+                       "init_strategy", "bn_stats", "monitored"], "variant")
     m = mu.m
+    if variant == "monitored":  # a value for a plateau scheduler the declared module does not configure
+        step = d.draw(st.integers(1, (m.get("final_step") or 1) + 2), label="step")
+        m["monitored"] = [{"step": step, "scheduler": d.draw(st.integers(0, 2), label="scheduler"),
+                           "monitor": pick(d, ["val/loss", "train/loss"], "monitor"),
+                           "value": d.draw(st.floats(allow_nan=False, allow_infinity=False), label="value")}]
+        return f"monitored: a recorded value at step {step}"
     if variant in ("scale_weights", "perturb_one", "optimizer_lr", "momentum_buffer", "rng", "bn_stats"):
         rel = pick(d, mu.honest.checkpoints, "checkpoint")
         state = dict(mu.honest.states[rel])

@@ -1,0 +1,294 @@
+"""Re-creating the module and datamodule a proof names, the three ways projects build them.
+
+- ``hparams``: ``Class(**hparams)``, the hyperparameters ``save_hyperparameters()`` recorded;
+- ``lightning_cli``: the ``class_path``/``init_args`` config LightningCLI recorded (with its
+  ``_instantiator``), built by Lightning's own :func:`lightning.pytorch.cli.instantiate_module`,
+  as ``load_from_checkpoint`` does;
+- ``hydra``: the ``_target_`` config node ``hydra.utils.instantiate`` built it from (nested
+  ``_target_``, ``_partial_``), built by Hydra again.
+
+Both the prover (at fit start, to refuse what the verifier could not re-create) and the verifier
+use :func:`recreate`. Every class or callable a config would import or call, nested ones
+included, passes :func:`gated` first: found without running code, not inside the proof, of a
+kind that builds training objects. Nothing is called before every target passed.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import typing
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_pol.format.classes import NotRecreatableError, import_path
+from lightning_pol.format.manifest import INSTANTIATORS, ClassSpec
+
+#: The one ``_instantiator`` a proof may name: Lightning's own, which LightningCLI records.
+LIGHTNING_CLI = "lightning.pytorch.cli.instantiate_module"
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$", re.ASCII)
+
+#: What a nested target may build: the objects training is made of.
+TRAINING_KINDS: tuple[type, ...] = (
+    torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
+    torch.optim.lr_scheduler.ReduceLROnPlateau, torch.utils.data.Dataset, torch.utils.data.Sampler,
+    pl.LightningModule, pl.LightningDataModule,
+)
+#: Modules whose classes and functions a nested target may name besides those kinds: transforms,
+#: activations and initializers (they compute on tensors).
+TRAINING_MODULES = ("torchvision.transforms", "torch.nn.functional", "torch.nn.init")
+
+
+def locate(path: str, root: str | os.PathLike[str] | None, what: str) -> Any:
+    """Import what ``path`` names (``module:QualName``, or Hydra's and jsonargparse's dotted form), refusing
+    a top-level module inside ``root`` (the proof) before anything of it runs."""
+    if not isinstance(path, str) or not (_IMPORT_PATH.match(path) or _DOTTED.match(path)):
+        raise NotRecreatableError(f"the proof's {what} {str(path)[:80]!r} is not an import path module:QualName")
+    top = path.partition(":")[0].split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError) as e:
+        raise NotRecreatableError(f"cannot import the proof's {what} {path!r} ({type(e).__name__}: {e})") from None
+    if spec is None:
+        raise NotRecreatableError(f"cannot import the proof's {what} {path!r} (ModuleNotFoundError: No module named {top!r})")
+    if root is not None:
+        proof = Path(root).resolve()
+        for location in [spec.origin, *(spec.submodule_search_locations or [])]:
+            if location and location not in ("built-in", "frozen") and Path(location).resolve().is_relative_to(proof):
+                raise NotRecreatableError(f"the proof's {what} {path!r} would be imported from inside the proof directory")
+    try:
+        return _import(path)
+    except Exception as e:  # noqa: BLE001 - an installed module that fails to import, or a missing attribute: the proof's
+        raise NotRecreatableError(f"cannot import the proof's {what} {path!r} ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
+def _import(path: str) -> Any:
+    if ":" in path:
+        module_name, _, qualname = path.partition(":")
+        obj: Any = importlib.import_module(module_name)
+    else:  # dotted: the longest importable module prefix, then attributes (as Hydra's _locate does)
+        parts = path.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ModuleNotFoundError:
+                continue
+            qualname = ".".join(parts[i:])
+            break
+        else:
+            raise ModuleNotFoundError(f"no module in {path!r}")
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def gated(path: str, root: str | os.PathLike[str] | None, what: str, base: type | None = None) -> Any:
+    """:func:`locate`, then the kind check: ``base`` for a top-level class; for a nested target, a class of
+    :data:`TRAINING_KINDS`, a factory annotated to return one, or a member of :data:`TRAINING_MODULES`."""
+    obj = locate(path, root, what)
+    if base is not None:
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise NotRecreatableError(f"the proof's {what} {path!r} is not a {base.__module__}.{base.__qualname__}")
+        return obj
+    if not _training_kind(obj):
+        raise NotRecreatableError(
+            f"the proof's {what} {path!r} builds no training object (a torch module, optimizer, scheduler, dataset, "
+            f"sampler or transform); the verifier will not call it"
+        )
+    return obj
+
+
+def _training_kind(obj: Any) -> bool:
+    if isinstance(obj, type) and issubclass(obj, TRAINING_KINDS):
+        return True
+    module = getattr(obj, "__module__", None) or ""
+    if (isinstance(obj, type) or inspect.isfunction(obj) or inspect.isbuiltin(obj)) and any(
+        module == m or module.startswith(m + ".") for m in TRAINING_MODULES
+    ):
+        return True
+    if inspect.isfunction(obj):  # a factory such as torchvision.models.resnet18 -> ResNet
+        try:
+            returns = typing.get_type_hints(obj).get("return")
+        except Exception:  # noqa: BLE001 - an annotation that does not evaluate: not known to build anything
+            return False
+        return isinstance(returns, type) and issubclass(returns, TRAINING_KINDS)
+    return False
+
+
+# ---------------------------------------------------------------- the targets of a config
+
+
+def hydra_targets(config: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """Every ``_target_`` of a Hydra config (nested in dicts and lists), with its key path."""
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            if key == "_target_":
+                yield where or "(top)", value
+            else:
+                yield from hydra_targets(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            yield from hydra_targets(value, f"{where}[{i}]")
+
+
+def cli_targets(config: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """Every string of a LightningCLI config that jsonargparse could import (``class_path`` values, and
+    dotted names it resolves for callable arguments), with its key path."""
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            at = f"{where}.{key}" if where else str(key)
+            if isinstance(value, str) and (key in ("class_path", "_class_path") or (_DOTTED.match(value) and _importable(value))):
+                yield at, value
+            else:
+                yield from cli_targets(value, at)
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            if isinstance(value, str) and _DOTTED.match(value) and _importable(value):
+                yield f"{where}[{i}]", value
+            else:
+                yield from cli_targets(value, f"{where}[{i}]")
+
+
+def _importable(dotted: str) -> bool:
+    """Whether jsonargparse could import ``dotted`` (its top-level module exists): then it is a target, not a string."""
+    try:
+        return importlib.util.find_spec(dotted.split(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _gated_if_code(path: str, root: str | os.PathLike[str] | None, what: str) -> None:
+    try:
+        obj = locate(path, root, what)
+    except NotRecreatableError as e:
+        if "inside the proof directory" in str(e):
+            raise
+        return  # not importable: jsonargparse passes it on as the string it is
+    if callable(obj) and not _training_kind(obj):
+        gated(path, root, what)  # raises, naming it
+
+
+def _no_interpolation(config: Any, where: str) -> None:
+    """OmegaConf would resolve ``${...}`` in a config Hydra builds: a resolver is code the proof would choose."""
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            _no_interpolation(str(key), where)
+            _no_interpolation(value, f"{where}.{key}")
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            _no_interpolation(value, f"{where}[{i}]")
+    elif isinstance(config, str) and "${" in config:
+        raise NotRecreatableError(f"the proof's {where} holds an interpolation {config[:60]!r}; a recorded config is resolved")
+
+
+# ---------------------------------------------------------------- building
+
+
+def apply_overrides(arguments: dict[str, Any], overrides: Mapping[str, Any] | None, role: str) -> dict[str, Any]:
+    """The recorded arguments with the verifier's ``overrides`` merged in (nested keys for nested configs).
+
+    Only keys the proof records can be overridden: a typo must not pass silently."""
+    if not overrides:
+        return arguments
+    merged = copy.deepcopy(arguments)
+
+    def merge(into: dict[str, Any], changes: Mapping[str, Any], where: str) -> None:
+        for key, value in changes.items():
+            if key not in into:
+                raise NotRecreatableError(
+                    f"{role}_overrides.{where}{key}: the proof's {role} records no such hyperparameter "
+                    f"(it records {sorted(into)[:12]})"
+                )
+            if isinstance(value, Mapping) and isinstance(into[key], dict):
+                merge(into[key], value, f"{where}{key}.")
+            else:
+                into[key] = copy.deepcopy(value)
+
+    merge(merged, overrides, "")
+    return merged
+
+
+def recreate(spec: ClassSpec, cls: type, root: str | os.PathLike[str] | None,
+             overrides: Mapping[str, Any] | None = None, role: str = "module") -> Any:
+    """Build the object ``spec`` declares (``cls``, already through :func:`gated`) with its arguments.
+
+    Raises :class:`NotRecreatableError` for a target the gate refuses, before anything is called;
+    what the class itself raises propagates (the caller says whose code it was)."""
+    arguments = apply_overrides(spec.arguments(), overrides, role)
+    build = builder(spec.instantiator, cls, arguments, root, role)
+    with warnings.catch_warnings():  # Lightning's advice to ignore an nn.Module hparam: a Hydra/CLI recipe needs it kept
+        warnings.filterwarnings("ignore", message=r"Attribute '.*' is an instance of `nn.Module`")
+        return build()
+
+
+def builder(instantiator: str, cls: type, arguments: dict[str, Any], root: str | os.PathLike[str] | None,
+            role: str) -> Callable[[], Any]:
+    """Check every target in ``arguments``, then return the call that builds the object."""
+    if instantiator == "hparams":
+        # A module may instantiate a config it was given (Hydra's _recursive_: false pattern): its targets are gated too.
+        for where, target in [*hydra_targets(arguments), *((w, t) for w, t in cli_targets(arguments) if w.endswith("class_path"))]:
+            gated(target, root, f"{role} target at {where}")
+        return lambda: cls(**arguments)
+    if instantiator == "lightning_cli":
+        if arguments.get("_instantiator") != LIGHTNING_CLI:
+            raise NotRecreatableError(f"the proof's {role} names _instantiator {str(arguments.get('_instantiator'))[:80]!r}; "
+                                      f"only {LIGHTNING_CLI} is run")
+        config = {k: v for k, v in arguments.items() if k != "_instantiator"}
+        for where, target in cli_targets(config):
+            if where.endswith("class_path"):
+                gated(target, root, f"{role} target at {where}", cls if where == "_class_path" else None)
+            else:  # a dotted string jsonargparse may import for a callable argument: gated if it is code
+                _gated_if_code(target, root, f"{role} value at {where}")
+        from lightning.pytorch.cli import instantiate_module
+
+        return lambda: instantiate_module(cls, config)
+    if instantiator == "hydra":
+        _no_interpolation(arguments, role)
+        config = {"_target_": cls, **_with_gated_targets(arguments, root, role)}
+        from hydra.utils import instantiate
+
+        return lambda: instantiate(config)
+    raise NotRecreatableError(f"the proof's {role} has instantiator {str(instantiator)[:40]!r}, not one of {list(INSTANTIATORS)}")
+
+
+def _with_gated_targets(config: Any, root: str | os.PathLike[str] | None, role: str, where: str = "") -> Any:
+    """A copy of a Hydra config whose every ``_target_`` is the gated object itself, so that nothing
+    (Hydra, or the module calling instantiate later) imports a name from the proof."""
+    if isinstance(config, Mapping):
+        out = {}
+        for key, value in config.items():
+            at = f"{where}.{key}" if where else str(key)
+            if key == "_target_":
+                out[key] = gated(value, root, f"{role} target at {where or '(top)'}")
+            else:
+                out[key] = _with_gated_targets(value, root, role, at)
+        return out
+    if isinstance(config, list):
+        return [_with_gated_targets(v, root, role, f"{where}[{i}]") for i, v in enumerate(config)]
+    return config
+
+
+def canonical_targets(config: Any) -> Any:
+    """A resolved Hydra config with every ``_target_`` written as ``module:QualName`` (what the gate reads)."""
+    if isinstance(config, Mapping):
+        out = {}
+        for key, value in config.items():
+            if key == "_target_" and isinstance(value, str):
+                out[key] = import_path(_import(value)) if ":" not in value else value
+            else:
+                out[key] = canonical_targets(value)
+        return out
+    if isinstance(config, list):
+        return [canonical_targets(v) for v in config]
+    return config

@@ -1,0 +1,11 @@
+from digits_cli.data import DigitsDataModule
+from digits_cli.model import LitClassifier
+from lightning.pytorch.cli import LightningCLI
+
+
+def cli_main():
+    LightningCLI(LitClassifier, DigitsDataModule)
+
+
+if __name__ == "__main__":
+    cli_main()
