@@ -1,6 +1,7 @@
+from lightning.pytorch.cli import LightningCLI
+
 from digits_cli.data import DigitsDataModule
 from digits_cli.model import LitClassifier
-from lightning.pytorch.cli import LightningCLI
 
 
 def cli_main():
