@@ -55,6 +55,9 @@ REFUSALS = [
     "hydra.output_subdir is null, so the job's config is not saved; set hydra.output_subdir (default .hydra)",
     "unsupported: an IterableDataset yields no dataset indices, so its batches cannot be recorded; use a map-style Dataset with a sampler",
     "choose another dirpath or pass overwrite=True",
+    ", which can change training",
+    "; the replay will not run it",
+    "the replay does not run it, so the proof could not verify: remove it, or pass",
 ]
 
 

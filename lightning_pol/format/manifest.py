@@ -514,6 +514,12 @@ def _check_training(training: dict[str, Any]) -> None:
         entries = decoded.get(key, [])
         if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("class"), str) for e in entries):
             raise ProofFormatError(f"manifest field training.{key} is invalid")
+    callbacks = decoded.get("callbacks", [])  # the callbacks training ran and the replay does not: named in the report
+    if not isinstance(callbacks, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("class"), str) and isinstance(c.get("hooks"), list)
+        and all(isinstance(h, str) for h in c["hooks"]) for c in callbacks
+    ):
+        raise ProofFormatError("manifest field training.callbacks is invalid")
     batches, per_epoch = decoded.get("num_training_batches"), training.get("steps_per_epoch")
     if not is_int(batches) and batches != math.inf:
         raise ProofFormatError("manifest field training.num_training_batches is invalid")

@@ -41,6 +41,7 @@ from lightning_pol.prover.distributed import (
 from lightning_pol.prover.instrumentation import LoaderInstrumentation
 from lightning_pol.prover.ledger import StepLedger
 from lightning_pol.prover.monitored import MonitoredValues
+from lightning_pol.prover.other_callbacks import announce as announce_callbacks
 from lightning_pol.prover.recreation import recreation_record
 from lightning_pol.prover.rehearsal import Rehearsal
 from lightning_pol.prover.run_record import new_manifest, training_settings
@@ -90,6 +91,8 @@ class ProofOfLearning(Callback):
         module_config, datamodule_config: in a Hydra app, the keys of the config
             nodes that built the module and datamodule (``model``, ``data``);
             by default the one node whose ``_target_`` is the class.
+        strict_callbacks: refuse, not only warn about and record, another
+            callback that can change training and that the replay does not run.
         parent: for ``init_strategy="warm_start"``, the proof whose final
             weights W_0 is; fit refuses to start unless W_0 equals them bit for bit.
         background: serialize, hash and write checkpoints on a background thread;
@@ -118,14 +121,9 @@ class ProofOfLearning(Callback):
         commit_every_s: float = 30.0,
         module_config: str | None = None,
         datamodule_config: str | None = None,
+        strict_callbacks: bool = False,
     ) -> None:
-        _validate_positive_int("every_n_steps", every_n_steps)
-        _validate_init(init_strategy, parent)
-        if seed is not None and not 0 <= int(seed) < 2**63:
-            raise PoLError(f"seed must be in [0, 2**63), got {seed}")
-        _validate_positive_int("max_pending", max_pending)
-        if isinstance(commit_every_s, bool) or not isinstance(commit_every_s, (int, float)) or not commit_every_s >= 0:
-            raise PoLError(f"commit_every_s must be a number of seconds >= 0, got {commit_every_s!r}")
+        _validate_arguments(every_n_steps, init_strategy, parent, seed, max_pending, commit_every_s)
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
         self.init_strategy = init_strategy
@@ -139,6 +137,7 @@ class ProofOfLearning(Callback):
         self.max_pending = max_pending
         self.commit_every_s = float(commit_every_s)
         self.config_keys = {"module": module_config, "datamodule": datamodule_config}
+        self.strict_callbacks = strict_callbacks
         self._state_key = self._generate_state_key(dirpath=str(self.dirpath), every_n_steps=self.every_n_steps)
         self._reset_run_state()
 
@@ -175,6 +174,7 @@ class ProofOfLearning(Callback):
         # Checked before configure_optimizers or any data work, so a run the
         # verifier could not re-create stops before it costs anything.
         self._specs = recreation_record(pl_module, trainer.datamodule, self.parent, self.config_keys)
+        announce_callbacks(trainer, self.strict_callbacks)
         if self.check_recreation:
             self._rehearsal = Rehearsal(self._specs, self.dirpath)
             self._rehearsal.check_module(pl_module)
@@ -363,6 +363,16 @@ def _log_progress(trainer: pl.Trainer, pl_module: pl.LightningModule, session: P
                            on_step=True, on_epoch=False, prog_bar=True, logger=trainer.logger is not None, batch_size=1)
         return session.checkpoints_taken
     return -1
+
+
+def _validate_arguments(every_n_steps: Any, init_strategy: str, parent: Any, seed: Any, max_pending: Any, commit_every_s: Any) -> None:
+    _validate_positive_int("every_n_steps", every_n_steps)
+    _validate_init(init_strategy, parent)
+    if seed is not None and not 0 <= int(seed) < 2**63:
+        raise PoLError(f"seed must be in [0, 2**63), got {seed}")
+    _validate_positive_int("max_pending", max_pending)
+    if isinstance(commit_every_s, bool) or not isinstance(commit_every_s, (int, float)) or not commit_every_s >= 0:
+        raise PoLError(f"commit_every_s must be a number of seconds >= 0, got {commit_every_s!r}")
 
 
 def _validate_positive_int(name: str, value: Any) -> None:

@@ -21,6 +21,7 @@ from lightning_pol.format.manifest import (
     Manifest,
 )
 from lightning_pol.format.state_codec import encode_state
+from lightning_pol.prover.other_callbacks import unreplayed_callbacks
 from lightning_pol.runtime.training_state import compiled_submodules
 
 
@@ -62,6 +63,9 @@ def training_settings(trainer: pl.Trainer, pl_module: pl.LightningModule, loader
         "lr_schedulers": [scheduler_config(c) for c in trainer.lr_scheduler_configs],
         "data_source": "datamodule" if trainer.datamodule is not None else "module",
     }
+    callbacks = unreplayed_callbacks(trainer)
+    if callbacks:  # what the replay does not run; absent: the format's first form
+        settings["callbacks"] = callbacks
     compiled = compiled_submodules(pl_module)
     if compiled:  # the replay compiles them too (the module's own setup does); absent: the format's first form
         settings["compiled"] = compiled

@@ -178,6 +178,7 @@ def _check_content(verifier: PoLVerifierModule, index_log: IndexLog, report: Rep
     report.selection.update({"num_shards": settings.num_shards, "shard": settings.shard, "replayed_here": len(mine)})
     check_replay(verifier, mine, state, Judge(mode, settings.delta, settings.d_ref), report, progress)
     _note_compiled(verifier, report)
+    _note_callbacks(verifier, report)
     check_data(verifier, index_log, mine, settings.full_data, report)
     report.coverage = coverage(verifier.manifest, index_log, [(s.start_step, s.end_step) for s in mine], settings.q)
 
@@ -196,3 +197,15 @@ def _note_compiled(verifier: PoLVerifierModule, report: Report) -> None:
     if not report.environment.get("matches", True):
         note += "; compiled code is bit-exact only under the prover's torch and CPU, and this machine differs"
     report.notes.append(note)
+
+
+def _note_callbacks(verifier: PoLVerifierModule, report: Report) -> None:
+    """Name the callbacks training ran and the replay does not: a failed segment may be theirs."""
+    callbacks = verifier.training.get("callbacks") or []
+    if not callbacks:
+        return
+    names = "; ".join(f"{c['class'][:120]} ({', '.join(map(str, c['hooks'][:8]))})" for c in callbacks[:5])
+    report.notes.append(f"training ran callbacks the replay does not run: {names}")
+    replay = report.checks.get("replay")
+    if replay is not None and replay.passed is False:
+        report.reasons.append(f"the replay does not run the callbacks training ran ({names}); a step they changed does not replay")
