@@ -66,3 +66,16 @@ class GlobalRandomData(UnseenModule):
     def train_dataloader(self):
         x = torch.randn(64, 1, 8, 8)
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.randint(0, 10, (64,)), torch.arange(64)), batch_size=16)
+
+
+class DataInInit(UnseenModule):
+    """Honest: makes its own training data in __init__, with its own seeded generator (the rehearsal builds it for real)."""
+
+    def __init__(self, width: int = 16, dropout: float = 0.2, lr: float = 3e-3, label_smoothing: float = 0.1) -> None:
+        super().__init__(width, dropout, lr, label_smoothing)  # its save_hyperparameters() records these
+        g = torch.Generator().manual_seed(7)
+        x = torch.rand(96, 1, 8, 8, generator=g)
+        self.data = torch.utils.data.TensorDataset(x, torch.randint(0, 10, (96,), generator=g), torch.arange(96))
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.data, batch_size=16, shuffle=True)

@@ -34,7 +34,7 @@ def test_training_objects_pass(path, expected):
     assert gated(path, None, "target") is expected
 
 
-def test_a_factory_passes_by_its_return_annotation():
+def test_a_registered_torchvision_builder_passes():
     import torchvision
 
     assert gated("torchvision.models.resnet18", None, "target") is torchvision.models.resnet18
@@ -85,3 +85,48 @@ def test_targets_in_plain_hparams_are_gated_too(tmp_path):
         builder("hparams", UnseenModule, {"net": {"_target_": "builtins.eval", "_args_": ["1"]}}, tmp_path, "module")
     with pytest.raises(NotRecreatableError, match=r"target at net.class_path 'os.system'"):
         builder("hparams", UnseenModule, {"net": {"class_path": "os.system"}}, tmp_path, "module")
+
+
+# Found by review (each ran code, or wrote a file, before it was fixed).
+
+
+def test_a_target_hidden_in_a_tuple_is_gated(tmp_path):
+    config = {"x": ({"_target_": "builtins.print", "_args_": ["ran"]},)}
+    with pytest.raises(NotRecreatableError, match=r"target at x\[0\] 'builtins.print' builds no training object"):
+        builder("hydra", UnseenModule, config, tmp_path, "module")
+
+
+def test_a_function_annotated_to_return_a_module_is_not_a_builder():
+    with pytest.raises(NotRecreatableError, match="builds no training object"):
+        gated("torch.fx.graph_module.reduce_graph_module", None, "target")  # it execs its arguments
+
+
+def test_a_yaml_string_jsonargparse_would_instantiate_is_gated(tmp_path):
+    config = {"_instantiator": LIGHTNING_CLI, "extra": "{class_path: logging.FileHandler, init_args: {filename: x, mode: w}}"}
+    with pytest.raises(NotRecreatableError, match=r"target at extra.class_path 'logging.FileHandler'"):
+        builder("lightning_cli", UnseenModule, config, tmp_path, "module")
+
+
+def test_a_module_that_runs_a_program_when_imported_is_refused():
+    with pytest.raises(NotRecreatableError, match="special module"):
+        gated("venv.__main__:X", None, "module class", object)
+
+
+def test_a_package_extended_into_the_proof_directory_is_not_followed(tmp_path, monkeypatch):
+    outside, proof, canary = tmp_path / "site", tmp_path / "proof", tmp_path / "canary"
+    (outside / "extpkg").mkdir(parents=True)
+    (outside / "extpkg" / "__init__.py").write_text("import pkgutil\n__path__ = pkgutil.extend_path(__path__, __name__)\n")
+    (proof / "extpkg").mkdir(parents=True)
+    (proof / "extpkg" / "evil.py").write_text(f"open({str(canary)!r}, 'w')\nimport torch\nclass Net(torch.nn.Module):\n    pass\n")
+    monkeypatch.syspath_prepend(str(proof))
+    monkeypatch.syspath_prepend(str(outside))
+    with pytest.raises(NotRecreatableError, match="cannot import"):
+        gated("extpkg.evil:Net", proof, "module target")
+    assert not canary.exists()
+
+
+def test_plain_hparams_hold_no_interpolation_and_hydra_recipes_no_target_of_their_own(tmp_path):
+    with pytest.raises(NotRecreatableError, match="interpolation"):
+        builder("hparams", UnseenModule, {"net": {"_target_": "torch.nn.Identity", "a": "${oc.create:{}}"}}, tmp_path, "module")
+    with pytest.raises(NotRecreatableError, match="sets its own _target_ or _partial_"):
+        builder("hydra", UnseenModule, {"_target_": "torch.nn.Identity"}, tmp_path, "module")

@@ -91,3 +91,11 @@ def test_data_drawn_from_the_global_rng_is_refused_at_fit_start(tmp_path, module
         train_with_proof(tmp_path, make, None, max_steps=2, max_epochs=-1)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "proof").exists()
+
+
+def test_a_module_that_makes_seeded_data_in_init_is_not_refused(tmp_path):
+    from lightning_pol.verification.verifier import verify_proof
+
+    proof, _, _ = train_with_proof(tmp_path, cases.DataInInit, None, max_steps=12, max_epochs=-1, every_n_steps=6)
+    report = verify_proof(proof, q=0)
+    assert report.valid and all(s.bit_exact for s in report.segments)

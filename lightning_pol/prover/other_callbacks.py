@@ -51,12 +51,20 @@ def unreplayed_callbacks(trainer: pl.Trainer) -> list[dict[str, Any]]:
 
     found = []
     for callback in trainer.callbacks:
-        if isinstance(callback, (ProofOfLearning, *WATCHERS)):
+        if isinstance(callback, ProofOfLearning):
             continue
         hooks = [h for h in TRAJECTORY_HOOKS if is_overridden(h, callback, Callback)]
+        if isinstance(callback, WATCHERS):  # a watcher's own hooks pass; a subclass's overrides do not
+            hooks = [h for h in hooks if not _lightnings(type(callback), h)]
         if hooks:
             found.append({"class": import_path(type(callback)), "hooks": hooks})
     return found
+
+
+def _lightnings(cls: type, hook: str) -> bool:
+    """Whether the class that defines ``hook`` for ``cls`` is Lightning's own."""
+    owner = next(c for c in cls.__mro__ if hook in vars(c))
+    return owner.__module__.startswith(("lightning.", "pytorch_lightning."))
 
 
 def announce(trainer: pl.Trainer, strict: bool) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,10 @@ def _spec(cls: type, role: str, config: dict[str, Any], instantiator: str) -> Cl
     return ClassSpec(import_path(cls), encoded, instantiator, tuple(local_paths(config)))
 
 
+#: A key that names a file or directory (``data_dir``, ``root``, ``ckpt_path``): its value is one even without a ``/``.
+_PATH_KEY = re.compile(r"(dir|path|root|file|folder)$", re.IGNORECASE)
+
+
 def local_paths(config: Any, where: str = "") -> list[str]:
     """Keys whose values name files or directories here (``data_dir``): a verifier elsewhere overrides them."""
     if isinstance(config, Mapping):
@@ -121,7 +126,9 @@ def local_paths(config: Any, where: str = "") -> list[str]:
         for key, value in config.items():
             found += local_paths(value, f"{where}.{key}" if where else str(key))
         return found
-    if isinstance(config, str) and where and config not in ("", ".", "..") and len(config) < 4096:
+    looks_like = isinstance(config, str) and ("/" in config or os.sep in config or config.startswith("~")
+                                              or bool(_PATH_KEY.search(where.rsplit(".", 1)[-1])))
+    if looks_like and where and config not in ("", ".", "..", "/", "~") and len(config) < 4096:
         try:
             return [where] if os.path.exists(os.path.expanduser(config)) else []
         except (OSError, ValueError):

@@ -49,7 +49,7 @@ def elsewhere_rng() -> Iterator[None]:
     """The caller's RNG streams untouched, and the block's reseeded from the OS."""
     with preserved_rng():
         seed = int.from_bytes(os.urandom(4), "little")
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # not torch.manual_seed: that reseeds every CUDA device too
         np.random.seed(seed)
         random.seed(seed)
         yield
@@ -91,7 +91,7 @@ class Rehearsal:
         name, fix = type(live).__qualname__, _FIX[self.module_spec.instantiator]
         mine, theirs = plain_attributes(live), plain_attributes(twin)
         for key in sorted(set(mine) | set(theirs)):
-            if key in mine and key in theirs and not close(mine[key], theirs[key]):
+            if key in mine and key in theirs and not _same(mine[key], theirs[key]):
                 raise NotRecreatableError(
                     f"{name} re-created the way the verifier will has {key}={theirs[key]!r}, the module being trained "
                     f"{key}={mine[key]!r}; {fix}"
@@ -125,7 +125,9 @@ class Rehearsal:
 
         name, fix = type(twin).__qualname__, _FIX[self.module_spec.instantiator]
         with elsewhere_rng():
-            try:
+            try:  # in Lightning's order: a module may build layers in setup() or configure_model()
+                twin.setup("fit")
+                twin.configure_model()
                 optimizers, schedulers, _ = _configure_optimizers(twin.configure_optimizers())
             except Exception as e:  # noqa: BLE001 - the user's code on the twin
                 raise NotRecreatableError(
@@ -155,25 +157,32 @@ class Rehearsal:
                     dm.prepare_data()
                     dm.setup("fit")
                     dataset = dm.train_dataloader().dataset
-                else:
-                    dataset = twin.train_dataloader().dataset
+                else:  # built for real: a module that makes its data in __init__ makes real tensors
+                    dataset = self._build(self.module_spec, pl.LightningModule, "module", meta=False).train_dataloader().dataset
+                size = len(live_dataset)
+                if len(dataset) != size:
+                    raise NotRecreatableError(f"{where} re-created the way the verifier will has {len(dataset)} training "
+                                              f"samples, the run {size}")
+                differ = [i for i in sorted({0, 1, size // 2, size - 1} & set(range(size)))
+                          if sample_leaf(dataset, i) != sample_leaf(live_dataset, i)]
             except NotRecreatableError:
                 raise
             except Exception as e:  # noqa: BLE001 - the user's data code, re-created
                 raise NotRecreatableError(
                     f"{where} re-created the way the verifier will cannot build the training data ({type(e).__name__}: {e})".splitlines()[0]
                 ) from None
-        size = len(live_dataset)
-        if len(dataset) != size:
-            raise NotRecreatableError(f"{where} re-created the way the verifier will has {len(dataset)} training samples, "
-                                      f"the run {size}")
-        for i in sorted({0, 1, size // 2, size - 1} & set(range(size))):
-            if sample_leaf(dataset, i) != sample_leaf(live_dataset, i):
-                raise NotRecreatableError(
-                    f"{where} re-created the way the verifier will yields other training data (sample {i} differs): "
-                    f"it draws from the global RNG in setup() or train_dataloader(); give that draw its own seeded "
-                    f"generator (torch.Generator().manual_seed(...))"
-                )
+        if differ:
+            raise NotRecreatableError(
+                f"{where} re-created the way the verifier will yields other training data (sample {differ[0]} differs): "
+                f"it draws from the global RNG in setup() or train_dataloader(); give that draw its own seeded "
+                f"generator (torch.Generator().manual_seed(...))"
+            )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:  # NaN
+        return True
+    return close(a, b)
 
 
 def plain_attributes(module: torch.nn.Module) -> dict[str, Any]:
@@ -200,4 +209,5 @@ def _plain(value: Any, depth: int = 0) -> bool:
 
 
 def shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    return {canonical_key(k): tuple(v.shape) for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+    return {canonical_key(k): tuple(v.shape) for k, v in module.state_dict().items()
+            if isinstance(v, torch.Tensor) and not isinstance(v, torch.nn.parameter.UninitializedTensorMixin)}

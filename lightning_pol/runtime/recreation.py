@@ -21,9 +21,10 @@ import importlib.util
 import inspect
 import os
 import re
-import typing
+import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ LIGHTNING_CLI = "lightning.pytorch.cli.instantiate_module"
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$", re.ASCII)
+_DUNDER = re.compile(r"^__\w+__$", re.ASCII)
+#: A string jsonargparse would read as YAML (a flow mapping or list, or a block): walked like the config itself.
+_YAML_LIKE = re.compile(r"^\s*[\[{]|:\s|\n")
 
 #: What a nested target may build: the objects training is made of.
 TRAINING_KINDS: tuple[type, ...] = (
@@ -55,6 +59,8 @@ def locate(path: str, root: str | os.PathLike[str] | None, what: str) -> Any:
     a top-level module inside ``root`` (the proof) before anything of it runs."""
     if not isinstance(path, str) or not (_IMPORT_PATH.match(path) or _DOTTED.match(path)):
         raise NotRecreatableError(f"the proof's {what} {str(path)[:80]!r} is not an import path module:QualName")
+    if any(_DUNDER.match(part) for part in re.split(r"[.:]", path)):  # __main__ runs a program when imported
+        raise NotRecreatableError(f"the proof's {what} {path!r} names a special module or attribute")
     top = path.partition(":")[0].split(".")[0]
     try:
         spec = importlib.util.find_spec(top)
@@ -68,9 +74,27 @@ def locate(path: str, root: str | os.PathLike[str] | None, what: str) -> Any:
             if location and location not in ("built-in", "frozen") and Path(location).resolve().is_relative_to(proof):
                 raise NotRecreatableError(f"the proof's {what} {path!r} would be imported from inside the proof directory")
     try:
-        return _import(path)
-    except Exception as e:  # noqa: BLE001 - an installed module that fails to import, or a missing attribute: the proof's
+        with _outside(root):
+            return _import(path)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - a module that fails to import (or exits, SystemExit): the proof's
         raise NotRecreatableError(f"cannot import the proof's {what} {path!r} ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
+@contextmanager
+def _outside(root: str | os.PathLike[str] | None) -> Iterator[None]:
+    """``sys.path`` without the proof directory while importing: a package that extends its ``__path__`` when
+    imported (``pkgutil.extend_path``) must not pick up modules shipped inside the proof."""
+    if root is None:
+        yield
+        return
+    proof, saved = Path(root).resolve(), list(sys.path)
+    sys.path[:] = [p for p in saved if not (isinstance(p, str) and Path(p or os.getcwd()).resolve().is_relative_to(proof))]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def _import(path: str) -> Any:
@@ -95,7 +119,7 @@ def _import(path: str) -> Any:
 
 def gated(path: str, root: str | os.PathLike[str] | None, what: str, base: type | None = None) -> Any:
     """:func:`locate`, then the kind check: ``base`` for a top-level class; for a nested target, a class of
-    :data:`TRAINING_KINDS`, a factory annotated to return one, or a member of :data:`TRAINING_MODULES`."""
+    :data:`TRAINING_KINDS`, a torchvision model builder, or a public member of :data:`TRAINING_MODULES`."""
     obj = locate(path, root, what)
     if base is not None:
         if not (isinstance(obj, type) and issubclass(obj, base)):
@@ -113,16 +137,15 @@ def _training_kind(obj: Any) -> bool:
     if isinstance(obj, type) and issubclass(obj, TRAINING_KINDS):
         return True
     module = getattr(obj, "__module__", None) or ""
-    if (isinstance(obj, type) or inspect.isfunction(obj) or inspect.isbuiltin(obj)) and any(
+    public = not getattr(obj, "__name__", "_").startswith("_")
+    if public and (isinstance(obj, type) or inspect.isfunction(obj) or inspect.isbuiltin(obj)) and any(
         module == m or module.startswith(m + ".") for m in TRAINING_MODULES
     ):
         return True
-    if inspect.isfunction(obj):  # a factory such as torchvision.models.resnet18 -> ResNet
-        try:
-            returns = typing.get_type_hints(obj).get("return")
-        except Exception:  # noqa: BLE001 - an annotation that does not evaluate: not known to build anything
-            return False
-        return isinstance(returns, type) and issubclass(returns, TRAINING_KINDS)
+    if inspect.isfunction(obj) and module.startswith("torchvision.models"):  # a registered builder: resnet18
+        from torchvision.models import get_model_builder, list_models
+
+        return any(get_model_builder(name) is obj for name in list_models())
     return False
 
 
@@ -137,7 +160,7 @@ def hydra_targets(config: Any, where: str = "") -> Iterator[tuple[str, str]]:
                 yield where or "(top)", value
             else:
                 yield from hydra_targets(value, f"{where}.{key}" if where else str(key))
-    elif isinstance(config, list):
+    elif isinstance(config, (list, tuple)):
         for i, value in enumerate(config):
             yield from hydra_targets(value, f"{where}[{i}]")
 
@@ -146,18 +169,28 @@ def cli_targets(config: Any, where: str = "") -> Iterator[tuple[str, str]]:
     """Every string of a LightningCLI config that jsonargparse could import (``class_path`` values, and
     dotted names it resolves for callable arguments), with its key path."""
     if isinstance(config, Mapping):
-        for key, value in config.items():
-            at = f"{where}.{key}" if where else str(key)
-            if isinstance(value, str) and (key in ("class_path", "_class_path") or (_DOTTED.match(value) and _importable(value))):
-                yield at, value
-            else:
-                yield from cli_targets(value, at)
-    elif isinstance(config, list):
-        for i, value in enumerate(config):
-            if isinstance(value, str) and _DOTTED.match(value) and _importable(value):
-                yield f"{where}[{i}]", value
-            else:
-                yield from cli_targets(value, f"{where}[{i}]")
+        items: Iterable[tuple[Any, Any]] = config.items()
+    elif isinstance(config, (list, tuple)):
+        items = ((f"[{i}]", v) for i, v in enumerate(config))
+    else:
+        return
+    for key, value in items:
+        at = f"{where}{key}" if str(key).startswith("[") else (f"{where}.{key}" if where else str(key))
+        if isinstance(value, str) and (key in ("class_path", "_class_path") or (_DOTTED.match(value) and _importable(value))):
+            yield at, value
+        elif isinstance(value, str) and _YAML_LIKE.search(value):  # jsonargparse parses such a string as a config
+            yield from cli_targets(_yaml(value), at)
+        else:
+            yield from cli_targets(value, at)
+
+
+def _yaml(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return None
 
 
 def _importable(dotted: str) -> bool:
@@ -185,7 +218,7 @@ def _no_interpolation(config: Any, where: str) -> None:
         for key, value in config.items():
             _no_interpolation(str(key), where)
             _no_interpolation(value, f"{where}.{key}")
-    elif isinstance(config, list):
+    elif isinstance(config, (list, tuple)):
         for i, value in enumerate(config):
             _no_interpolation(value, f"{where}[{i}]")
     elif isinstance(config, str) and "${" in config:
@@ -208,7 +241,7 @@ def apply_overrides(arguments: dict[str, Any], overrides: Mapping[str, Any] | No
             if key not in into:
                 raise NotRecreatableError(
                     f"{role}_overrides.{where}{key}: the proof's {role} records no such hyperparameter "
-                    f"(it records {sorted(into)[:12]})"
+                    f"(it records {sorted(map(str, into))[:12]})"
                 )
             if isinstance(value, Mapping) and isinstance(into[key], dict):
                 merge(into[key], value, f"{where}{key}.")
@@ -229,7 +262,10 @@ def recreate(spec: ClassSpec, cls: type, root: str | os.PathLike[str] | None,
     build = builder(spec.instantiator, cls, arguments, root, role)
     with warnings.catch_warnings():  # Lightning's advice to ignore an nn.Module hparam: a Hydra/CLI recipe needs it kept
         warnings.filterwarnings("ignore", message=r"Attribute '.*' is an instance of `nn.Module`")
-        return build()
+        built = build()
+    if not isinstance(built, cls):
+        raise NotRecreatableError(f"the proof's {role} recipe built a {type(built).__name__}, not a {cls.__qualname__}")
+    return built
 
 
 def builder(instantiator: str, cls: type, arguments: dict[str, Any], root: str | os.PathLike[str] | None,
@@ -237,6 +273,7 @@ def builder(instantiator: str, cls: type, arguments: dict[str, Any], root: str |
     """Check every target in ``arguments``, then return the call that builds the object."""
     if instantiator == "hparams":
         # A module may instantiate a config it was given (Hydra's _recursive_: false pattern): its targets are gated too.
+        _no_interpolation(arguments, role)
         for where, target in [*hydra_targets(arguments), *((w, t) for w, t in cli_targets(arguments) if w.endswith("class_path"))]:
             gated(target, root, f"{role} target at {where}")
         return lambda: cls(**arguments)
@@ -255,6 +292,8 @@ def builder(instantiator: str, cls: type, arguments: dict[str, Any], root: str |
         return lambda: instantiate_module(cls, config)
     if instantiator == "hydra":
         _no_interpolation(arguments, role)
+        if "_target_" in arguments or "_partial_" in arguments:  # the class is the proof's declared one, built now
+            raise NotRecreatableError(f"the proof's {role} config sets its own _target_ or _partial_")
         config = {"_target_": cls, **_with_gated_targets(arguments, root, role)}
         from hydra.utils import instantiate
 
@@ -274,7 +313,7 @@ def _with_gated_targets(config: Any, root: str | os.PathLike[str] | None, role: 
             else:
                 out[key] = _with_gated_targets(value, root, role, at)
         return out
-    if isinstance(config, list):
+    if isinstance(config, (list, tuple)):
         return [_with_gated_targets(v, root, role, f"{where}[{i}]") for i, v in enumerate(config)]
     return config
 

@@ -68,9 +68,11 @@ def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, A
             raise NotRecreatableError(f"the proof's LR scheduler {path!r} is not a torch LRScheduler, and the module has no lr_scheduler_step")
     for role, spec in (("module", m.module), ("datamodule", m.datamodule)):
         if spec is not None:
-            arguments = _decoded(spec, role)
-            arguments = apply_overrides(arguments, overrides.get(role), role)
-            builder(spec.instantiator, classes[role], arguments, reader.root, role)  # gates every nested target; calls nothing
+            try:
+                arguments = apply_overrides(_decoded(spec, role), overrides.get(role), role)
+                builder(spec.instantiator, classes[role], arguments, reader.root, role)  # gates every nested target; calls nothing
+            except (RecursionError, TypeError) as e:  # nested past Python's stack, or keys that do not compare
+                raise NotRecreatableError(f"the proof's {role} recipe cannot be read ({type(e).__name__})") from None
             _local_paths_exist(spec, arguments, role)
     return {k: v for k, v in classes.items() if k in ("module", "datamodule")}
 
