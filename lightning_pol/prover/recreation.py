@@ -28,7 +28,12 @@ from lightning_pol.format.classes import (
 from lightning_pol.format.lineage import parent_record, same_weights
 from lightning_pol.format.manifest import ClassSpec
 from lightning_pol.format.state_codec import StateEncodingError, encode_state
-from lightning_pol.runtime.recreation import LIGHTNING_CLI, canonical_targets, locate
+from lightning_pol.runtime.recreation import (
+    LIGHTNING_CLI,
+    canonical_targets,
+    hydra_targets,
+    locate,
+)
 
 
 def plain_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,7 +163,8 @@ def hydra_config_node(cls: type, role: str, key: str | None) -> dict[str, Any] |
     try:
         cfg = OmegaConf.load(Path(hc.runtime.output_dir) / hc.output_subdir / "config.yaml")
         if key is None:
-            found = [where for where, target in _targets(OmegaConf.to_container(cfg, resolve=False)) if _names(target, cls)]
+            found = [where for where, target in hydra_targets(OmegaConf.to_container(cfg, resolve=False))
+                     if where != "(top)" and _names(target, cls)]
             if len(found) > 1:
                 raise NotRecreatableError(f"the Hydra config builds {role} {cls.__name__} at {found}; "
                                           f"say which with ProofOfLearning({setting}=KEY)")
@@ -174,17 +180,6 @@ def hydra_config_node(cls: type, role: str, key: str | None) -> dict[str, Any] |
     if not _names(config["_target_"], cls):
         raise NotRecreatableError(f"the Hydra config node {key!r} builds {config['_target_']}, not {role} {import_path(cls)}")
     return config
-
-
-def _targets(config: Any, where: str = "") -> list[tuple[str, Any]]:
-    if isinstance(config, Mapping):
-        found = [(where, config["_target_"])] if "_target_" in config and where else []
-        for k, v in config.items():
-            found += _targets(v, f"{where}.{k}" if where else str(k))
-        return found
-    if isinstance(config, list):
-        return [t for i, v in enumerate(config) for t in _targets(v, f"{where}[{i}]")]
-    return []
 
 
 def _names(target: Any, cls: type) -> bool:

@@ -301,33 +301,22 @@ def builder(instantiator: str, cls: type, arguments: dict[str, Any], root: str |
     raise NotRecreatableError(f"the proof's {role} has instantiator {str(instantiator)[:40]!r}, not one of {list(INSTANTIATORS)}")
 
 
-def _with_gated_targets(config: Any, root: str | os.PathLike[str] | None, role: str, where: str = "") -> Any:
+def _with_gated_targets(config: Any, root: str | os.PathLike[str] | None, role: str) -> Any:
     """A copy of a Hydra config whose every ``_target_`` is the gated object itself, so that nothing
     (Hydra, or the module calling instantiate later) imports a name from the proof."""
+    return _map_targets(config, lambda target, where: gated(target, root, f"{role} target at {where or '(top)'}"))
+
+
+def _map_targets(config: Any, replace: Callable[[Any, str], Any], where: str = "") -> Any:
+    """A copy of a Hydra config with each ``_target_`` replaced by ``replace(target, where its node is)``."""
     if isinstance(config, Mapping):
-        out = {}
-        for key, value in config.items():
-            at = f"{where}.{key}" if where else str(key)
-            if key == "_target_":
-                out[key] = gated(value, root, f"{role} target at {where or '(top)'}")
-            else:
-                out[key] = _with_gated_targets(value, root, role, at)
-        return out
+        return {key: replace(value, where) if key == "_target_" else
+                _map_targets(value, replace, f"{where}.{key}" if where else str(key)) for key, value in config.items()}
     if isinstance(config, (list, tuple)):
-        return [_with_gated_targets(v, root, role, f"{where}[{i}]") for i, v in enumerate(config)]
+        return [_map_targets(v, replace, f"{where}[{i}]") for i, v in enumerate(config)]
     return config
 
 
 def canonical_targets(config: Any) -> Any:
     """A resolved Hydra config with every ``_target_`` written as ``module:QualName`` (what the gate reads)."""
-    if isinstance(config, Mapping):
-        out = {}
-        for key, value in config.items():
-            if key == "_target_" and isinstance(value, str):
-                out[key] = import_path(_import(value)) if ":" not in value else value
-            else:
-                out[key] = canonical_targets(value)
-        return out
-    if isinstance(config, list):
-        return [canonical_targets(v) for v in config]
-    return config
+    return _map_targets(config, lambda t, _: import_path(_import(t)) if isinstance(t, str) and ":" not in t else t)
