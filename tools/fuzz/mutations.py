@@ -928,7 +928,7 @@ def canary(d: Draw, mu: Mutant) -> str:
             mu.put(rel, payload)
         return f"{variant}: {rel} replaced by a payload"
     if variant in ("class_popen", "class_callable", "class_in_proof"):
-        where = pick(d, ["module", "datamodule", "optimizer", "scheduler"], "where")
+        where = pick(d, ["module", "datamodule", "optimizer", "scheduler", "callback"], "where")
         hparams: dict[str, Any] = {"args": command}
         if variant == "class_popen":
             cls = pick(d, ["subprocess:Popen", "subprocess.Popen:__init__", "multiprocessing:Process", "threading:Thread",
@@ -947,6 +947,9 @@ def canary(d: Draw, mu: Mutant) -> str:
             cls = f"{name}:Module"
         if where in ("module", "datamodule"):
             mu.m[where] = {"class": cls, "hparams": hparams}
+        elif where == "callback":  # a replayed callback (the manifest's callbacks): Hydra-built or hparams
+            instantiator = pick(d, ["hparams", "hydra"], "instantiator")
+            mu.m["callbacks"] = [{"class": cls, "hparams": hparams, **({"instantiator": "hydra"} if instantiator == "hydra" else {})}]
         else:
             key = "optimizers" if where == "optimizer" else "lr_schedulers"
             mu.m["training"][key][0]["class"] = cls
