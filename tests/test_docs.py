@@ -57,7 +57,7 @@ REFUSALS = [
     "choose another dirpath or pass overwrite=True",
     ", which can change training",
     "; the replay will not run it",
-    "the replay does not run it, so the proof could not verify: remove it, or pass",
+    "the replay does not run it, so the proof could not verify: remove it, build it from the Hydra config, or pass",
 ]
 
 

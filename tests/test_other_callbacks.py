@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
+    RichProgressBar,
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger
@@ -63,9 +64,10 @@ def test_strict_callbacks_refuses_it_before_anything_is_written(tmp_path):
     assert "\n" not in str(info.value) and not (tmp_path / "proof").exists()
 
 
-def test_callbacks_that_only_watch_pass_silently(tmp_path, caplog):
+@pytest.mark.parametrize("progress_bar", [TQDMProgressBar, RichProgressBar])
+def test_callbacks_that_only_watch_pass_silently(tmp_path, caplog, progress_bar):
     watchers = [LearningRateMonitor(), ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=8),
-                EarlyStopping(monitor="train/loss", strict=False, check_finite=False), TQDMProgressBar()]
+                EarlyStopping(monitor="train/loss", strict=False, check_finite=False), progress_bar()]
     with caplog.at_level(logging.WARNING, logger=WHERE):
         proof = fit(tmp_path, *watchers, logger=CSVLogger(tmp_path), enable_checkpointing=True, enable_progress_bar=True)
     assert said(caplog) == []

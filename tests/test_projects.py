@@ -32,10 +32,10 @@ def all_bit_exact(report: dict) -> bool:
     return report["valid"] and bool(report["segments"]) and all(s["bit_exact"] for s in report["segments"])
 
 
-def train_template(root: Path, *overrides: str) -> tuple[Path, Path, str]:
+def train_template(root: Path, *overrides: str, callbacks: str = "with_pol") -> tuple[Path, Path, str]:
     project = copy_project("hydra_template", root)
     run = root / "run"
-    r = run_project(["src/train.py", "callbacks=with_pol", "trainer.max_epochs=3", f"hydra.run.dir={run}", *overrides], cwd=project)
+    r = run_project(["src/train.py", f"callbacks={callbacks}", "trainer.max_epochs=3", f"hydra.run.dir={run}", *overrides], cwd=project)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return project, run / "proof", r.stdout + r.stderr
 
@@ -85,6 +85,16 @@ def test_a_template_project_compiled_in_setup_verifies_bit_exact(tmp_path):
     assert report["notes"] == ["the module was compiled in training (net); the replay compiled it as training did"]
 
 
+def test_a_project_callback_from_the_hydra_config_is_replayed_bit_exact(tmp_path):
+    """The project's own gradient-scaling callback, built from its callbacks config node: re-created and replayed."""
+    project, proof, log = train_template(tmp_path, callbacks="[with_pol,scale_gradients]")
+    assert "the replay will not run it" not in log  # no warning: the replay runs it
+    (spec,) = ProofReader(proof).manifest.callbacks
+    assert (spec.import_path, spec.instantiator, spec.arguments()) == ("src.callbacks.scale_gradients:ScaleGradients", "hydra", {"factor": 0.5})
+    code, report, out = verify(proof, project, "verifier.q=0")
+    assert code == 0 and all_bit_exact(report), out[-3000:]
+
+
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory):
     project = copy_project("lightning_cli", tmp_path_factory.mktemp("cli"))
@@ -99,6 +109,19 @@ def test_a_lightning_cli_app_with_the_callback_on_its_command_line_verifies_bit_
     spec = ProofReader(proof).manifest.module
     assert spec.instantiator == "lightning_cli" and spec.arguments()["net"]["class_path"] == "digits_cli.nets.ConvNet"
     code, report, out = verify(proof, project, "verifier.q=0")
+    assert code == 0 and all_bit_exact(report), out[-3000:]
+
+
+def test_a_project_callback_given_by_class_path_on_the_cli_is_replayed_bit_exact(tmp_path):
+    project = copy_project("lightning_cli", tmp_path)
+    r = run_project(["main.py", "fit", "--config", "config.yaml", "--trainer.max_epochs=1",
+                     "--trainer.callbacks+=lightning_pol.ProofOfLearning", "--trainer.callbacks.dirpath=proof",
+                     "--trainer.callbacks.every_n_steps=8", "--trainer.callbacks+=digits_cli.callbacks.ScaleGradients",
+                     "--trainer.callbacks.factor=0.25"], cwd=project)
+    assert r.returncode == 0 and "the replay will not run it" not in r.stderr, r.stdout[-2000:] + r.stderr[-4000:]
+    (spec,) = ProofReader(project / "proof").manifest.callbacks
+    assert (spec.import_path, spec.instantiator, spec.arguments()) == ("digits_cli.callbacks:ScaleGradients", "hparams", {"factor": 0.25})
+    code, report, out = verify(project / "proof", project, "verifier.q=0")
     assert code == 0 and all_bit_exact(report), out[-3000:]
 
 

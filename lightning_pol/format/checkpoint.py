@@ -51,6 +51,12 @@ def parse_checkpoint(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
     if not isinstance(state.get("model"), dict):
         raise ProofFormatError(f"{rel}: no model state")
     _check_optimization_state(state, rel)
+    callbacks = state.get("callbacks")
+    if (callbacks is not None or manifest.callbacks) and not (
+        isinstance(callbacks, list) and len(callbacks) == len(manifest.callbacks)
+        and all(isinstance(c, dict) and isinstance(c.get("state"), dict) for c in callbacks)
+    ):
+        raise ProofFormatError(f"{rel}: callbacks does not hold a state for each of the manifest's {len(manifest.callbacks)} callbacks")
     return state
 
 
@@ -82,5 +88,8 @@ def _check_progress(progress: Any, entry: CheckpointEntry, manifest: Manifest) -
         raise ProofFormatError(f"{rel}: its batch index is not a batch of an epoch")
     if batch_idx is None and entry != manifest.checkpoints[-1]:  # only the state at the end of training has none
         raise ProofFormatError(f"{rel}: only the last checkpoint may have no batch index")
+    steps = progress.get("optimizer_steps", entry.step)  # recorded under manual optimization only
+    if not is_int(steps) or steps < entry.step or (entry.step == 0 and steps != 0):
+        raise ProofFormatError(f"{rel}: its optimizer steps are not a count of at least its steps")
     if entry.step == 0 and (progress["epoch"] != 0 or batch_idx not in (0, None)):
         raise ProofFormatError(f"{rel}: step 0 is not the first batch of epoch 0")

@@ -208,6 +208,8 @@ class Manifest:
     environment: dict[str, Any]
     data: DataCommitment
     datamodule: ClassSpec | None = None
+    #: The callbacks the replay re-creates and runs, in the order training ran them (after ProofOfLearning).
+    callbacks: list[ClassSpec] = field(default_factory=list)
     parent: dict[str, Any] | None = None
     status: str = layout.STATUS_IN_PROGRESS
     index_log: list[IndexChunk] = field(default_factory=list)
@@ -308,6 +310,8 @@ class Manifest:
             "parent": self.parent,
             "module": self.module.to_json(),
             "datamodule": self.datamodule.to_json() if self.datamodule is not None else None,
+            # Only when training ran callbacks the replay runs: other proofs' manifests are the format's first form.
+            **({"callbacks": [c.to_json() for c in self.callbacks]} if self.callbacks else {}),
             "training": self.training,
             "environment": self.environment,
             "data": self.data.to_json(),
@@ -350,6 +354,10 @@ class Manifest:
             raise ProofFormatError("manifest field environment.torch_threads is invalid")
         module = _class_spec(m.get("module"), "module", required=True)
         datamodule = _class_spec(m.get("datamodule"), "datamodule", required=False)
+        callbacks = m.get("callbacks", [])
+        if not isinstance(callbacks, list) or len(callbacks) > 100:
+            raise ProofFormatError("manifest field callbacks is invalid")
+        callback_specs = [_class_spec(c, f"callbacks[{i}]", required=True) for i, c in enumerate(callbacks)]
         if m.get("final_step") is not None and not is_int(m["final_step"]):
             raise ProofFormatError("manifest field final_step is invalid")
         if m.get("parent") is not None and not isinstance(m["parent"], dict):
@@ -359,7 +367,7 @@ class Manifest:
         init = m["init"]
         if not isinstance(init.get("strategy"), str):
             raise ProofFormatError("manifest field init is missing or invalid")
-        _check_typed_json(m, module, datamodule)
+        _check_typed_json(m, module, datamodule, callback_specs)
         _check_identity(m.get("created"), m.get("run_id"))
         _check_training(m["training"])
         assert module is not None
@@ -369,6 +377,7 @@ class Manifest:
             environment=m["environment"], data=data, datamodule=datamodule, parent=m.get("parent"), status=status,
             index_log=index_log, sample_epochs=sample_epochs, checkpoints=checkpoints, final_step=m.get("final_step"),
             files=files, format_version=m["format_version"], monitored=monitored,
+            callbacks=[c for c in callback_specs if c is not None],
         )
 
 
@@ -491,7 +500,8 @@ def _monitored(entries: Any) -> list[MonitoredValue]:
     return out
 
 
-def _check_typed_json(m: dict[str, Any], module: ClassSpec | None, datamodule: ClassSpec | None) -> None:
+def _check_typed_json(m: dict[str, Any], module: ClassSpec | None, datamodule: ClassSpec | None,
+                      callbacks: list[ClassSpec | None]) -> None:
     """The typed JSON the replay decodes (and whose values reach the declared classes): malformed here is a
     format error, not a ValueError deep inside the replay."""
     training = m["training"]
@@ -501,6 +511,8 @@ def _check_typed_json(m: dict[str, Any], module: ClassSpec | None, datamodule: C
     typed = {"training": training, "module.hparams": module.hparams if module else {}, "init.params": m["init"].get("params") or {}}
     if datamodule is not None:
         typed["datamodule.hparams"] = datamodule.hparams
+    for i, c in enumerate(callbacks):
+        typed[f"callbacks[{i}].hparams"] = c.hparams if c is not None else {}
     for key, value in typed.items():
         try:
             decode_state({}, value)

@@ -24,7 +24,12 @@ from lightning_pol.format.index_log import IndexLog
 from lightning_pol.format.manifest import CheckpointEntry, FileEntry, Manifest
 from lightning_pol.format.safetensors_io import load_safetensors
 from lightning_pol.format.samples import leaves_from_tensors
-from lightning_pol.format.strict_json import ProofFormatError
+from lightning_pol.format.state_codec import decode_state
+from lightning_pol.format.strict_json import ProofFormatError, is_int
+
+#: Lightning's callbacks that make steps of more micro-batches than the Trainer's factor (by import path).
+_ACCUMULATION_SCHEDULER = "lightning.pytorch.callbacks.gradient_accumulation_scheduler:GradientAccumulationScheduler"
+_SWA = "lightning.pytorch.callbacks.stochastic_weight_avg:StochasticWeightAveraging"
 
 __all__ = ["ProofFormatError", "ProofReader"]
 
@@ -215,11 +220,28 @@ class ProofReader:
             # a DDP step holds exactly one micro-batch a rank.
             # Without this, moving a step boundary (step 0 empty, step 2 of three micro-batches) changes nothing a replay sees.
             per_step = torch.searchsorted(log.batch_offsets, log.offsets).diff()
-            low, high = (world, world) if world > 1 else (1, accumulate)
+            low, high = (world, world) if world > 1 else (1, accumulate * self._callbacks_accumulation())
             if bool((per_step < low).any()) or bool((per_step > high).any()):
                 raise ProofFormatError(f"index log has steps of {int(per_step.min())} to {int(per_step.max())} micro-batches; "
                                        f"accumulate_grad_batches is {accumulate}, world_size {world}")
         return log
+
+    def _callbacks_accumulation(self) -> int:
+        """The most micro-batches (times the Trainer's own factor) a step may hold under the replayed callbacks,
+        read off their recorded arguments by class path (nothing of a proof is imported here): an accumulation
+        schedule's largest factor; SWA's BatchNorm pass, one step over an epoch."""
+        most = 1
+        for spec in self.manifest.callbacks:
+            try:
+                arguments = spec.arguments()
+            except (ValueError, RecursionError):
+                continue
+            if spec.import_path == _ACCUMULATION_SCHEDULER and isinstance(arguments.get("scheduling"), dict):
+                most = max([most, *(v for v in arguments["scheduling"].values() if is_int(v, 1))])
+            batches = decode_state({}, self.manifest.training).get("num_training_batches")
+            if spec.import_path == _SWA and is_int(batches, 1):
+                most = max(most, batches)
+        return most
 
     def leaves(self) -> torch.Tensor:
         data = self.manifest.data

@@ -41,7 +41,7 @@ from lightning_pol.prover.distributed import (
 from lightning_pol.prover.instrumentation import LoaderInstrumentation
 from lightning_pol.prover.ledger import StepLedger
 from lightning_pol.prover.monitored import MonitoredValues
-from lightning_pol.prover.other_callbacks import announce as announce_callbacks
+from lightning_pol.prover.other_callbacks import CallbackPlan
 from lightning_pol.prover.recreation import recreation_record
 from lightning_pol.prover.rehearsal import Rehearsal
 from lightning_pol.prover.run_record import new_manifest, training_settings
@@ -49,7 +49,11 @@ from lightning_pol.prover.session import ProofSession
 from lightning_pol.runtime.leaves import compute_leaves, sample_leaf
 from lightning_pol.runtime.loader_hook import UnsupportedDataError
 from lightning_pol.runtime.rng import TrainingStream
-from lightning_pol.runtime.training_state import capture_training_state, snapshot_state
+from lightning_pol.runtime.training_state import (
+    capture_training_state,
+    proof_step,
+    snapshot_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,39 +70,32 @@ class ProofOfLearning(Callback):
         trainer = Trainer(max_epochs=3, callbacks=[pol])
         trainer.fit(model, datamodule=datamodule)   # model and datamodule unchanged
 
-    The proof holds W_0, the full training state every ``every_n_steps``
-    optimizer steps and at the end, the dataset indices of every step, a
-    Merkle commitment to the training data, and what the verifier needs to
-    re-create the module and data (docs/proof-format.md).
-
-    Its hooks, in order, are listed in this module's docstring.
-
-    Under ``strategy="ddp"`` every rank records, and rank 0 gathers and writes.
+    The proof holds W_0, the full training state every ``every_n_steps`` optimizer steps and at the end,
+    the dataset indices of every step, a Merkle commitment to the training data, and what the verifier
+    needs to re-create the module, data and callbacks (docs/proof-format.md). Its hooks are listed in
+    this module's docstring. Under ``strategy="ddp"`` every rank records, and rank 0 gathers and writes.
 
     Args:
-        dirpath: directory of the proof; must be empty or absent (or hold this
-            run's proof when resuming with ``ckpt_path``).
+        dirpath: directory of the proof; empty or absent (or this run's proof when resuming with ``ckpt_path``).
         every_n_steps: k, the checkpoint interval in optimizer steps.
-        init_strategy: the declared initialization, one of
-            :data:`lightning_pol.INIT_STRATEGIES`.
+        init_strategy: the declared initialization, one of :data:`lightning_pol.INIT_STRATEGIES`.
         init_params: parameters of the strategy (``{"std": 0.02}`` for ``normal``).
         seed: the proof seed of the batches' randomness; by default
             ``torch.initial_seed()``, so ``seed_everything`` makes runs repeatable.
         overwrite: replace a proof already in ``dirpath``.
         fsync: flush files to stable storage before renaming them into place.
-        check_recreation: at fit start, re-create the module and data as the
-            verifier will and refuse a run they differ from (:mod:`.rehearsal`).
+        check_recreation: at fit start, re-create the module and data as the verifier will and refuse
+            a run they differ from (:mod:`.rehearsal`).
         module_config, datamodule_config: in a Hydra app, the keys of the config
             nodes that built the module and datamodule (``model``, ``data``);
             by default the one node whose ``_target_`` is the class.
-        strict_callbacks: refuse, not only warn about and record, another
-            callback that can change training and that the replay does not run.
+        strict_callbacks: refuse, not only warn about and record, another callback that can change
+            training and that the replay cannot re-create (:mod:`.other_callbacks`).
         parent: for ``init_strategy="warm_start"``, the proof whose final
             weights W_0 is; fit refuses to start unless W_0 equals them bit for bit.
-        background: serialize, hash and write checkpoints on a background thread;
-            the training thread only copies the state to CPU memory.
-        max_pending: checkpoints that may wait for the background writer before
-            training waits for the disk.
+        background: serialize, hash and write checkpoints on a background thread; the training thread
+            only copies the state to CPU memory.
+        max_pending: checkpoints that may wait for the background writer before training waits for the disk.
         commit_every_s: the least time between two manifest commits (0: every
             checkpoint). A Lightning checkpoint, the end of training and an
             exception always commit. A crash loses at most this much of the
@@ -145,6 +142,7 @@ class ProofOfLearning(Callback):
         self._seed_in_use: int | None = None
         self._run_id: str | None = None
         self._specs: dict[str, Any] = {}
+        self._plan = CallbackPlan()  # the other callbacks: replayed, or said and recorded
         self._rehearsal: Rehearsal | None = None
         self._stream, self._monitored = TrainingStream(), MonitoredValues()  # and the values plateau schedulers consume
         self._ledger = StepLedger(self.every_n_steps)
@@ -152,8 +150,7 @@ class ProofOfLearning(Callback):
         self._session: ProofSession | None = None  # on the rank that writes the proof, from on_train_start
         self._resume: dict[str, Any] | None = None
         self._opened = False  # on_train_start ran: this rank records (every rank does; rank 0 alone writes)
-        self._logged = -1
-        self._world = 1
+        self._logged, self._world = -1, 1
 
     @property
     @override
@@ -165,7 +162,6 @@ class ProofOfLearning(Callback):
             self._seed_in_use = self.seed if self.seed is not None else torch.initial_seed() % 2**63
         return self._seed_in_use
 
-    # ------------------------------------------------------------------ fit start
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -174,7 +170,7 @@ class ProofOfLearning(Callback):
         # Checked before configure_optimizers or any data work, so a run the
         # verifier could not re-create stops before it costs anything.
         self._specs = recreation_record(pl_module, trainer.datamodule, self.parent, self.config_keys)
-        announce_callbacks(trainer, self.strict_callbacks)
+        self._plan.at_fit_start(trainer, self, self.strict_callbacks, self._finish)
         if self.check_recreation:
             self._rehearsal = Rehearsal(self._specs, self.dirpath)
             self._rehearsal.check_module(pl_module)
@@ -196,6 +192,7 @@ class ProofOfLearning(Callback):
             size = len(self._loader.dataset)
         except TypeError:
             raise UnsupportedDataError("the training dataset has no len(); a proof needs a sized map-style dataset") from None
+        self._plan.check_resume(self._resume is not None)
         if self._rehearsal is not None:  # before anything is written: a run the verifier would reject stops here
             self._rehearsal.check_training(trainer, self._loader.dataset, resumed=self._resume is not None)
             self._rehearsal = None
@@ -222,22 +219,27 @@ class ProofOfLearning(Callback):
             sample_leaf(dataset, 0)  # a sample that cannot be hashed stops the run here, not in a worker
         run = {"seed": self._proof_seed(), "every_n_steps": self.every_n_steps,
                "init_strategy": self.init_strategy, "init_params": self.init_params}
-        training = training_settings(trainer, pl_module, self._loader.loader, self._loader.recorder, size)
-        manifest = new_manifest(run, self._specs["module"], self._specs["datamodule"], self._specs["parent"], training, size)
+        training = training_settings(trainer, pl_module, self._loader.loader, self._loader.recorder, size, self._plan)
+        manifest = new_manifest(run, self._specs["module"], self._specs["datamodule"], self._specs["parent"], training, size, self._plan.specs)
         session.create(manifest, self.overwrite, leaves)
         self._run_id = manifest.run_id
         return session
 
-    # ------------------------------------------------------------------ every step
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if not self._opened or self._loader.recorder is None:
             return
         self._stream.batch_start()
-        step = trainer.global_step
+        step = proof_step(trainer)
         epoch, indices = self._loader.recorder.pop()
         if self._ledger.batch_started(step, epoch, indices):
             self._write_checkpoint(trainer, pl_module, step, batch_idx)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Due at an epoch start: taken before the epoch-start hooks act, which a replay from it runs (docs/proof-format.md).
+        if self._opened and self._stream.state is not None and self._ledger.due(proof_step(trainer)):
+            self._write_checkpoint(trainer, pl_module, proof_step(trainer), 0)
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -258,6 +260,7 @@ class ProofOfLearning(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._plan.epoch_end(pl_module)
         if self._opened and self._loader.first_epoch is not None:
             self._commit_data()
 
@@ -272,7 +275,7 @@ class ProofOfLearning(Callback):
         if self._session is None or steps is None:
             return  # another rank of a DDP run: its indices and RNG stream went to rank 0
         peers = streams[1:] if streams is not None else None  # the other ranks' streams; ``rng`` is rank 0's
-        state, ready = snapshot_state(capture_training_state(trainer, pl_module, rng, step, batch_idx, peers))
+        state, ready = snapshot_state(capture_training_state(trainer, pl_module, rng, step, batch_idx, peers, self._plan.capture(trainer, pl_module)))
         self._session.write_checkpoint(steps, state, ready, step, trainer.current_epoch, self._ledger.recorded_epochs(), final)
 
     def _commit_data(self) -> None:
@@ -285,18 +288,21 @@ class ProofOfLearning(Callback):
             collector.merge(*part)
         self._session.commit_data(collector.leaves(self._loader.dataset))
 
-    # ------------------------------------------------------------------ fit end
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._plan.finishes_last:  # else it runs after every callback's on_train_end
+            self._finish(trainer, pl_module)
+
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Complete the proof with the state training ended in: after every replayed callback's ``on_train_end``."""
         if not self._opened:
             return
-        step = trainer.global_step
+        step = proof_step(trainer)
         if self._loader.first_epoch is not None:  # training ended within the first epoch
             self._commit_data()
         if self._stream.state is None:  # no batch ran at all
             self._stream.batch_start()
-        # The last indices become the one index-log file of a complete proof, committed with the final checkpoint.
-        if step > self._ledger.last_written:
+        if step > self._ledger.last_written:  # the last indices: one index-log file, committed with the final checkpoint
             self._write_checkpoint(trainer, pl_module, step, None)
         else:
             steps = global_steps(self._ledger.take(self._ledger.trained), self._world)
@@ -324,10 +330,9 @@ class ProofOfLearning(Callback):
     def _end_fit(self) -> None:
         if self._session is not None:
             self._session.end()
-        for instrumented in (self._loader, self._monitored):
+        for instrumented in (self._loader, self._monitored, self._plan):
             instrumented.detach()
 
-    # ------------------------------------------------------------------ state
     @override
     def state_dict(self) -> dict[str, Any]:
         if self._session is not None:  # a Lightning checkpoint must not promise uncommitted steps or files: a resume reopens the proof

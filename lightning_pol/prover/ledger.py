@@ -39,6 +39,10 @@ class StepLedger:
     def batch_started(self, step: int, epoch: int, indices: list[int]) -> bool:
         """A micro-batch of ``step`` starts; returns whether the checkpoint of ``step`` is due before it."""
         self._inflight = (step, epoch, indices)
+        return self.due(step)
+
+    def due(self, step: int) -> bool:
+        """Whether the checkpoint of ``step`` is due (and not yet taken)."""
         return step >= self.next_due and step > self.last_written
 
     def batch_ended(self) -> tuple[int, list[int]] | None:

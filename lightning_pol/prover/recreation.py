@@ -164,7 +164,9 @@ def hydra_config_node(cls: type, role: str, key: str | None) -> dict[str, Any] |
         cfg = OmegaConf.load(Path(hc.runtime.output_dir) / hc.output_subdir / "config.yaml")
         if key is None:
             found = [where for where, target in hydra_targets(OmegaConf.to_container(cfg, resolve=False))
-                     if where != "(top)" and _names(target, cls)]
+                     if where != "(top)" and names_class(target, cls)]
+            if len(found) > 1 and role == "callback":
+                raise NotRecreatableError(f"the Hydra config builds {cls.__name__} at {found}; the verifier cannot tell which is which")
             if len(found) > 1:
                 raise NotRecreatableError(f"the Hydra config builds {role} {cls.__name__} at {found}; "
                                           f"say which with ProofOfLearning({setting}=KEY)")
@@ -177,12 +179,13 @@ def hydra_config_node(cls: type, role: str, key: str | None) -> dict[str, Any] |
         config = OmegaConf.to_container(node, resolve=True)
     except (OmegaConfBaseException, OSError) as e:
         raise NotRecreatableError(f"cannot read the Hydra config that built {role} {cls.__name__} ({one_line(e)})") from None
-    if not _names(config["_target_"], cls):
+    if not names_class(config["_target_"], cls):
         raise NotRecreatableError(f"the Hydra config node {key!r} builds {config['_target_']}, not {role} {import_path(cls)}")
     return config
 
 
-def _names(target: Any, cls: type) -> bool:
+def names_class(target: Any, cls: type) -> bool:
+    """Whether a config's target string names ``cls`` (its import path, dotted path, or a re-export)."""
     if not isinstance(target, str):
         return False
     if target in (f"{cls.__module__}.{cls.__qualname__}", import_path(cls)):

@@ -21,15 +21,17 @@ from lightning_pol.format.manifest import (
     Manifest,
 )
 from lightning_pol.format.state_codec import encode_state
-from lightning_pol.prover.other_callbacks import unreplayed_callbacks
+from lightning_pol.prover.other_callbacks import CallbackPlan
 from lightning_pol.runtime.training_state import compiled_submodules
 
 
-def training_settings(trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any, recorder: Any, size: int) -> dict[str, Any]:
+def training_settings(trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any, recorder: Any, size: int,
+                      plan: CallbackPlan) -> dict[str, Any]:
     """The manifest's ``training`` (typed JSON): Trainer and loader settings, optimizers and schedulers at fit start.
 
     ``loader`` is the instrumented training DataLoader, ``recorder`` its
-    :class:`~lightning_pol.prover.instrumentation.RecordingSampler` (or None).
+    :class:`~lightning_pol.prover.instrumentation.RecordingSampler` (or None); ``plan`` the other callbacks
+    (:class:`~.other_callbacks.CallbackPlan`): those the replay does not run are recorded.
     """
     inner = recorder.inner if recorder is not None else None
     batched = recorder is not None and recorder.batched
@@ -40,7 +42,7 @@ def training_settings(trainer: pl.Trainer, pl_module: pl.LightningModule, loader
         "gradient_clip_val": trainer.gradient_clip_val,
         "gradient_clip_algorithm": trainer.gradient_clip_algorithm,
         "accumulate_grad_batches": accumulate,
-        "max_epochs": trainer.max_epochs,
+        "max_epochs": plan.max_epochs,  # as the Trainer was given it: SWA adds its BatchNorm epoch at fit start
         "max_steps": trainer.max_steps,
         "limit_train_batches": trainer.limit_train_batches,
         "num_training_batches": batches,
@@ -63,9 +65,8 @@ def training_settings(trainer: pl.Trainer, pl_module: pl.LightningModule, loader
         "lr_schedulers": [scheduler_config(c) for c in trainer.lr_scheduler_configs],
         "data_source": "datamodule" if trainer.datamodule is not None else "module",
     }
-    callbacks = unreplayed_callbacks(trainer)
-    if callbacks:  # what the replay does not run; absent: the format's first form
-        settings["callbacks"] = callbacks
+    if plan.unreplayed:  # what the replay does not run; absent: the format's first form
+        settings["callbacks"] = plan.unreplayed
     compiled = compiled_submodules(pl_module)
     if compiled:  # the replay compiles them too (the module's own setup does); absent: the format's first form
         settings["compiled"] = compiled
@@ -98,7 +99,7 @@ def _type_path(obj: Any) -> str | None:
 
 
 def new_manifest(run: dict[str, Any], module: ClassSpec, datamodule: ClassSpec | None, parent: dict[str, Any] | None,
-                 training: dict[str, Any], size: int) -> Manifest:
+                 training: dict[str, Any], size: int, callbacks: list[ClassSpec] | None = None) -> Manifest:
     """The manifest of a new proof, before its first checkpoint. ``run`` holds the callback's ``seed``,
     ``every_n_steps``, ``init_strategy`` and ``init_params``."""
     return Manifest(
@@ -110,6 +111,7 @@ def new_manifest(run: dict[str, Any], module: ClassSpec, datamodule: ClassSpec |
         parent=parent,
         module=module,
         datamodule=datamodule,
+        callbacks=list(callbacks or []),
         training=training,
         environment=environment(),
         data=DataCommitment(size),

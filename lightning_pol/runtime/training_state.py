@@ -56,14 +56,24 @@ def compiled_submodules(module: torch.nn.Module) -> list[str]:
             if isinstance(sub, OptimizedModule) or getattr(sub, "_compiled_call_impl", None) is not None]
 
 
+def proof_step(trainer: pl.Trainer) -> int:
+    """The proof's step: Lightning's ``global_step`` under automatic optimization; under manual optimization,
+    where Lightning counts every ``optimizer.step()`` (a GAN steps two optimizers a batch), the training
+    batches run (docs/proof-format.md, "Steps")."""
+    if trainer.lightning_module.automatic_optimization:
+        return trainer.global_step
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
 def capture_training_state(
     trainer: pl.Trainer, pl_module: pl.LightningModule, rng: dict[str, Any], step: int, batch_idx: int | None,
-    peer_rng: list[dict[str, Any]] | None = None,
+    peer_rng: list[dict[str, Any]] | None = None, callbacks: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Everything needed to replay from this point: see "Checkpoint files" in docs/proof-format.md.
 
     ``rng`` is the training RNG stream (rank 0's under DDP); ``peer_rng`` the
-    streams of DDP ranks 1..W-1, stored only for a multi-process run.
+    streams of DDP ranks 1..W-1, stored only for a multi-process run; ``callbacks`` the states of the
+    callbacks the replay runs (:mod:`.replayed_callbacks`), stored only when there are some.
     """
     scaler = getattr(trainer.precision_plugin, "scaler", None)
     state = {
@@ -76,8 +86,12 @@ def capture_training_state(
         "rng": portable_rng_states(rng),
         "progress": {"global_step": step, "epoch": trainer.current_epoch, "batch_idx": batch_idx},
     }
+    if trainer.global_step != step:  # manual optimization counting more than one optimizer step a batch
+        state["progress"]["optimizer_steps"] = trainer.global_step
     if peer_rng is not None:
         state["peer_rng"] = [portable_rng_states(r) for r in peer_rng]
+    if callbacks:
+        state["callbacks"] = callbacks
     return state
 
 
@@ -112,3 +126,54 @@ def snapshot_state(state: Any) -> tuple[Any, Any]:
     if event is not None:
         event.record()
     return out, event
+
+
+#: The suffixes ``torch.nn.utils.prune`` gives a pruned tensor's parameter and mask.
+_ORIG, _MASK = "_orig", "_mask"
+
+
+def pruned_like(module: torch.nn.Module, state: dict[str, Any]) -> None:
+    """Reparametrize the fresh ``module`` as pruning left the one ``state`` was taken of (``weight_orig`` and
+    ``weight_mask`` in place of ``weight``), so the state loads. Each pruned parameter keeps its place among its
+    module's parameters: ``configure_optimizers`` then lists them in the order training's did, before pruning."""
+    from torch.nn.utils import prune
+
+    for key in state:
+        if not key.endswith(_ORIG) or key[: -len(_ORIG)] + _MASK not in state:
+            continue
+        owner, _, name = key[: -len(_ORIG)].rpartition(".")
+        sub = module.get_submodule(owner) if owner else module
+        if name not in sub._parameters:
+            continue
+        order = list(sub._parameters)
+        prune.identity(sub, name)
+        params = sub._parameters
+        sub._parameters = type(params)((n + _ORIG if n == name else n, params[n + _ORIG if n == name else n]) for n in order)
+
+
+def effective_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """A model state with each pruned tensor as the network computes it (``orig * mask`` under its own name), so
+    states before and after pruning compare."""
+    if not any(k.endswith(_MASK) for k in state):
+        return state
+    out = {}
+    for key, value in state.items():
+        base = key[: -len(_ORIG)] if key.endswith(_ORIG) else key[: -len(_MASK)] if key.endswith(_MASK) else None
+        if base is not None and base + _ORIG in state and base + _MASK in state:
+            if key.endswith(_ORIG):
+                out[base] = value * state[base + _MASK]
+            continue
+        out[key] = value
+    return out
+
+
+def prune_on_load(module: pl.LightningModule) -> None:
+    """Make Lightning's checkpoint restore of ``module`` reparametrize it as the checkpoint was pruned
+    (:func:`pruned_like`): after the setup hooks, which see it as training's saw it at fit start (unpruned)."""
+    original = module.on_load_checkpoint
+
+    def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+        pruned_like(module, checkpoint["state_dict"])
+        original(checkpoint)
+
+    module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]

@@ -19,11 +19,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from lightning_pol.format.classes import NotRecreatableError
 from lightning_pol.format.manifest import ClassSpec
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.runtime.recreation import apply_overrides, builder, gated
+from lightning_pol.runtime.replayed_callbacks import replayable_callback
 
 
 def declared_class(root: str | os.PathLike[str], path: Any, base: type | None, what: str) -> type:
@@ -36,7 +38,7 @@ def declared_class(root: str | os.PathLike[str], path: Any, base: type | None, w
     return cls
 
 
-def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, type]:
+def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Every class the proof names, each through the gate, before any of them is called.
 
     Returns the module's and the datamodule's (keys ``module``, ``datamodule``); their recorded configs'
@@ -74,7 +76,25 @@ def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, A
             except (RecursionError, TypeError) as e:  # nested past Python's stack, or keys that do not compare
                 raise NotRecreatableError(f"the proof's {role} recipe cannot be read ({type(e).__name__})") from None
             _local_paths_exist(spec, arguments, role)
-    return {k: v for k, v in classes.items() if k in ("module", "datamodule")}
+    found: dict[str, Any] = {k: v for k, v in classes.items() if k in ("module", "datamodule")}
+    found["callbacks"] = [_callback_class(reader, i, spec) for i, spec in enumerate(m.callbacks)]
+    return found
+
+
+def _callback_class(reader: ProofReader, i: int, spec: ClassSpec) -> type:
+    """A callback the replay runs (the manifest's ``callbacks``): a Lightning Callback, its recipe's targets gated."""
+    what = f"callback {i}"
+    cls = declared_class(reader.root, spec.import_path, Callback, what)
+    if not replayable_callback(cls):
+        raise NotRecreatableError(f"the proof's {what} {spec.import_path!r} is not a callback the prover replays (one of "
+                                  f"Lightning's that change training, or the project's own); the verifier will not run it")
+    if spec.instantiator == "lightning_cli":
+        raise NotRecreatableError(f"the proof's {what} names the lightning_cli instantiator, which builds modules only")
+    try:
+        builder(spec.instantiator, cls, _decoded(spec, what), reader.root, what)  # gates every nested target; calls nothing
+    except (RecursionError, TypeError) as e:
+        raise NotRecreatableError(f"the proof's {what} recipe cannot be read ({type(e).__name__})") from None
+    return cls
 
 
 def _decoded(spec: ClassSpec, role: str) -> dict[str, Any]:

@@ -31,7 +31,9 @@ def check_hyperparameters(verifier: PoLVerifierModule, steps: list[int], state: 
         for i, (d, s) in enumerate(zip(declared["optimizers"], w0["optimizers"])):
             if not _close(_group_hparams(d), _group_hparams(s)):
                 problems.append(f"W_0's optimizer {i} hyperparameters {_group_hparams(s)} differ from the declared {_group_hparams(d)}")
-        if len(declared["lr_schedulers"]) != len(w0["lr_schedulers"]):
+        if verifier.manifest.callbacks:  # replayed callbacks may swap them before W_0 (SWA): replay checks them
+            pass
+        elif len(declared["lr_schedulers"]) != len(w0["lr_schedulers"]):
             problems.append("W_0 does not hold the schedulers configure_optimizers declares")
         else:
             for i, (d, s) in enumerate(zip(declared["lr_schedulers"], w0["lr_schedulers"])):
@@ -65,6 +67,8 @@ def _simulate_schedule(verifier: PoLVerifierModule, declared: dict[str, Any], st
     """Step the declared schedulers alone (no training) and compare with every checkpoint's optimizer groups."""
     configs = verifier.training.get("lr_schedulers") or []
     opt_configs = verifier.training.get("optimizers") or []
+    if verifier.manifest.callbacks:  # they change the schedule (SWA) and the groups (fine-tuning): replay checks it
+        return False
     if len(declared["optimizers"]) != 1 or len(opt_configs) != 1:
         return False
     if any(c.get("frequency") != 1 or c.get("interval") not in ("step", "epoch") for c in configs):

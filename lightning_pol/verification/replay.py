@@ -26,6 +26,13 @@ from lightning_pol.runtime.loader_hook import (
     patch_train_dataloader,
 )
 from lightning_pol.runtime.recreation import recreate
+from lightning_pol.runtime.replayed_callbacks import (
+    AfterAll,
+    callbacks_epoch_end,
+    capture_callbacks,
+    lightning_states,
+    restore_callbacks,
+)
 from lightning_pol.runtime.rng import TrainingStream, restore_refusal
 from lightning_pol.runtime.seeded_data import SeededDataset
 from lightning_pol.runtime.training_state import (
@@ -33,6 +40,8 @@ from lightning_pol.runtime.training_state import (
     compiled_submodules,
     load_model_state,
     load_under_live_keys,
+    proof_step,
+    prune_on_load,
     snapshot_state,
 )
 from lightning_pol.verification.gate import declared_classes
@@ -194,10 +203,13 @@ class EmulatedRanks:
     def peer_rng(self) -> list[dict[str, Any]] | None:
         return [s.state for s in self.streams[1:]] if self.world_size > 1 else None  # type: ignore[misc]
 
-    def capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, batch_idx: int | None) -> dict[str, Any]:
-        """The state as the prover's rank 0 captured it (its batch position counts its own batches)."""
+    def capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, batch_idx: int | None,
+                callbacks: list[Callback] | None = None) -> dict[str, Any]:
+        """The state as the prover's rank 0 captured it (its batch position counts its own batches), with the
+        replayed ``callbacks``' states."""
         position = None if batch_idx is None else batch_idx // self.world_size
-        return capture_training_state(trainer, pl_module, self.rng, step, position, self.peer_rng)
+        states = capture_callbacks(callbacks, trainer, pl_module) if callbacks else None
+        return capture_training_state(trainer, pl_module, self.rng, step, position, self.peer_rng, states)
 
 
 class PlateauFeed:
@@ -206,7 +218,7 @@ class PlateauFeed:
     Lightning steps a ``ReduceLROnPlateau`` config with a monitored metric, which the replay does not compute
     (it runs no validation) or computes over part of an epoch only; so its own plateau stepping is switched
     off, and each recorded value is handed to the module's ``lr_scheduler_step`` hook, as in training, when
-    the replay starts the step it was consumed before (``trainer.global_step`` equals its ``step``), or at the
+    the replay starts the step it was consumed before (the proof's step equals its ``step``), or at the
     end of training. A checkpoint of step t already holds what was consumed at step t.
     """
 
@@ -247,9 +259,14 @@ class PlateauFeed:
 
 
 class _ReplayCallback(Callback):
+    """Drives one replay; first of the replay Trainer's callbacks, as ProofOfLearning was first of training's,
+    then the replayed callbacks (:attr:`callbacks`), then an :class:`AfterAll` that takes the final state."""
+
     def __init__(self, owner: PoLVerifierModule, state: dict[str, Any] | None, end_step: int, final: bool, sampler: ReplaySampler) -> None:
         self.owner = owner
+        self.callbacks = owner.make_callbacks()
         self.ranks = owner.emulated_ranks(state)
+        self._restore = state  # the replayed callbacks' extras are put back at the first batch
         self.end_step = end_step
         self.final = final
         self.sampler = sampler
@@ -298,12 +315,39 @@ class _ReplayCallback(Callback):
                 "lr_schedulers": [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs],
             }
             raise _SegmentDone
-        self.plateau.attach(trainer, pl_module, trainer.global_step, self.end_step)
+        self.plateau.attach(trainer, pl_module, proof_step(trainer), self.end_step)
+        if self._restore is not None and not self._restore["progress"].get("batch_idx"):
+            self._restore_callbacks(trainer, pl_module)  # at an epoch start: before its hooks act, as in training
+
+    def _restore_callbacks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Put back what the replayed callbacks' Lightning resume does not (:mod:`~lightning_pol.runtime.replayed_callbacks`):
+        at an epoch start before its hooks, mid-epoch at the first batch (after the callbacks' ``on_train_start``)."""
+        state, self._restore = self._restore, None
+        if state is not None and self.callbacks:
+            mid_epoch = bool(state["progress"].get("batch_idx"))
+            with prover_code("a replayed callback, restored from the proof's state,"):
+                restore_callbacks(self.callbacks, state.get("callbacks") or [], trainer, pl_module, mid_epoch)
+
+    @_verifier_code
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The prover takes a checkpoint due at an epoch start before the epoch-start hooks act.
+        step = proof_step(trainer)
+        if step == self.end_step and not self.final and step != self._started_step:
+            self.plateau.feed(trainer, pl_module, step)
+            self.captured = self.capture(trainer, pl_module, step, 0)
+            raise _SegmentDone
+
+    def trainer_callbacks(self) -> list[Callback]:
+        return [self, *self.callbacks, AfterAll(self.finish)] if self.callbacks else [self]
+
+    def capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, batch_idx: int | None) -> dict[str, Any]:
+        return self.ranks.capture(trainer, pl_module, step, batch_idx, self.callbacks)
 
     def _step_started(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_idx: int) -> int | None:
         """At every batch start: feed the plateau schedulers what was consumed before a new step (outside the
         training stream, as in training), restore the stream; returns the step when this batch starts a new one."""
-        step = trainer.global_step
+        self._restore_callbacks(trainer, pl_module)
+        step = proof_step(trainer)
         if step != self._started_step:
             self.plateau.feed(trainer, pl_module, step)
         self.ranks.batch_start(pl_module, batch_idx)
@@ -316,7 +360,7 @@ class _ReplayCallback(Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         step = self._step_started(trainer, pl_module, batch_idx)
         if step is not None and step == self.end_step and not self.final:
-            self.captured = self.ranks.capture(trainer, pl_module, step, batch_idx)
+            self.captured = self.capture(trainer, pl_module, step, batch_idx)
             raise _SegmentDone
 
     @_verifier_code
@@ -330,6 +374,8 @@ class _ReplayCallback(Callback):
 
     @_verifier_code
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with prover_code("a replayed callback"):
+            callbacks_epoch_end(self.callbacks, pl_module)
         # The run ended after its last recorded batch, whatever ended it: max_steps, max_epochs, or a
         # callback the replay does not have (EarlyStopping, max_time). With unbounded epochs only
         # this stop ends the replay; otherwise it would start empty epochs forever.
@@ -338,9 +384,15 @@ class _ReplayCallback(Callback):
 
     @_verifier_code
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.plateau.feed(trainer, pl_module, trainer.global_step)
-        if self.final and trainer.global_step == self.end_step:
-            self.captured = self.ranks.capture(trainer, pl_module, trainer.global_step, None)
+        self.plateau.feed(trainer, pl_module, proof_step(trainer))
+        if not self.callbacks:
+            self.finish(trainer, pl_module)
+
+    @_verifier_code
+    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The state training ended in, after every callback's ``on_train_end``."""
+        if self.final and proof_step(trainer) == self.end_step:
+            self.captured = self.capture(trainer, pl_module, proof_step(trainer), None)
 
 
 class _ChainCallback(_ReplayCallback):
@@ -358,14 +410,24 @@ class _ChainCallback(_ReplayCallback):
         self.position = 0  # index in boundaries of the segment being replayed
 
     @_verifier_code
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = proof_step(trainer)
+        if step != self._started_step and step == self.boundaries[self.position + 1]:
+            self.plateau.feed(trainer, pl_module, step)
+            self._reached(trainer, pl_module, step, 0, epoch_start=True)
+
+    @_verifier_code
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         step = self._step_started(trainer, pl_module, batch_idx)
-        if step is None or step != self.boundaries[self.position + 1]:
-            return
+        if step is not None and step == self.boundaries[self.position + 1]:
+            self._reached(trainer, pl_module, step, batch_idx, epoch_start=False)
+
+    def _reached(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, batch_idx: int, epoch_start: bool) -> None:
+        """At a boundary: hand over the replayed state, then re-seat the recorded one (or stop at the last)."""
         last = self.position + 2 == len(self.boundaries)
         if last and self.final:
             return
-        state, ready = snapshot_state(self.ranks.capture(trainer, pl_module, step, batch_idx))
+        state, ready = snapshot_state(self.capture(trainer, pl_module, step, batch_idx))
         if ready is not None:
             ready.synchronize()
         self.on_segment(self.boundaries[self.position], step, state)
@@ -376,13 +438,13 @@ class _ChainCallback(_ReplayCallback):
         recorded = self.recorded(step)
         _reseat(trainer, pl_module, recorded, step)
         self.ranks = self.owner.emulated_ranks(recorded)
-        self.ranks.batch_start(pl_module, batch_idx)
+        if not epoch_start:  # at an epoch start, the batch's own start restores the stream
+            self.ranks.batch_start(pl_module, batch_idx)
 
     @_verifier_code
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.plateau.feed(trainer, pl_module, trainer.global_step)
-        if self.final and trainer.global_step == self.end_step and self.position + 2 == len(self.boundaries):
-            self.captured = self.ranks.capture(trainer, pl_module, trainer.global_step, None)
+    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.final and proof_step(trainer) == self.end_step and self.position + 2 == len(self.boundaries):
+            self.captured = self.capture(trainer, pl_module, proof_step(trainer), None)
             self.on_segment(self.boundaries[self.position], self.end_step, self.captured)
             self.position += 1
 
@@ -447,6 +509,7 @@ class PoLVerifierModule:
         self.log: IndexLog = index_log if index_log is not None else reader.index_log()
         self._module_cls = classes["module"]
         self._dm_cls = classes.get("datamodule")
+        self._callback_classes: list[type] = classes.get("callbacks", [])
         self.epoch_runs = [(int(a), int(b)) for a, b in self.manifest.sample_epochs]
         self._training_loader: Any = None
         #: The submodules the last replay's module compiled (its setup does, when training's did).
@@ -487,6 +550,14 @@ class PoLVerifierModule:
             return None
         with prover_code(f"the proof's datamodule {spec.import_path}"):
             return recreate(spec, self._dm_cls, self.reader.root, self.overrides.get("datamodule"), "datamodule")
+
+    def make_callbacks(self) -> list[Callback]:
+        """The callbacks training ran that the replay runs, re-created from their recipes (already gated)."""
+        built = []
+        for spec, cls in zip(self.manifest.callbacks, self._callback_classes):
+            with prover_code(f"the proof's callback {spec.import_path}"):
+                built.append(recreate(spec, cls, self.reader.root, None, "callback"))
+        return built
 
     def training_loader(self) -> Any:
         """The re-created training DataLoader, as the prover's run built it (before instrumentation).
@@ -533,7 +604,7 @@ class PoLVerifierModule:
     def _trainer(self, callback: Callback) -> pl.Trainer:
         """A Trainer with the proof's training settings (``training``): what Lightning refuses of them is the proof's."""
         with prover_code("Lightning, given the proof's training settings,"):
-            return pl.Trainer(callbacks=[callback], **self._trainer_kwargs())
+            return pl.Trainer(callbacks=callback.trainer_callbacks(), **self._trainer_kwargs())
 
     def _trainer_kwargs(self) -> dict[str, Any]:
         t = self.training
@@ -557,14 +628,15 @@ class PoLVerifierModule:
             deterministic=self.deterministic if self.deterministic is not None else (bool(t.get("deterministic")) or None),
         )
 
-    def _loops_state(self, trainer: pl.Trainer, step: int, epoch: int, batch_idx: int) -> dict[str, Any]:
+    def _loops_state(self, trainer: pl.Trainer, step: int, epoch: int, batch_idx: int, optimizer_steps: int) -> dict[str, Any]:
         """Loop counters as Lightning would have saved them just before ``step``.
 
         At an epoch start (``batch_idx == 0``) they are those of a checkpoint
         saved in ``on_train_epoch_start``, so the epoch-start hooks run again as
         they did; mid-epoch, those of a checkpoint saved in ``on_train_batch_end``
         of the previous batch. ``batch_progress.total`` counts every micro-batch
-        before ``step``, as Lightning's accumulation and scheduler logic expect.
+        before ``step``, as Lightning's accumulation and scheduler logic expect. ``optimizer_steps`` is Lightning's
+        ``global_step``: the proof's step, or under manual optimization the ``optimizer.step()`` calls before it.
         """
         sd = trainer.fit_loop.state_dict()
 
@@ -587,7 +659,7 @@ class PoLVerifierModule:
         for part in ("total", "current"):
             put(opt["step"], part, ready=step, completed=step)
             put(opt["zero_grad"], part, ready=step, started=step, completed=step)
-            put(sd["epoch_loop.manual_optimization.optim_step_progress"], part, ready=step, completed=step)
+            put(sd["epoch_loop.manual_optimization.optim_step_progress"], part, ready=optimizer_steps, completed=optimizer_steps)
         return sd
 
     def declared_optimizers(self) -> dict[str, Any]:
@@ -670,19 +742,23 @@ class PoLVerifierModule:
             raise ReplayError(f"checkpoint {start} has no batch position to resume from")
         batch_idx *= self.world_size  # rank 0's batches; the replay runs every rank's
         epoch = int(progress["epoch"])
+        optimizer_steps = progress.get("optimizer_steps", start)
+        if not isinstance(optimizer_steps, int) or isinstance(optimizer_steps, bool) or optimizer_steps < start:
+            raise ReplayError(f"checkpoint {start} records {optimizer_steps!r} optimizer steps, fewer than its steps")
         with _quiet_lightning():
             trainer = self._trainer(callback)
         module = self.make_module()
+        prune_on_load(module)
         if self.training.get("compiled"):  # its setup compiles it before Lightning restores the state
             load_under_live_keys(module)
         datamodule = self.make_datamodule()
         ckpt = {
             "epoch": epoch,
-            "global_step": start,
+            "global_step": optimizer_steps,
             "pytorch-lightning_version": pl.__version__,
             "state_dict": state["model"],
-            "loops": {"fit_loop": self._loops_state(trainer, start, epoch, batch_idx)},
-            "callbacks": {},
+            "loops": {"fit_loop": self._loops_state(trainer, start, epoch, batch_idx, optimizer_steps)},
+            "callbacks": lightning_states(callback.callbacks, state.get("callbacks") or []),
             "optimizer_states": state["optimizers"],
             "lr_schedulers": state["lr_schedulers"],
         }

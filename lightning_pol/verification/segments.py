@@ -58,7 +58,7 @@ class Judge:
 
 def comparable(state: Mapping[str, Any]) -> dict[str, Any]:
     """What a replay must reproduce: the whole state, its counters (epoch, batch index) included."""
-    return {k: state.get(k) for k in ("model", "optimizers", "lr_schedulers", "grad_scaler", "rng", "peer_rng", "progress")}
+    return {k: state.get(k) for k in ("model", "optimizers", "lr_schedulers", "grad_scaler", "rng", "peer_rng", "callbacks", "progress")}
 
 
 def chains(segments: list[Segment]) -> list[list[Segment]]:
@@ -104,7 +104,9 @@ def replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state:
         count(seg)
 
     tell(None)
-    for chain in chains(segments):
+    # A replayed callback keeps state a running fit cannot be re-seated into (param groups it added, SWA's
+    # scheduler): each segment of such a proof is a fit of its own.
+    for chain in chains(segments) if not verifier.manifest.callbacks else [[seg] for seg in segments]:
         by_start = {seg.start_step: seg for seg in chain}
         finished: set[int] = set()
 
