@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from lightning_pol.errors import PoLError
+from lightning_pol.runtime.training_state import effective_weights
 
 METRICS = ("l1", "l2", "linf", "cos")
 
@@ -28,8 +29,10 @@ def distances(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> d
     """``{l1, l2, linf, cos}`` between two state_dicts with the same keys and shapes.
 
     Cosine distance is ``1 - <a,b> / (|a| |b|)`` of the flattened states (0 when
-    both are zero).
+    both are zero). A pruned tensor counts as the network computes it (``orig * mask``), so a state
+    before pruning and one after compare.
     """
+    a, b = effective_weights(dict(a)), effective_weights(dict(b))
     if set(a) != set(b):
         raise StateMismatchError("the states have different keys")
     for k in a:
