@@ -94,9 +94,10 @@ from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 from lightning_pol.errors import PoLError
 from lightning_pol.format.manifest import INIT_STRATEGIES
 
-#: The strategies a fresh start may declare: the format's public list, less ``warm_start``
-#: (a warm start is checked through its parent proof, not by a statistical test).
-STRATEGIES: tuple[str, ...] = tuple(s for s in INIT_STRATEGIES if s != "warm_start")
+#: The strategies a fresh start may declare: the format's public list, less ``warm_start`` (checked through
+#: its parent proof, not by a statistical test) and ``pretrained`` (published weights, and a fresh strategy
+#: of this list for the rest).
+STRATEGIES: tuple[str, ...] = tuple(s for s in INIT_STRATEGIES if s not in ("warm_start", "pretrained"))
 
 _PARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     "pytorch_default": {},
@@ -343,6 +344,25 @@ def initialize(module: nn.Module, name: str, **params: Any) -> nn.Module:
 # ----------------------------------------------------------------- check
 
 
+def start_from(module: nn.Module, weights: str, prefix: str = "", fresh: str = "pytorch_default",
+               fresh_params: dict[str, Any] | None = None, redraw: list[str] | tuple[str, ...] = ()) -> nn.Module:
+    """A pretrained start: draw ``module`` from ``fresh``, then load every tensor of the weights file whose key,
+    under ``prefix``, the module has with the same shape, except those under a ``redraw`` prefix (a new head
+    keeps its fresh draw). Declare it with the same arguments: ``ProofOfLearning(init_strategy="pretrained",
+    init_params={"weights": weights, "prefix": prefix, "redraw": [...]})``."""
+    from lightning_pol.format.pretrained import read_weights
+
+    initialize(module, fresh, **(fresh_params or {}))
+    _, tensors = read_weights(weights)
+    state = module.state_dict()
+    taken = {prefix + k: v for k, v in tensors.items()
+             if prefix + k in state and state[prefix + k].shape == v.shape and not (prefix + k).startswith(tuple(redraw))}
+    if not taken:
+        raise PoLError(f"no tensor of {weights} fits the module under prefix {prefix!r}; give the prefix that maps its keys")
+    module.load_state_dict(taken, strict=False)
+    return module
+
+
 def _dequantize(values: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     """Spread each low-precision value uniformly over its rounding interval.
 
@@ -403,11 +423,12 @@ def _orthogonal_check(name: str, t: torch.Tensor, gain: float) -> tuple[LayerChe
 
 
 def check_initialization(
-    module: nn.Module, name: str, alpha: float = 0.01, bonferroni: bool = True, **params: Any,
+    module: nn.Module, name: str, alpha: float = 0.01, bonferroni: bool = True, only: set[str] | None = None, **params: Any,
 ) -> InitCheck:
     """Test whether the module's current parameters and buffers look freshly drawn from strategy ``name``.
 
-    Deterministic (no RNG is consumed). See the module docstring for the rules.
+    Deterministic (no RNG is consumed). See the module docstring for the rules. ``only``: the state_dict
+    names tested (a pretrained start's fresh tensors; Bonferroni then counts those tests only).
     """
     p = _resolve(name, params)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
@@ -426,6 +447,8 @@ def check_initialization(
         jobs.append(_KSJob(len(layers) - 1, values, cdf, what))
 
     for key, local, mod, tensor in _direct_tensors(module):
+        if only is not None and key not in only:
+            continue
         pieces = _rules(mod, local, tensor, name, p)
         if isinstance(pieces, str):
             layers.append(LayerCheck(key, "unsupported", None, None, False, pieces))

@@ -25,6 +25,9 @@ EXPECTED = {
     "adversarial_examples": "data",
     "lucky_init": "initialization",
     "stolen_finetune": "initialization",
+    "stolen_as_root": "initialization",  # the root is not one the verifier trusts
+    "lucky_init_pretrained": "initialization",  # W_0 claimed from a trusted root it is not
+    "stolen_finetune_pretrained": "initialization",
     "data_substitution": "replay",
 }
 #: Attacks that claim the victim's own final weights W_T (the others claim a model of their own).
@@ -101,7 +104,8 @@ def test_tolerance_reopens_the_infinitesimal_update(suite):
     assert not inf["details"]["capped"] and inf["details"]["spacing_l2"] < 0.5
     assert inf["verdict"] == "accepted", inf["reasons"]
     assert tolerant["honest"]["verdict"] == "accepted"
-    for name in ("retraining", "structurally_correct", "adversarial_examples", "lucky_init", "stolen_finetune", "data_substitution"):
+    for name in ("retraining", "structurally_correct", "adversarial_examples", "lucky_init", "stolen_finetune", "data_substitution",
+                 "stolen_as_root", "lucky_init_pretrained", "stolen_finetune_pretrained"):
         assert tolerant[name]["verdict"] == "rejected", name
     from lightning_pol import verify_proof
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_pol.apps import CONF_DIR, exit_code
 from lightning_pol.apps.verify import REPORT, verify_and_report
 from lightning_pol.format.reader import ProofReader
-from lightning_pol.init import initialize
+from lightning_pol.init import initialize, start_from
 from lightning_pol.verification.settings import VerifierSettings
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,10 @@ def _train(cfg: DictConfig, out: Path) -> int:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     init_params = OmegaConf.to_container(cfg.init.params) or {}
     model = instantiate(cfg.model)
-    initialize(model, str(cfg.init.strategy), **init_params)
+    if cfg.init.strategy == "pretrained":  # the published weights, and a fresh draw for the rest
+        start_from(model, **init_params)
+    else:
+        initialize(model, str(cfg.init.strategy), **init_params)
     datamodule = instantiate(cfg.data)
     dirpath = Path(cfg.pol.dirpath)
     if not dirpath.is_absolute():

@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> int:
     def body() -> int:
         if proof_dir is None:
             raise PoLError("no proof to verify: pass proof_dir=DIR")
-        settings = VerifierSettings.from_config(cfg.verifier, registry=cfg.get("registry"), parents=cfg.get("parents"),
+        settings = VerifierSettings.from_config(cfg.verifier, registry=cfg.get("registry"), parents=cfg.get("parents"), roots=cfg.get("roots"),
                                                 module_overrides=cfg.get("module_overrides"),
                                                 datamodule_overrides=cfg.get("datamodule_overrides"))
         if multirun and settings.seed is None:  # every shard of a sweep selects with the sweep's one seed

@@ -21,6 +21,11 @@ from lightning_pol.attacks.interpolation import (
     infinitesimal_update,
     structurally_correct,
 )
+from lightning_pol.attacks.pretrained import (
+    lucky_init_pretrained,
+    stolen_as_root,
+    stolen_finetune_pretrained,
+)
 from lightning_pol.attacks.retraining import data_substitution, retraining
 from lightning_pol.attacks.toolkit import Setup
 from lightning_pol.attacks.victim import Spoof, Victim
@@ -34,6 +39,9 @@ ATTACKS: dict[str, Callable[..., Spoof]] = {
     "adversarial_examples": adversarial_examples,
     "lucky_init": lucky_init,
     "stolen_finetune": stolen_finetune,
+    "stolen_as_root": stolen_as_root,
+    "lucky_init_pretrained": lucky_init_pretrained,
+    "stolen_finetune_pretrained": stolen_finetune_pretrained,
     "data_substitution": data_substitution,
 }
 

@@ -164,7 +164,8 @@ def _attack_rows(victim: Victim, out: Path, names: Sequence[str], params: Mappin
     for name in names:
         say(f"{name}: building the spoof")
         spoof = ATTACKS[name](victim, out / name, **params.get(name, {}))
-        report = verify_proof(spoof.proof, verifier, progress=_replaying(say, name))
+        settings = verifier.replace(roots=spoof.roots) if spoof.roots is not None else verifier
+        report = verify_proof(spoof.proof, settings, progress=_replaying(say, name))
         details = dict(spoof.details)
         if name == "blindfold_topq":
             say(f"{name}: verifying with top-Q alone and {trials} verifier seeds")

@@ -37,3 +37,5 @@ class Spoof:
     proof: Path
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)
+    #: A weights file the verifier trusts as a root for this spoof (a published model it claims to start from).
+    roots: Path | None = None

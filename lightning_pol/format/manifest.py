@@ -40,6 +40,7 @@ INIT_STRATEGIES = (
     "orthogonal",
     "normal",
     "warm_start",
+    "pretrained",
 )
 
 _ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)", re.ASCII)

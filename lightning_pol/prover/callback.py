@@ -42,6 +42,7 @@ from lightning_pol.prover.instrumentation import LoaderInstrumentation
 from lightning_pol.prover.ledger import StepLedger
 from lightning_pol.prover.monitored import MonitoredValues
 from lightning_pol.prover.other_callbacks import CallbackPlan
+from lightning_pol.prover.pretrained import check_params, pretrained_declaration
 from lightning_pol.prover.recreation import recreation_record
 from lightning_pol.prover.rehearsal import Rehearsal
 from lightning_pol.prover.run_record import new_manifest, training_settings
@@ -79,7 +80,7 @@ class ProofOfLearning(Callback):
         dirpath: directory of the proof; empty or absent (or this run's proof when resuming with ``ckpt_path``).
         every_n_steps: k, the checkpoint interval in optimizer steps.
         init_strategy: the declared initialization, one of :data:`lightning_pol.INIT_STRATEGIES`.
-        init_params: parameters of the strategy (``{"std": 0.02}`` for ``normal``).
+        init_params: parameters of the strategy (``{"std": 0.02}`` for ``normal``; ``weights``, ``prefix``, ``fresh`` for ``pretrained``).
         seed: the proof seed of the batches' randomness; by default
             ``torch.initial_seed()``, so ``seed_everything`` makes runs repeatable.
         overwrite: replace a proof already in ``dirpath``.
@@ -120,7 +121,7 @@ class ProofOfLearning(Callback):
         datamodule_config: str | None = None,
         strict_callbacks: bool = False,
     ) -> None:
-        _validate_arguments(every_n_steps, init_strategy, parent, seed, max_pending, commit_every_s)
+        _validate_arguments(every_n_steps, init_strategy, parent, seed, max_pending, commit_every_s, init_params)
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
         self.init_strategy = init_strategy
@@ -218,7 +219,7 @@ class ProofOfLearning(Callback):
         elif size:
             sample_leaf(dataset, 0)  # a sample that cannot be hashed stops the run here, not in a worker
         run = {"seed": self._proof_seed(), "every_n_steps": self.every_n_steps,
-               "init_strategy": self.init_strategy, "init_params": self.init_params}
+               "init_strategy": self.init_strategy, "init_params": _declared_params(self.init_strategy, self.init_params, pl_module)}
         training = training_settings(trainer, pl_module, self._loader.loader, self._loader.recorder, size, self._plan)
         manifest = new_manifest(run, self._specs["module"], self._specs["datamodule"], self._specs["parent"], training, size, self._plan.specs)
         session.create(manifest, self.overwrite, leaves)
@@ -370,9 +371,10 @@ def _log_progress(trainer: pl.Trainer, pl_module: pl.LightningModule, session: P
     return -1
 
 
-def _validate_arguments(every_n_steps: Any, init_strategy: str, parent: Any, seed: Any, max_pending: Any, commit_every_s: Any) -> None:
+def _validate_arguments(every_n_steps: Any, init_strategy: str, parent: Any, seed: Any, max_pending: Any, commit_every_s: Any,
+                        init_params: dict[str, Any] | None = None) -> None:
     _validate_positive_int("every_n_steps", every_n_steps)
-    _validate_init(init_strategy, parent)
+    _validate_init(init_strategy, parent, init_params)
     if seed is not None and not 0 <= int(seed) < 2**63:
         raise PoLError(f"seed must be in [0, 2**63), got {seed}")
     _validate_positive_int("max_pending", max_pending)
@@ -385,9 +387,16 @@ def _validate_positive_int(name: str, value: Any) -> None:
         raise PoLError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _validate_init(init_strategy: str, parent: Any) -> None:
+def _declared_params(init_strategy: str, init_params: dict[str, Any], pl_module: pl.LightningModule) -> dict[str, Any]:
+    """The manifest's ``init.params``: as given, or for a pretrained start what W_0 takes from the weights (:mod:`.pretrained`)."""
+    return pretrained_declaration(pl_module, init_params) if init_strategy == "pretrained" else init_params
+
+
+def _validate_init(init_strategy: str, parent: Any, init_params: dict[str, Any] | None = None) -> None:
     if init_strategy not in INIT_STRATEGIES:
         raise PoLError(f"unknown init_strategy {init_strategy!r}; choose one of {list(INIT_STRATEGIES)}")
+    if init_strategy == "pretrained":
+        check_params(init_params or {})
     if (init_strategy == "warm_start") != (parent is not None):
         raise PoLError(
             "a warm start names the proof of its weights: pass parent=PARENT_PROOF_DIR with init_strategy='warm_start'"

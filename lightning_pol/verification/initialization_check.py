@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,12 +11,16 @@ import torch
 from lightning_pol import init as strategies
 from lightning_pol.errors import PoLError, one_line
 from lightning_pol.runtime.training_state import model_state
+from lightning_pol.verification.pretrained_check import check_pretrained
+from lightning_pol.verification.registry import Registry
 from lightning_pol.verification.replay import PoLVerifierModule, prover_code
 from lightning_pol.verification.report import InitializationCheck, Report
 
 
-def check_initialization(verifier: PoLVerifierModule, w0: dict[str, Any], report: Report) -> None:
-    """W_0 against the declared strategy (a warm start is checked through the chain instead)."""
+def check_initialization(verifier: PoLVerifierModule, w0: dict[str, Any], report: Report,
+                         registry: Registry | None = None, roots: str | os.PathLike[str] | None = None) -> None:
+    """W_0 against the declared strategy (a warm start is checked through the chain instead; a pretrained start
+    against the trusted root in ``registry`` or the file ``roots``, and its fresh tensors' strategy)."""
     name = verifier.manifest.init.strategy
     try:
         params = verifier.manifest.init.arguments()
@@ -26,6 +31,12 @@ def check_initialization(verifier: PoLVerifierModule, w0: dict[str, Any], report
             return
         if name == "warm_start":
             report.checks["initialization"] = InitializationCheck(None, "checked through the chain", strategy=name)
+            return
+        if name == "pretrained":
+            passed, summary, details = check_pretrained(verifier, w0, registry, roots)
+            report.checks["initialization"] = InitializationCheck(passed, summary, strategy=name, **details)
+            if not passed:
+                report.reasons.append(summary)
             return
         strategies.declared_parameters(name, params)  # only the strategy's own: never the test's alpha or bonferroni
         module = verifier.make_module()

@@ -35,6 +35,13 @@ CREATE TABLE IF NOT EXISTS proofs (
     verified_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS proofs_identity ON proofs(identity);
+CREATE TABLE IF NOT EXISTS roots (
+    name TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL,
+    tensors TEXT NOT NULL,
+    layouts TEXT NOT NULL,
+    added_at REAL NOT NULL
+);
 """
 
 
@@ -119,3 +126,41 @@ class Registry:
             return int(db.execute("SELECT COUNT(*) FROM proofs").fetchone()[0])
         finally:
             db.close()
+
+    # -- trusted roots: published weights this verifier trusts without a proof ------------------
+    @_database
+    def add_root(self, name: str, sha256: str, tensors: dict[str, str], layouts: dict[str, str]) -> None:
+        """Trust the weights file of digest ``sha256`` (its tensors' digests and ``dtype[shape]``s) under ``name``."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute("SELECT 1 FROM roots WHERE name = ?", (name,)).fetchone():
+                db.execute("ROLLBACK")
+                raise RegistryError(f"registry {self.path}: a root named {name!r} exists; remove it first")
+            db.execute("INSERT INTO roots VALUES (?, ?, ?, ?, ?)",
+                       (name, sha256, json.dumps(tensors, sort_keys=True), json.dumps(layouts, sort_keys=True), time.time()))
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @_database
+    def remove_root(self, name: str) -> bool:
+        db = self._connect()
+        try:
+            return db.execute("DELETE FROM roots WHERE name = ?", (name,)).rowcount > 0
+        finally:
+            db.close()
+
+    @_database
+    def roots(self) -> list[dict[str, Any]]:
+        """``{"name", "sha256", "tensors", "layouts", "added_at"}`` of every trusted root, by name."""
+        db = self._connect()
+        try:
+            rows = db.execute("SELECT name, sha256, tensors, layouts, added_at FROM roots ORDER BY name").fetchall()
+        finally:
+            db.close()
+        return [{"name": n, "sha256": d, "tensors": json.loads(t), "layouts": json.loads(lay), "added_at": a} for n, d, t, lay, a in rows]
+
+    def root(self, sha256: str) -> dict[str, Any] | None:
+        """The trusted root with this file digest, or None."""
+        return next((r for r in self.roots() if r["sha256"] == sha256), None)

@@ -45,6 +45,8 @@ class InitializationCheck(Check):
     bonferroni: bool | None = None
     threshold: float | None = None
     layers: list[dict[str, Any]] = field(default_factory=list)
+    #: A pretrained start: the root's ``sha256`` and ``name``, tensors ``from_root``, ``fresh`` strategy and ``fresh_tensors``.
+    root: dict[str, Any] | None = None
 
 
 @dataclass

@@ -33,7 +33,8 @@ class VerifierSettings:
       segment from ``shard`` on; every shard computes the same selection.
     - ``accelerator``, ``match_threads``: where and with how many CPU threads to replay.
     - ``registry`` (a path, or a :class:`~lightning_pol.verification.registry.Registry`)
-      and ``parents`` (a directory to search): the chain of trust.
+      and ``parents`` (a directory to search): the chain of trust. A pretrained start's weights
+      must be a root the registry trusts (``python -m lightning_pol.roots add``), or the file ``roots``.
     - ``module_overrides``/``datamodule_overrides``: hyperparameters of the re-created module and
       datamodule that name local resources (``{"data_dir": "/data/digits"}``; nested dicts for nested
       configs). Only keys the proof records; the data commitment still decides whether the data is the same.
@@ -59,6 +60,7 @@ class VerifierSettings:
     match_threads: bool = True
     registry: Any = None
     parents: str | os.PathLike[str] | None = None
+    roots: str | os.PathLike[str] | None = None
     module_overrides: Mapping[str, Any] = field(default_factory=dict)
     datamodule_overrides: Mapping[str, Any] = field(default_factory=dict)
 
@@ -127,7 +129,7 @@ class VerifierSettings:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["delta"], out["d_ref"] = dict(self.delta), dict(self.d_ref) if self.d_ref else None
         out["module_overrides"], out["datamodule_overrides"] = dict(self.module_overrides), dict(self.datamodule_overrides)
-        for key in ("calibration", "parents"):
+        for key in ("calibration", "parents", "roots"):
             out[key] = None if out[key] is None else str(out[key])
         registry = self.registry
         out["registry"] = None if registry is None else str(getattr(registry, "path", registry))

@@ -167,7 +167,7 @@ def _check_content(verifier: PoLVerifierModule, index_log: IndexLog, report: Rep
     def state(step: int) -> dict[str, Any]:
         return reader.load_checkpoint(entries[step])
 
-    check_initialization(verifier, state(0), report)
+    check_initialization(verifier, state(0), report, settings.registry, settings.roots)
     check_hyperparameters(verifier, steps, state, report)
     check_plateau(verifier, report)
     segments, report.selection = select_segments(

@@ -1,0 +1,87 @@
+"""Published weights a proof may start from (a trusted root): read without running code, and named by digests.
+
+A root is a weights file: safetensors, read as it is, or a PyTorch ``.pth``/``.pt``/``.bin``/``.ckpt``,
+read only through ``torch.load(weights_only=True)`` (never a full unpickle: a pickled callable is
+refused). It is named by the SHA-256 of its bytes, and each tensor by :func:`tensor_digest`, so a
+proof can say which of W_0's tensors are the root's and a verifier can check them against the
+digests it recorded when it chose to trust the file (docs/proof-format.md, "Pretrained starts").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_pol.errors import PoLError, one_line
+from lightning_pol.format.safetensors_io import load_safetensors
+
+#: Suffixes read with ``torch.load(weights_only=True)``; ``.safetensors`` is read as safetensors.
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+class WeightsFileError(PoLError):
+    """A file is not weights this package reads (or not at all)."""
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of ``dtype|shape|`` and the tensor's bytes in C order: equal digests, equal tensors bit for bit."""
+    t = t.detach().to("cpu").contiguous()
+    head = f"{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode()
+    body = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return hashlib.sha256(head + body).hexdigest()
+
+
+def read_weights(path: str | os.PathLike[str]) -> tuple[str, dict[str, torch.Tensor]]:
+    """(SHA-256 of the file, its tensors by key); a :class:`WeightsFileError` with one line for anything else."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise WeightsFileError(f"cannot read weights file {path}: {e.strerror or e}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if path.suffix == ".safetensors":
+        try:
+            tensors, _ = load_safetensors(data, path.name)
+        except Exception as e:  # noqa: BLE001 - a malformed file, whatever the parser says
+            raise WeightsFileError(f"{path} is not a safetensors file ({one_line(e)})") from None
+        return digest, dict(tensors)
+    if path.suffix not in TORCH_SUFFIXES:
+        raise WeightsFileError(f"{path}: weights are read from .safetensors or {'/'.join(TORCH_SUFFIXES)} files")
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - what weights_only refuses (a pickled callable) or a corrupt file
+        raise WeightsFileError(f"{path} is not a weights file torch.load(weights_only=True) reads ({one_line(e)[:200]})") from None
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):  # a Lightning checkpoint
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise WeightsFileError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+    return digest, dict(obj)
+
+
+def digests(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    return {k: tensor_digest(v) for k, v in tensors.items()}
+
+
+def layout(t: torch.Tensor) -> str:
+    """``dtype[shape]``: a tensor of W_0 with the layout of the root's tensor of its key must be that tensor."""
+    return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
+
+
+def layouts(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    return {k: layout(v) for k, v in tensors.items()}
+
+
+def declared_root(params: Mapping[str, Any]) -> tuple[str, str, dict[str, str]]:
+    """(root digest, key prefix, {W_0 key: tensor digest}) of a ``pretrained`` declaration, checked for form."""
+    root, tensors, prefix = params.get("root"), params.get("tensors"), params.get("prefix", "")
+    digest = root.get("sha256") if isinstance(root, Mapping) else None
+    if not (isinstance(digest, str) and len(digest) == 64 and isinstance(prefix, str) and isinstance(tensors, Mapping)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in tensors.items())):
+        raise WeightsFileError("the proof's pretrained declaration is malformed (root.sha256, prefix, tensors)")
+    return digest, prefix, dict(tensors)

@@ -1,0 +1,74 @@
+"""A pretrained start, checked: the root is weights this verifier trusts, the claimed tensors are the root's bit
+for bit, and the rest of W_0 looks freshly drawn from the declared strategy (KS over those tensors only)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning_pol import init as strategies
+from lightning_pol.errors import PoLError
+from lightning_pol.format.pretrained import (
+    declared_root,
+    digests,
+    layout,
+    layouts,
+    read_weights,
+    tensor_digest,
+)
+from lightning_pol.runtime.training_state import model_state
+from lightning_pol.verification.registry import Registry
+from lightning_pol.verification.replay import PoLVerifierModule, prover_code
+
+#: How a verifier adds a root, said where one is unknown.
+ADD_ROOT = "python -m lightning_pol.roots add FILE --name NAME --registry PATH"
+
+
+def trusted_root(digest: str, registry: Registry | None, roots: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """``{"name", "sha256", "tensors"}`` of the trusted root with file digest ``digest``: the file ``roots``
+    given for this run, or one the registry trusts; None when neither is it."""
+    if roots is not None:
+        got, tensors = read_weights(roots)
+        if got == digest:
+            return {"name": Path(roots).name, "sha256": got, "tensors": digests(tensors), "layouts": layouts(tensors)}
+    return registry.root(digest) if registry is not None else None
+
+
+def check_pretrained(verifier: PoLVerifierModule, w0: dict[str, Any], registry: Registry | None,
+                     roots: str | os.PathLike[str] | None) -> tuple[bool, str, dict[str, Any]]:
+    """(passed, summary, details) of W_0 against its pretrained declaration."""
+    params = verifier.manifest.init.arguments()
+    digest, prefix, claimed = declared_root(params)
+    fresh, fresh_params = params.get("fresh", "pytorch_default"), params.get("fresh_params") or {}
+    if fresh not in strategies.STRATEGIES or not isinstance(fresh_params, dict):
+        raise PoLError(f"the proof's pretrained start declares fresh strategy {str(fresh)[:40]!r}, not one of {list(strategies.STRATEGIES)}")
+    root = trusted_root(digest, registry, roots)
+    details: dict[str, Any] = {"root": {"sha256": digest, "name": root["name"] if root else None, "from_root": len(claimed)}}
+    if root is None:
+        return False, (f"W_0 starts from weights of SHA-256 {digest} that this verifier does not trust; review that file, "
+                       f"then add it with `{ADD_ROOT}` (or pass roots=FILE)"), details
+    model = w0["model"]
+    for key, want in claimed.items():
+        if key not in model:
+            return False, f"the proof claims W_0's {key} from the root, and W_0 has no {key}", details
+        if tensor_digest(model[key]) != want or not key.startswith(prefix) or root["tensors"].get(key[len(prefix):]) != want:
+            return False, f"W_0's {key} is not the root's {key[len(prefix):]!r} ({root['name']}) bit for bit", details
+    redraw = params.get("redraw") or []
+    if not isinstance(redraw, list) or not all(isinstance(r, str) and r for r in redraw):
+        raise PoLError("the proof's pretrained start has a malformed redraw list")
+    for key, value in model.items():  # a tensor the root has, of its layout, is the root's unless declared redrawn
+        theirs = key[len(prefix):] if key.startswith(prefix) else None
+        if key not in claimed and not key.startswith(tuple(redraw)) and theirs in root["layouts"] and root["layouts"][theirs] == layout(value):
+            return False, f"W_0's {key} is not the root's {theirs!r} ({root['name']}), which has its shape, and a root's tensor is never fresh", details
+    module = verifier.make_module()
+    with prover_code("the proof's module, loading W_0,"):
+        module.load_state_dict(model)
+    fresh_keys = set(model_state(module)) - set(claimed)
+    result = strategies.check_initialization(module, fresh, only=fresh_keys, **fresh_params)
+    details["root"].update(fresh=fresh, fresh_tensors=len(fresh_keys))
+    details.update({k: v for k, v in result.to_dict().items() if k in ("alpha", "bonferroni", "threshold", "layers")})
+    failed = [layer.name for layer in result.layers if not layer.passed]
+    if failed:
+        return False, f"W_0's fresh tensors do not look drawn from {fresh}: {failed[:3]}", details
+    return True, f"W_0: {len(claimed)} tensors from root {root['name']} ({digest[:12]}), {len(fresh_keys)} fresh from {fresh}", details
