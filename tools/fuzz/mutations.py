@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from lightning_pol.format import layout as pf
 from lightning_pol.format.checkpoint import checkpoint_bytes
 from lightning_pol.format.index_log import IndexLog
+from lightning_pol.format.pretrained import tensor_digest
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.format.safetensors_io import safetensors_bytes
 from lightning_pol.format.samples import root_of
@@ -1023,12 +1024,30 @@ def _nested_target(d: Draw, mu: Mutant, marker: Path, command: list[str], token:
     return f"nested_targets: {style} {where} {target} at depth {depth}"
 
 
+def _pretrained_claim(d: Draw, mu: Mutant) -> str:
+    """W_0 claimed (self-consistently, with its own digests) as a pretrained start from weights no verifier added,
+    or a declaration malformed in one of its parts."""
+    w0 = mu.honest.states[mu.honest.checkpoints[0]]["model"]
+    keys = sorted(w0)
+    claimed = {k: tensor_digest(w0[k]) for k in keys[: d.draw(st.integers(0, len(keys)), label="claimed")]}
+    params: dict[str, Any] = {"root": {"sha256": d.draw(st.text("0123456789abcdef", min_size=64, max_size=64), label="root"),
+                                       "file": "published.safetensors"},
+                              "prefix": "", "fresh": "pytorch_default", "fresh_params": {}, "redraw": [], "tensors": claimed}
+    form = pick(d, ["untrusted", "root", "tensors", "redraw", "fresh", "fresh_params", "prefix"], "form")
+    if form != "untrusted":
+        params[form] = pick(d, [None, 5, "x", [], {"sha256": 5}, {"a": 1}, [""], {"__tensor__": "model.x"}], "value")
+    mu.m["init"] = {"strategy": "pretrained", "params": params}
+    return f"pretrained: {len(claimed)} tensors claimed, {form}"
+
+
 def semantic(d: Draw, mu: Mutant) -> str:
     """Well-formed lies, written as the real writer writes: every one must be rejected by the checks after integrity."""
     variant = pick(d, ["scale_weights", "perturb_one", "optimizer_lr", "momentum_buffer", "rng", "index_swap",
                        "index_replace", "module_hparams", "datamodule_hparams", "data_root", "leaf_change",
-                       "init_strategy", "bn_stats", "monitored"], "variant")
+                       "init_strategy", "bn_stats", "monitored", "pretrained"], "variant")
     m = mu.m
+    if variant == "pretrained":
+        return _pretrained_claim(d, mu)
     if variant == "monitored":  # a value for a plateau scheduler the declared module does not configure
         step = d.draw(st.integers(1, (m.get("final_step") or 1) + 2), label="step")
         m["monitored"] = [{"step": step, "scheduler": d.draw(st.integers(0, 2), label="scheduler"),
