@@ -133,10 +133,10 @@ def _cli_arguments(trainer: pl.Trainer, cls: type) -> dict[str, Any] | None:
 
 def _same_settings(live: Callback, twin: Callback) -> None:
     """The re-created callback's plain settings are the live one's (a recipe read wrong would replay another)."""
-    plain = (bool, int, float, str, type(None))
+    plain, settings = (bool, int, float, str, type(None)), vars(live)
     for name, value in vars(twin).items():
-        if isinstance(value, plain) and isinstance(vars(live).get(name, value), plain) and vars(live)[name] != value:
-            raise NotRecreatableError(f"re-created from its recipe it has {name}={value!r}, the live one {vars(live)[name]!r}")
+        if name in settings and isinstance(value, plain) and isinstance(settings[name], plain) and settings[name] != value:
+            raise NotRecreatableError(f"re-created from its recipe it has {name}={value!r}, the live one {settings[name]!r}")
 
 
 class CallbackPlan:
@@ -172,14 +172,10 @@ class CallbackPlan:
             try:
                 self.specs.append(callback_spec(callback, trainer))
                 self.replayed.append(callback)
-            except (NotRecreatableError, PoLError) as e:
+            except Exception as e:  # noqa: BLE001 - re-creating runs the callback's own __init__: anything is a reason
                 name = import_path(type(callback))
                 self.unreplayed.append({"class": name, "hooks": hooks})
-                self.reasons[name] = one_line(e)
-            except Exception as e:  # noqa: BLE001 - re-creating runs the callback's own __init__
-                name = import_path(type(callback))
-                self.unreplayed.append({"class": name, "hooks": hooks})
-                self.reasons[name] = f"re-creating it raised {type(e).__name__}: {one_line(e)}"
+                self.reasons[name] = one_line(e) if isinstance(e, PoLError) else f"re-creating it raised {type(e).__name__}: {one_line(e)}"
 
     def announce(self, strict: bool) -> None:
         """One warning line per callback the replay will not run (a refusal, when ``strict``)."""

@@ -43,7 +43,8 @@ class Adapter:
         return {}
 
     def restore(self, callback: Callback, trainer: pl.Trainer, module: pl.LightningModule, extra: dict[str, Any], mid_epoch: bool) -> None:
-        """Put back ``extra`` before the replay's first batch; ``mid_epoch``: the epoch-start hooks did not run."""
+        """Put back ``extra`` as the replay resumes: at an epoch start before its hooks, mid-epoch (``mid_epoch``: the
+        epoch-start hooks do not run) at the first batch."""
 
     def epoch_end(self, callback: Callback, module: pl.LightningModule) -> None:
         """Before the epoch-end hooks, in training and in replay alike: make what they read not depend on
