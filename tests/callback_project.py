@@ -6,7 +6,6 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -33,18 +32,6 @@ class BackboneDigits(ClassificationSteps):
     def configure_optimizers(self):  # type: ignore[override]
         h = self.hparams
         return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=h.lr, momentum=h.momentum)
-
-
-class ScaleGradients(Callback):
-    """A project's own callback that changes every step: it scales the gradients before the optimizer steps."""
-
-    def __init__(self, factor: float = 0.5) -> None:
-        self.factor = factor
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        for p in pl_module.parameters():
-            if p.grad is not None:
-                p.grad.mul_(self.factor)
 
 
 class DigitsGAN(pl.LightningModule):

@@ -232,15 +232,16 @@ class ProofReader:
         schedule's largest factor; SWA's BatchNorm pass, one step over an epoch."""
         most = 1
         for spec in self.manifest.callbacks:
-            try:
-                arguments = spec.arguments()
-            except (ValueError, RecursionError):
-                continue
-            if spec.import_path == _ACCUMULATION_SCHEDULER and isinstance(arguments.get("scheduling"), dict):
-                most = max([most, *(v for v in arguments["scheduling"].values() if is_int(v, 1))])
-            batches = decode_state({}, self.manifest.training).get("num_training_batches")
-            if spec.import_path == _SWA and is_int(batches, 1):
-                most = max(most, batches)
+            if spec.import_path == _SWA:
+                batches = decode_state({}, self.manifest.training).get("num_training_batches")
+                most = max(most, batches) if is_int(batches, 1) else most
+            elif spec.import_path == _ACCUMULATION_SCHEDULER:
+                try:
+                    scheduling = spec.arguments().get("scheduling")
+                except (ValueError, RecursionError):
+                    continue
+                if isinstance(scheduling, dict):
+                    most = max([most, *(v for v in scheduling.values() if is_int(v, 1))])
         return most
 
     def leaves(self) -> torch.Tensor:

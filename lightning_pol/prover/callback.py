@@ -239,8 +239,8 @@ class ProofOfLearning(Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Due at an epoch start: taken before the epoch-start hooks act, which a replay from it runs (docs/proof-format.md).
-        if self._opened and self._stream.state is not None and self._ledger.due(proof_step(trainer)):
-            self._write_checkpoint(trainer, pl_module, proof_step(trainer), 0)
+        if self._opened and self._stream.state is not None and self._ledger.due(step := proof_step(trainer)):
+            self._write_checkpoint(trainer, pl_module, step, 0)
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

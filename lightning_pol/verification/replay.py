@@ -266,7 +266,7 @@ class _ReplayCallback(Callback):
         self.owner = owner
         self.callbacks = owner.make_callbacks()
         self.ranks = owner.emulated_ranks(state)
-        self._restore = state  # the replayed callbacks' extras are put back at the first batch
+        self._restore = state  # what the replayed callbacks' Lightning resume misses: put back as the replay resumes
         self.end_step = end_step
         self.final = final
         self.sampler = sampler
