@@ -72,6 +72,12 @@ def test_child_verifies_with_empty_registry_then_from_registry(family, tmp_path)
     assert second.valid and second.checks["chain"].parent_from_registry is True
     assert second.checks["chain"].proofs == chain.proofs
     assert Registry(db).count() == 3  # parent, child, child again
+    # each link's code (issue 21): the chain shows it, the registry records it, a lookup of the parent brings it back
+    codes = [ProofReader(child).code.digest, ProofReader(parent).code.digest]
+    assert chain.codes == codes and second.checks["chain"].codes == codes and codes[0][:12] in chain.summary
+    record = Registry(db).lookup(ProofReader(child).identity)["settings"]
+    assert record["code"] == codes[0] == record["code_installed"] and record["chain_codes"] == codes
+    assert record["code_policy"] == "match"
 
 
 def test_stolen_weights_claiming_a_fresh_start_are_rejected(family, tmp_path):

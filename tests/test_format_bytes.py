@@ -30,6 +30,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from lightning_pol.format.manifest import manifest_bytes
+
 GOLDEN = Path(__file__).resolve().parent / "golden" / "digits_proof.json"
 EXACT_WHERE = ("torch", "machine", "cpu", "torch_threads")
 
@@ -78,7 +80,8 @@ def _header(data: bytes) -> bytes:
 
 
 def digests(proof: Path) -> dict[str, Any]:
-    manifest = json.loads((proof / "manifest.json").read_bytes())
+    # The code identity (issue 21) names this machine's source files: like the environment, not compared here.
+    manifest = {k: v for k, v in json.loads((proof / "manifest.json").read_bytes()).items() if k != "code"}
     files = {rel: (proof / rel).read_bytes() for rel in sorted(manifest["files"])}
     blank = dict(manifest, run_id="-", created="-", environment={})
     layout = dict(blank, files={rel: {"bytes": e["bytes"]} for rel, e in manifest["files"].items()},
@@ -90,15 +93,14 @@ def digests(proof: Path) -> dict[str, Any]:
         "index_log": _sha(files["batches.safetensors"]),
         "manifest": _sha(json.dumps(blank, sort_keys=True).encode()),
         "manifest_layout": _sha(json.dumps(layout, sort_keys=True).encode()),
-        "manifest_bytes_shape": _sha(_shape_of(proof / "manifest.json")),
+        "manifest_bytes_shape": _sha(_shape_of(manifest_bytes(manifest).decode())),
     }
 
 
-def _shape_of(path: Path) -> bytes:
+def _shape_of(text: str) -> bytes:
     """The manifest's bytes with every string and number replaced: indentation, key order and separators stay."""
     import re
 
-    text = path.read_text()
     return re.sub(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?', "x", text).encode()
 
 

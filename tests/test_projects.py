@@ -59,6 +59,33 @@ def test_a_template_project_with_only_pol_yaml_added_verifies_bit_exact(template
     assert plateau["passed"] and plateau["values"] == 3  # ReduceLROnPlateau fed the recorded val/loss of each epoch
 
 
+def test_a_changed_line_of_the_module_rejects_under_match_replays_under_report_and_pinned_needs_review(template, tmp_path):
+    """Issue 21, acceptance 2: the verifier's copy of the project has one line of the module changed after training."""
+    project, proof, _ = template
+    edited = copy_project("hydra_template", tmp_path)
+    module = edited / "src" / "models" / "digits_module.py"
+    text = module.read_text()
+    module.write_text(text.replace("for classifying the 8x8 handwritten digits.", "for classifying 8x8 digits.", 1))
+    assert module.read_text() != text
+    code, report, out = verify(proof, edited, "verifier.q=0")
+    assert code == 1 and report["checks"]["code"]["differences"] == ["src/models/digits_module.py"], out[-3000:]
+    assert "src/models/digits_module.py" in report["reasons"][0] and report["segments"] == []  # nothing replayed
+    code, report, out = verify(proof, edited, "verifier.q=0", "verifier.code=report")
+    assert code == 0 and all_bit_exact(report), out[-3000:]
+    assert report["checks"]["code"]["passed"] is None and report["checks"]["code"]["differences"] == ["src/models/digits_module.py"]
+    shown = run_project(["-m", "lightning_pol.code", "show", str(proof)], cwd=edited)
+    assert shown.returncode == 1 and "DIFFERS src.models.digits_module:DigitsLitModule" in shown.stdout, shown.stdout[-2000:]
+    # pinned: the reviewer pins the project as the proof names it, then verifies each copy against that review
+    trusted = tmp_path / "trusted_code.json"
+    pinned = run_project(["-m", "lightning_pol.code", "pin", str(proof), "--trusted", str(trusted)], cwd=project)
+    assert pinned.returncode == 0 and "src/models/digits_module.py" in pinned.stdout, pinned.stderr[-2000:]
+    options = ("verifier.q=1", "verifier.random=0", "verifier.code=pinned", f"verifier.trusted_code={trusted}")
+    code, report, out = verify(proof, project, *options)
+    assert code == 0 and report["checks"]["code"]["passed"], out[-3000:]
+    code, report, out = verify(proof, edited, *options)
+    assert code == 1 and report["checks"]["code"]["untrusted"] == ["src/models/digits_module.py"], out[-3000:]
+
+
 def test_moved_data_verifies_with_an_override_and_says_which_without(template, tmp_path):
     project, proof, _ = template
     moved = tmp_path / "elsewhere"
@@ -157,7 +184,8 @@ def test_nested_hostile_targets_are_exit_2_and_run_nothing(template, cli, tmp_pa
 
     rewrite_manifest_json(proof, edit, files)
     monkeypatch.syspath_prepend(str(project))
-    code = verify_with(VerifierSettings(q=0), proof, tmp_path / "verification.json")
+    # verifier.code=report: a hostile module path reaches the gate (under match the code check stops it first)
+    code = verify_with(VerifierSettings(q=0, code="report"), proof, tmp_path / "verification.json")
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1, err[-2000:]

@@ -401,8 +401,12 @@ def test_declared_class_must_be_of_its_kind(proof, tmp_path, where):
             m["training"]["optimizers" if where == "optimizer" else "lr_schedulers"][0]["class"] = "subprocess:Popen"
 
     edit_manifest(proof, mutate)
+    # verifier.code=report lets the hostile class reach the gate; under match the code check rejects the proof first
     with pytest.raises(PoLError, match="'subprocess:Popen' is not a"):
-        verify_proof(proof, q=0, random=0, seed=0)
+        verify_proof(proof, q=0, random=0, seed=0, code="report")
+    assert not marker.exists()
+    rejected = verify_proof(proof, q=0, random=0, seed=0)
+    assert not rejected.valid and rejected.checks["code"].passed is False and "subprocess:Popen" in rejected.reasons[0]
     assert not marker.exists()
 
 
@@ -416,7 +420,7 @@ def test_module_inside_the_proof_is_never_imported(proof, tmp_path, monkeypatch)
     edit_manifest(proof, lambda m: m.update(module={"class": "fuzz_canary_reader_test:Module", "hparams": {}}))
     monkeypatch.syspath_prepend(str(proof))
     with pytest.raises(PoLError, match="would be imported from inside the proof directory"):
-        verify_proof(proof, q=0, random=0, seed=0)
+        verify_proof(proof, q=0, random=0, seed=0, code="report")
     assert not marker.exists()
 
 
@@ -437,7 +441,7 @@ def test_a_module_without_a_loader_is_a_failed_check(proof):
     from lightning_pol.verification.verifier import verify_proof
 
     edit_manifest(proof, lambda m: m.update(datamodule=None))
-    report = verify_proof(proof, q=0, random=0, seed=0)
+    report = verify_proof(proof, q=0, random=0, seed=0, code="report")  # the datamodule left the code identity too
     assert not report.valid and not report.checks["data"].passed
 
 

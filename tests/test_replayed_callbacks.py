@@ -142,7 +142,8 @@ def test_a_callback_the_proof_names_goes_through_the_class_gate(tmp_path, monkey
                                                           "dirpath": str(canary)}}
 
     rewrite_manifest_json(reader.root, edit, {})
-    code = verify_with(VerifierSettings(q=0), reader.root, tmp_path / "verification.json")
+    # verifier.code=report: the hostile class reaches the gate (under match the code check rejects it first, exit 1)
+    code = verify_with(VerifierSettings(q=0, code="report"), reader.root, tmp_path / "verification.json")
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1 and "callback 0" in lines[0], lines
     assert not canary.exists()

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from lightning_pol.format import layout
+from lightning_pol.format.code_identity import CodeIdentity
 from lightning_pol.format.samples import SAMPLE_ENCODING, TREE
 from lightning_pol.format.state_codec import decode_state, encode_state
 from lightning_pol.format.strict_json import ProofFormatError, is_int, load_json
@@ -211,6 +212,8 @@ class Manifest:
     datamodule: ClassSpec | None = None
     #: The callbacks the replay re-creates and runs, in the order training ran them (after ProofOfLearning).
     callbacks: list[ClassSpec] = field(default_factory=list)
+    #: The source files of the classes it names (None: a proof written before code identities).
+    code: CodeIdentity | None = None
     parent: dict[str, Any] | None = None
     status: str = layout.STATUS_IN_PROGRESS
     index_log: list[IndexChunk] = field(default_factory=list)
@@ -313,6 +316,7 @@ class Manifest:
             "datamodule": self.datamodule.to_json() if self.datamodule is not None else None,
             # Only when training ran callbacks the replay runs: other proofs' manifests are the format's first form.
             **({"callbacks": [c.to_json() for c in self.callbacks]} if self.callbacks else {}),
+            **({"code": self.code.to_manifest()} if self.code is not None else {}),
             "training": self.training,
             "environment": self.environment,
             "data": self.data.to_json(),
@@ -368,6 +372,7 @@ class Manifest:
         init = m["init"]
         if not isinstance(init.get("strategy"), str):
             raise ProofFormatError("manifest field init is missing or invalid")
+        code = CodeIdentity.from_manifest(m["code"]) if "code" in m else None
         _check_typed_json(m, module, datamodule, callback_specs)
         _check_identity(m.get("created"), m.get("run_id"))
         _check_training(m["training"])
@@ -378,7 +383,7 @@ class Manifest:
             environment=m["environment"], data=data, datamodule=datamodule, parent=m.get("parent"), status=status,
             index_log=index_log, sample_epochs=sample_epochs, checkpoints=checkpoints, final_step=m.get("final_step"),
             files=files, format_version=m["format_version"], monitored=monitored,
-            callbacks=[c for c in callback_specs if c is not None],
+            callbacks=[c for c in callback_specs if c is not None], code=code,
         )
 
 

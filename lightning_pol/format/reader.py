@@ -20,6 +20,7 @@ import torch
 
 from lightning_pol.format import layout
 from lightning_pol.format.checkpoint import parse_checkpoint
+from lightning_pol.format.code_identity import CodeIdentity
 from lightning_pol.format.index_log import IndexLog
 from lightning_pol.format.manifest import CheckpointEntry, FileEntry, Manifest
 from lightning_pol.format.safetensors_io import load_safetensors
@@ -93,6 +94,11 @@ class ProofReader:
     @property
     def checkpoints(self) -> list[CheckpointEntry]:
         return self.manifest.checkpoints
+
+    @property
+    def code(self) -> CodeIdentity | None:
+        """The source files of the classes the proof names, as the prover found them (None: a proof from before code identities)."""
+        return self.manifest.code
 
     @property
     def recorded_steps(self) -> int:

@@ -4,6 +4,7 @@ verifier's replay must set them again, and the rest of the manifest of a proof b
 from __future__ import annotations
 
 import json
+import logging
 import math
 import uuid
 from datetime import datetime, timezone
@@ -13,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_pol.format.classes import import_path
+from lightning_pol.format.code_identity import CodeIdentity
 from lightning_pol.format.environment import environment
 from lightning_pol.format.manifest import (
     ClassSpec,
@@ -22,7 +24,14 @@ from lightning_pol.format.manifest import (
 )
 from lightning_pol.format.state_codec import encode_state
 from lightning_pol.prover.other_callbacks import CallbackPlan
+from lightning_pol.runtime.installed_code import (
+    installed_code,
+    named_classes,
+    unidentified,
+)
 from lightning_pol.runtime.training_state import compiled_submodules
+
+log = logging.getLogger(__name__)
 
 
 def training_settings(trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any, recorder: Any, size: int,
@@ -102,7 +111,7 @@ def new_manifest(run: dict[str, Any], module: ClassSpec, datamodule: ClassSpec |
                  training: dict[str, Any], size: int, callbacks: list[ClassSpec] | None = None) -> Manifest:
     """The manifest of a new proof, before its first checkpoint. ``run`` holds the callback's ``seed``,
     ``every_n_steps``, ``init_strategy`` and ``init_params``."""
-    return Manifest(
+    manifest = Manifest(
         run_id=uuid.uuid4().hex,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         seed=run["seed"],
@@ -116,3 +125,16 @@ def new_manifest(run: dict[str, Any], module: ClassSpec, datamodule: ClassSpec |
         environment=environment(),
         data=DataCommitment(size),
     )
+    manifest.code = code_identity(manifest)
+    return manifest
+
+
+def code_identity(manifest: Manifest) -> CodeIdentity:
+    """The code identity of the classes the manifest names (the files they were loaded from); one warning line at
+    fit start for a class defined in no file, whose code the verifier's code check cannot cover."""
+    identity = installed_code(named_classes(manifest))
+    missing = unidentified(identity)
+    if missing:
+        log.warning("ProofOfLearning: no file defines %s (a script's class, or a built-in): the proof cannot record its "
+                    "code, and its verifier's code check does not cover it", ", ".join(missing[:3]))
+    return identity

@@ -19,6 +19,7 @@ from lightning_pol.format.manifest import Manifest, MonitoredValue
 from lightning_pol.format.samples import leaves_file_bytes, root_of
 from lightning_pol.format.writer import ProofDirectoryError, ProofWriter
 from lightning_pol.prover.background import BackgroundWriter
+from lightning_pol.runtime.installed_code import installed_code, named_classes
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,10 @@ class ProofSession:
             self._put_leaves(leaves)
         elif m.data.root != root_of(leaves):
             raise ProofDirectoryError("cannot resume: the training data differs from the data this proof committed to")
+        changed = m.code.differences(installed_code(named_classes(m))) if m.code is not None else []
+        if changed:  # the resumed steps would run other code than the proof's code identity says
+            raise ProofDirectoryError(f"cannot resume: the code differs from the code this proof recorded ({', '.join(changed[:3])}); "
+                                      f"restore it, or start a new proof")
         for c in m.drop_checkpoints_after(last_written):
             writer.drop(c.path)
         if monitored is not None:

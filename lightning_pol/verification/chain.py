@@ -38,17 +38,18 @@ def check_chain(reader: ProofReader, report: Report, registry: Registry | None, 
     """W_0 of a warm start must be its parent's final state, and the parent valid: by a valid record in the
     ``registry`` for its final checkpoint, or else by ``verify_parent`` (the same settings, one level up)."""
     parent = reader.manifest.parent
+    own = [reader.code.digest if reader.code is not None else None]
     init = report.checks.get("initialization")
     root = getattr(init, "root", None) if init is not None else None
     if not parent and root:  # the chain ends at published weights the verifier trusts (VSR counts it as 1)
         name = root.get("name") or "untrusted"  # the initialization check says whether it is trusted and W_0 its tensors
         report.checks["chain"] = ChainCheck(True, f"pretrained start: root {name} ({root['sha256'][:12]})",
-                                            proofs=[reader.identity, f"root:{name}:{root['sha256']}"])
+                                            proofs=[reader.identity, f"root:{name}:{root['sha256']}"], codes=[*own, None])
         return
     if not parent:
-        report.checks["chain"] = ChainCheck(True, "fresh start, no parent", proofs=[reader.identity])
+        report.checks["chain"] = ChainCheck(True, "fresh start, no parent", proofs=[reader.identity], codes=own)
         return
-    check = ChainCheck(False, "", proofs=[reader.identity], parent_from_registry=False)
+    check = ChainCheck(False, "", proofs=[reader.identity], codes=own, parent_from_registry=False)
     report.checks["chain"] = check
     problems: list[str] = []
     integrity = report.checks.get("integrity")
@@ -67,7 +68,9 @@ def check_chain(reader: ProofReader, report: Report, registry: Registry | None, 
                 problems.append(f"the parent proof is unusable: {e}")
     check.passed = not problems
     check.problems = problems
-    check.summary = f"chain of {len(check.proofs)} proofs" + (" (parent from registry)" if check.parent_from_registry else "") if not problems else problems[0]
+    codes = ", ".join(c[:12] if c else "-" for c in check.codes)
+    check.summary = (f"chain of {len(check.proofs)} proofs" + (" (parent from registry)" if check.parent_from_registry else "")
+                     + f", code {codes}") if not problems else problems[0]
     report.reasons.extend(problems[:2])
     init = report.checks.get("initialization")
     if init is not None and getattr(init, "strategy", None) == "warm_start":
@@ -90,13 +93,17 @@ def _follow(reader: ProofReader, preader: ProofReader, check: ChainCheck, proble
     record = registry.lookup(preader.identity) if registry is not None else None
     if record is not None and record["valid"] and record["final_digest"] == final.sha256:
         check.parent_from_registry = True
-        check.proofs += list(record["settings"].get("chain") or [preader.identity])
+        chain = list(record["settings"].get("chain") or [preader.identity])
+        codes = record["settings"].get("chain_codes")
+        check.proofs += chain
+        check.codes += list(codes) if isinstance(codes, list) and len(codes) == len(chain) else [None] * len(chain)
         check.parent_vsr = float(record["vsr"])
         return
     sub = verify_parent(preader.root)
     sub_chain = sub.checks["chain"]
     assert isinstance(sub_chain, ChainCheck)
     check.proofs += sub_chain.proofs
+    check.codes += sub_chain.codes
     check.parent_vsr = sub_chain.vsr if sub_chain.vsr is not None else 0.0
     check.parent_report = {"valid": sub.valid, "reasons": sub.reasons}
     if not sub.valid:

@@ -37,6 +37,22 @@ class IntegrityCheck(Check):
 
 
 @dataclass
+class CodeCheck(Check):
+    """The installed code against the code that trained (the manifest's ``code``), under ``policy``.
+
+    ``recorded`` and ``installed`` are the two code digests; ``differences`` names each file that differs;
+    ``untrusted``, under ``pinned``, each installed file the trusted list does not approve; ``classes``
+    gives, per named class, its file and both digests."""
+
+    policy: str = "match"
+    recorded: str | None = None
+    installed: str | None = None
+    differences: list[str] = field(default_factory=list)
+    untrusted: list[str] = field(default_factory=list)
+    classes: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class InitializationCheck(Check):
     """W_0 against the declared strategy (KS tests per tensor), or, for a warm start, through the chain."""
 
@@ -89,6 +105,8 @@ class ChainCheck(Check):
     """The chain of trust: ``proofs`` from this one to its root, and the verification success rate over it."""
 
     proofs: list[str] = field(default_factory=list)
+    #: The code digest of each link of ``proofs`` (None: a trusted root, or a proof without a code identity).
+    codes: list[str | None] = field(default_factory=list)
     parent_from_registry: bool | None = None
     problems: list[str] = field(default_factory=list)
     vsr: float | None = None

@@ -12,6 +12,8 @@ from lightning_pol.errors import PoLError
 from lightning_pol.verification.distances import METRICS
 
 MODES = ("auto", "exact", "tolerant")
+#: What the verifier does with the proof's code identity (docs/verification.md, "Code identity").
+CODE_POLICIES = ("match", "report", "pinned")
 #: Where a replay can run: Lightning's accelerator names.
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
@@ -31,6 +33,9 @@ class VerifierSettings:
     - ``full_data``: recompute every leaf, not only the replayed samples'.
     - ``num_shards``/``shard``: this job replays every ``num_shards``-th selected
       segment from ``shard`` on; every shard computes the same selection.
+    - ``code``: ``match`` (the installed code must be the code that trained, or the proof is rejected
+      before anything of it runs), ``report`` (replay anyway, report the differences), ``pinned`` (match,
+      and every installed file listed in ``trusted_code``, a file of ``python -m lightning_pol.code pin``).
     - ``accelerator``, ``match_threads``: where and with how many CPU threads to replay.
     - ``registry`` (a path, or a :class:`~lightning_pol.verification.registry.Registry`)
       and ``parents`` (a directory to search): the chain of trust. A pretrained start's weights
@@ -61,6 +66,8 @@ class VerifierSettings:
     registry: Any = None
     parents: str | os.PathLike[str] | None = None
     roots: str | os.PathLike[str] | None = None
+    code: str = "match"
+    trusted_code: str | os.PathLike[str] | None = None
     module_overrides: Mapping[str, Any] = field(default_factory=dict)
     datamodule_overrides: Mapping[str, Any] = field(default_factory=dict)
 
@@ -70,6 +77,11 @@ class VerifierSettings:
             raise PoLError(f"bad verifier settings: q={q}, random={random}, num_shards={shards}, shard={shard}")
         if self.mode not in MODES:
             raise PoLError(f"verifier mode must be auto, exact or tolerant, not {self.mode!r}")
+        if self.code not in CODE_POLICIES:
+            raise PoLError(f"verifier code must be one of {list(CODE_POLICIES)}, not {self.code!r}")
+        if (self.code == "pinned") != (self.trusted_code is not None):
+            raise PoLError("verifier.code=pinned needs verifier.trusted_code=PATH (from python -m lightning_pol.code pin), "
+                           "and trusted_code only applies to code=pinned")
         if self.accelerator not in ACCELERATORS:
             raise PoLError(f"verifier accelerator must be one of {list(ACCELERATORS)}, not {self.accelerator!r}")
         if self.seed is not None and not (_whole(self.seed) and 0 <= self.seed < 2**63):
@@ -129,7 +141,7 @@ class VerifierSettings:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["delta"], out["d_ref"] = dict(self.delta), dict(self.d_ref) if self.d_ref else None
         out["module_overrides"], out["datamodule_overrides"] = dict(self.module_overrides), dict(self.datamodule_overrides)
-        for key in ("calibration", "parents", "roots"):
+        for key in ("calibration", "parents", "roots", "trusted_code"):
             out[key] = None if out[key] is None else str(out[key])
         registry = self.registry
         out["registry"] = None if registry is None else str(getattr(registry, "path", registry))

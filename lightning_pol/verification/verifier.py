@@ -1,7 +1,8 @@
 """verify_proof: Algorithm 2 of the paper, with exact replay, random segments and hostile-input checks.
 
-The checks run in order: integrity (files, before anything is parsed), the
-class gate (before anything the proof names runs), initialization,
+The checks run in order: integrity (files, before anything is parsed), code
+(the installed files against the code that trained, before anything the proof
+names is imported), the class gate (before anything the proof names runs), initialization,
 hyperparameters, segment selection, replay, data, and the chain of trust.
 Each records a typed :class:`~lightning_pol.verification.report.Check`. A
 check fails on a :class:`~lightning_pol.errors.PoLError` (which includes
@@ -28,6 +29,7 @@ from lightning_pol.format.manifest import Manifest
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.format.strict_json import ProofFormatError
 from lightning_pol.verification.chain import check_chain
+from lightning_pol.verification.code_check import check_code
 from lightning_pol.verification.coverage import coverage, success_rate
 from lightning_pol.verification.data_check import check_data, declared_batches
 from lightning_pol.verification.distances import distances
@@ -97,8 +99,11 @@ def _verify(proof_dir: Path, settings: VerifierSettings, progress: Progress | No
     chain_check.vsr = own * chain_check.parent_vsr
     if settings.registry is not None and settings.num_shards == 1 and report.checks["integrity"].passed:
         final = reader.checkpoints[-1].sha256 if reader.checkpoints else ""
+        code = report.checks.get("code")
         recorded = {"q": settings.q, "random": settings.random, "seed": settings.seed, "mode": settings.mode,
-                    "delta": dict(settings.delta), "chain": chain_check.proofs}
+                    "delta": dict(settings.delta), "chain": chain_check.proofs, "chain_codes": chain_check.codes,
+                    "code": reader.code.digest if reader.code is not None else None, "code_policy": settings.code,
+                    "code_installed": getattr(code, "installed", None)}
         settings.registry.record(reader.identity, final, report.valid, chain_check.vsr, recorded, report.environment.get("verifier", {}))
     return report
 
@@ -139,6 +144,13 @@ def _check_proof(reader: ProofReader, report: Report, settings: VerifierSettings
         report.reasons.extend(integrity.problems[:3])
         return
     assert integrity.index_log is not None
+    code = check_code(reader, settings.code, settings.trusted_code)  # before the gate imports anything
+    report.checks["code"] = code
+    if code.passed is False:
+        report.reasons.append(code.summary)
+        return
+    if code.passed is None:
+        report.notes.append(code.summary)
     overrides = {"module": settings.module_overrides, "datamodule": settings.datamodule_overrides}
     verifier = PoLVerifierModule(reader, accelerator=settings.accelerator, index_log=integrity.index_log,
                                  overrides=overrides)  # the class gate
