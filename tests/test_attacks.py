@@ -29,9 +29,10 @@ EXPECTED = {
     "lucky_init_pretrained": "initialization",  # W_0 claimed from a trusted root it is not
     "stolen_finetune_pretrained": "initialization",
     "data_substitution": "replay",
+    "replay_aware": "code",  # the verifier has the victim's code: the attacker's module is not the file the proof records
 }
 #: Attacks that claim the victim's own final weights W_T (the others claim a model of their own).
-CLAIM_W_T = ("retraining", "structurally_correct", "infinitesimal_update", "blindfold_topq", "adversarial_examples")
+CLAIM_W_T = ("retraining", "structurally_correct", "infinitesimal_update", "blindfold_topq", "adversarial_examples", "replay_aware")
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,21 @@ def test_blindfold_fools_topq_and_random_segments_catch_it(suite):
     assert d["topq"]["fooled"] and d["accepted_by_topq_only"]
     assert d["detection_probability"] == 1.0  # every segment outside the top-Q is fake
     assert d["empirical_detection_rate"] == 1.0 and d["trials"] == 3
+
+
+def test_replay_aware_passes_its_own_code_and_fails_the_code_check(suite):
+    """Issue 21, acceptance 3: the attacker's module under the victim's import path replays exactly; only the code check stops it."""
+    out, _ = suite
+    result = json.loads((out / "attacks.json").read_text())
+    d = rows(result)["replay_aware"]["details"]
+    assert d["attacker_code_report"]["verdict"] == "accepted" and d["attacker_code_report"]["bit_exact"] > 0
+    assert d["attacker_code_match"]["verdict"] == "accepted"  # match: consistency, not honesty (the trust boundary)
+    assert d["attacker_code_pinned"]["verdict"] == "rejected" and d["attacker_code_pinned"]["failed_checks"] == ["code"]
+    assert "polvictim/model.py" in d["attacker_code_pinned"]["code_check"]
+    assert d["victim_code_report"]["failed_checks"] == ["replay"]  # the honest module lands elsewhere
+    assert "polvictim/model.py" in rows(result)["replay_aware"]["reasons"][0]
+    assert "Trust boundary (replay_aware)" in (out / "attacks.md").read_text()
+    assert rows(result, "tolerant")["replay_aware"]["verdict"] == "rejected"
 
 
 def test_tolerance_reopens_the_infinitesimal_update(suite):

@@ -26,6 +26,7 @@ from lightning_pol.attacks.pretrained import (
     stolen_as_root,
     stolen_finetune_pretrained,
 )
+from lightning_pol.attacks.replay_aware import replay_aware
 from lightning_pol.attacks.retraining import data_substitution, retraining
 from lightning_pol.attacks.toolkit import Setup
 from lightning_pol.attacks.victim import Spoof, Victim
@@ -43,6 +44,7 @@ ATTACKS: dict[str, Callable[..., Spoof]] = {
     "lucky_init_pretrained": lucky_init_pretrained,
     "stolen_finetune_pretrained": stolen_finetune_pretrained,
     "data_substitution": data_substitution,
+    "replay_aware": replay_aware,
 }
 
 __all__ = ["ATTACKS", "Setup", "Spoof", "Victim"]

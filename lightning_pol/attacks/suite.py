@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_pol.attacks import ATTACKS
+from lightning_pol.attacks.replay_aware import installed, verdicts
 from lightning_pol.attacks.toolkit import (
     Setup,
     Stopwatch,
@@ -31,7 +32,7 @@ from lightning_pol.verification.verifier import verify_proof
 log = logging.getLogger(__name__)
 
 #: The order in which a rejection is attributed: the first failed check is the one that caught the spoof.
-CHECK_ORDER = ("integrity", "initialization", "hyperparameters", "chain", "data", "replay")
+CHECK_ORDER = ("integrity", "code", "initialization", "hyperparameters", "chain", "data", "replay")
 
 
 def caught_by(report: Report) -> list[str]:
@@ -165,8 +166,12 @@ def _attack_rows(victim: Victim, out: Path, names: Sequence[str], params: Mappin
         say(f"{name}: building the spoof")
         spoof = ATTACKS[name](victim, out / name, **params.get(name, {}))
         settings = verifier.replace(roots=spoof.roots) if spoof.roots is not None else verifier
-        report = verify_proof(spoof.proof, settings, progress=_replaying(say, name))
+        with installed(spoof.installed):
+            report = verify_proof(spoof.proof, settings, progress=_replaying(say, name))
         details = dict(spoof.details)
+        if name == "replay_aware":
+            say(f"{name}: verifying with the attacker's code installed, under verifier.code report, match and pinned")
+            details.update(verdicts(spoof, verifier))
         if name == "blindfold_topq":
             say(f"{name}: verifying with top-Q alone and {trials} verifier seeds")
             details.update(blindfold_detection(spoof, verifier, trials))
@@ -193,9 +198,21 @@ def _note(row: Mapping[str, Any]) -> str:
                 f"P = {d['detection_probability']:.3f}, measured {d['empirical_detection_rate']:.2f} over {d['trials']} seeds")
     if row["name"] == "infinitesimal_update":
         return f"{d['segments']} segments of l2 spacing {d['spacing_l2']:.3g}" + (f" (needs {d['segments_needed']})" if d["capped"] else "")
+    if row["name"] == "replay_aware" and "attacker_code_report" in d:
+        return ("the attacker's code installed: " + ", ".join(f"{p} {d[f'attacker_code_{p}']['verdict']}" for p in ("report", "match", "pinned"))
+                + "; the victim's installed: " + "; ".join(row["reasons"][:1]))
     if row["name"] == "adversarial_examples":
         return f"step error l2 mean {d['step_error_l2']['mean']:.3g}; {d['perturbed_samples']} perturbed samples committed"
     return "; ".join(row["reasons"][:1])
+
+
+TRUST_BOUNDARY = (
+    "Trust boundary (replay_aware): the verifier replays through the prover's code. The code check guarantees that "
+    "the installed files are the ones the proof records (verifier.code=match) and, under verifier.code=pinned, files "
+    "the verifier reviewed; it cannot make a package the verifier installs without review honest: with the attacker's "
+    "code installed, report and match accept. Hiding the proof from that code is no substitute: it runs in the "
+    "verifier's process and can ship the states it must reach. See docs/security.md."
+)
 
 
 def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -212,6 +229,8 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines = [f"## Default verifier (q={v.get('q', 1)}, random={v.get('random', 1)}, mode={v.get('mode', 'auto')})", "",
              f"Cost ratio: the attack's wall-clock time over honest training's ({result['honest_train_seconds']:.1f} s), same machine, same run.", ""]
     lines += _table(result["attacks"])
+    if any(r["name"] == "replay_aware" for r in result["attacks"]):
+        lines += ["", TRUST_BOUNDARY]
     if "tolerant" in result:
         t = result["tolerant"]
         delta = ", ".join(f"{k}={x:.3g}" for k, x in t["delta"].items())

@@ -39,3 +39,6 @@ class Spoof:
     details: dict[str, Any] = field(default_factory=dict)
     #: A weights file the verifier trusts as a root for this spoof (a published model it claims to start from).
     roots: Path | None = None
+    #: A directory the verifier has on its import path for this spoof: the code it installed for the classes the
+    #: proof names (None: the suite's own).
+    installed: Path | None = None
