@@ -12,6 +12,7 @@ edits a :class:`Mutant` and returns a one-line description of what it did.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import pickle
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 
 from lightning_pol.format import layout as pf
 from lightning_pol.format.checkpoint import checkpoint_bytes
+from lightning_pol.format.code_identity import canonical_bytes
 from lightning_pol.format.index_log import IndexLog
 from lightning_pol.format.pretrained import tensor_digest
 from lightning_pol.format.reader import ProofReader
@@ -1040,14 +1042,37 @@ def _pretrained_claim(d: Draw, mu: Mutant) -> str:
     return f"pretrained: {len(claimed)} tensors claimed, {form}"
 
 
+def _code_claim(d: Draw, mu: Mutant) -> str:
+    """The code identity, lying in one entry and resealed (its digest recomputed): the code check must reject it."""
+    code = mu.m["code"]
+    path = pick(d, sorted(code["classes"]), "class")
+    form = pick(d, ["sha256", "file", "drop", "distribution", "import"], "form")
+    entry = code["classes"][path]
+    if form == "sha256":
+        entry["sha256"] = changed(d, st.text("0123456789abcdef", min_size=64, max_size=64), entry["sha256"], "sha256")
+    elif form == "file":
+        entry["file"] = pick(d, ["../../etc/passwd", "/etc/passwd", "x" * 900, "torch/__init__.py"], "file")
+    elif form == "drop":
+        del code["classes"][path]
+    elif form == "distribution":  # another version of the same file: the files decide, and they match
+        entry["distribution"], entry["version"] = "torch", "0.0.1"
+        entry["sha256"] = "0" * 64
+    else:
+        code["imports"][pick(d, ["../../etc/passwd", "src/__init__.py", "lightning_pol/__init__.py"], "import")] = "f" * 64
+    code["digest"] = hashlib.sha256(canonical_bytes({"classes": code["classes"], "imports": code["imports"]})).hexdigest()
+    return f"code: {form} of {path}"
+
+
 def semantic(d: Draw, mu: Mutant) -> str:
     """Well-formed lies, written as the real writer writes: every one must be rejected by the checks after integrity."""
     variant = pick(d, ["scale_weights", "perturb_one", "optimizer_lr", "momentum_buffer", "rng", "index_swap",
                        "index_replace", "module_hparams", "datamodule_hparams", "data_root", "leaf_change",
-                       "init_strategy", "bn_stats", "monitored", "pretrained"], "variant")
+                       "init_strategy", "bn_stats", "monitored", "pretrained", "code"], "variant")
     m = mu.m
     if variant == "pretrained":
         return _pretrained_claim(d, mu)
+    if variant == "code":
+        return _code_claim(d, mu)
     if variant == "monitored":  # a value for a plateau scheduler the declared module does not configure
         step = d.draw(st.integers(1, (m.get("final_step") or 1) + 2), label="step")
         m["monitored"] = [{"step": step, "scheduler": d.draw(st.integers(0, 2), label="scheduler"),

@@ -13,7 +13,8 @@ there). Modes:
 ``fast``
     What :func:`~lightning_pol.verify_proof` runs before any code of
     the proof's classes: ``ProofReader`` (exit 2 on error), the integrity
-    check (exit 1), the class gate of :class:`~lightning_pol.PoLVerifierModule` (exit 2),
+    check (exit 1), the code check (exit 1 under the default ``verifier.code=match``; found and hashed, never
+    imported; the case goes on, as under ``verifier.code=report``), the class gate of :class:`~lightning_pol.PoLVerifierModule` (exit 2),
     then every checkpoint and the leaves are parsed (exit 1, as the content
     checks would). A mutant that passes all of it is ``wellformed``.
 ``full``
@@ -89,10 +90,12 @@ def fast_check(proof: Path) -> dict[str, Any]:
     """The verifier's input path, stage by stage, with the exit code each failure leads to."""
     from lightning_pol.errors import PoLError
     from lightning_pol.format.reader import ProofReader
+    from lightning_pol.verification.code_check import check_code
     from lightning_pol.verification.integrity import check_integrity
     from lightning_pol.verification.replay import PoLVerifierModule
 
     imported: dict[str, list[str]] = {}
+    code_failed: str | None = None
 
     def stage(name: str, exit_code: int | None, fn: Any) -> Any:
         before = set(sys.modules)
@@ -110,6 +113,10 @@ def fast_check(proof: Path) -> dict[str, Any]:
         integrity = stage("integrity", 1, lambda: check_integrity(reader))
         if integrity.problems:
             raise Outcome(1, "integrity", integrity.problems[0])
+        code = stage("code", 1, lambda: check_code(reader, "match"))
+        if code.passed is False:  # verify_with (code=match) stops here with exit 1 ...
+            code_failed = code.summary
+        # ... but under verifier.code=report the proof goes on to the gate: so does every mutant here
         stage("classes", 2, lambda: PoLVerifierModule(reader, index_log=integrity.index_log))
         for entry in reader.checkpoints:
             stage("checkpoints", 1, lambda entry=entry: reader.load_checkpoint(entry))
@@ -117,6 +124,8 @@ def fast_check(proof: Path) -> dict[str, Any]:
         result: dict[str, Any] = {"exit": None, "stage": "wellformed", "reason": ""}
     except Outcome as o:
         result = {"exit": o.exit_code, "stage": o.stage, "reason": o.reason}
+    if code_failed is not None:  # what the default verifier answers, whatever the later stages (reached under report) said
+        result = {"exit": 1, "stage": "code", "reason": code_failed}
     # Importing is running code: only the declared classes may be imported, and only in "classes".
     result["imported"] = {k: v for k, v in imported.items() if k != "classes"}
     result["imported_classes"] = imported.get("classes", [])
