@@ -1117,7 +1117,9 @@ def semantic(d: Draw, mu: Mutant) -> str:
         else:
             rng = dict(state["rng"])
             t = rng["torch"].clone()
-            t[d.draw(st.integers(0, 600), label="pos")] ^= 1
+            # Not bytes 24-31, MT19937's state[0]: its twist reads only the top bit of that word, so a flip below it is
+            # the same generator (found by seed 22: byte 26 flipped, every segment still bit-exact), not a lie.
+            t[d.draw(st.integers(0, 600).filter(lambda pos: not 24 <= pos < 32), label="pos")] ^= 1
             rng["torch"] = t
             state["rng"] = rng
             desc = f"{rel} torch RNG state"
