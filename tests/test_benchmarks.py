@@ -21,6 +21,7 @@ def test_quick_benchmarks_run_and_report_every_measure(tmp_path):
     for rows in res["overhead"].values():
         assert {"1", "16"} <= set(rows) and len(rows) == 3  # k = 1, 16 and the whole run
         assert all(r["lightning_pol"] > 0 and r["torch_save_baseline"] > 0 for r in rows.values())
+        assert all(r["spread"][0] <= r["lightning_pol"] <= r["spread"][1] for r in rows.values())  # a median within its spread
     # A proof holds at least the raw bytes of its tensors; the rest is headers, the index log and the data commitment.
     for row in res["storage"].values():
         assert row["proof_over_raw"] >= row["checkpoints_over_raw"] >= 1.0
