@@ -188,6 +188,90 @@ def storage(k_values: list[int], widths: list[int], tmp: Path) -> dict[str, Any]
     return rows
 
 
+def _raw(tensors: dict[str, torch.Tensor]) -> bytes:
+    """A state's tensor bytes as a checkpoint holds them."""
+    return b"".join(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() for t in tensors.values())
+
+
+def _shuffle(tensors: dict[str, torch.Tensor]) -> bytes:
+    """Every tensor's element bytes regrouped by position (all first bytes, then all second bytes, ...): a float's
+    exponent bytes end up together, which a compressor can use."""
+    return b"".join(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().reshape(-1, t.element_size()).T.tobytes()
+                    for t in tensors.values())
+
+
+def _unshuffle(data: bytes, tensors: dict[str, torch.Tensor]) -> bytes:
+    import numpy as np
+
+    out, at = [], 0
+    for t in tensors.values():
+        n = t.numel() * t.element_size()
+        out.append(np.frombuffer(data, np.uint8, n, at).reshape(t.element_size(), -1).T.tobytes())
+        at += n
+    return b"".join(out)
+
+
+def compression(states: dict[str, dict[str, torch.Tensor]], tmp: Path) -> dict[str, Any]:
+    """Lossless compression of full training states: zlib-6, zstd-3 and byte shuffle + zstd-3 (one thread; the
+    shuffle's time counted), against writing the raw bytes to this disk with fsync. Whether it pays is decided in
+    docs/performance.md."""
+    import zlib
+
+    import zstandard
+
+    def mb_s(nbytes: int, fn: Callable[[], Any]) -> tuple[Any, float]:
+        t = time.perf_counter()
+        out = fn()
+        return out, nbytes / 1e6 / max(time.perf_counter() - t, 1e-9)
+
+    rows: dict[str, Any] = {}
+    for name, tensors in states.items():
+        raw = _raw(tensors)
+        row: dict[str, Any] = {"megabytes": len(raw) / 1e6}
+        target = tmp / "compression.bin"
+
+        def write(data: bytes = raw) -> None:
+            with open(target, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+
+        _, row["write_fsync_mb_s"] = mb_s(len(raw), write)
+        _, row["sha256_mb_s"] = mb_s(len(raw), lambda: hashlib.sha256(raw).digest())
+        zc, zd = zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
+        methods: dict[str, tuple[Callable[[], bytes], Callable[[bytes], bytes]]] = {
+            "zlib6": (lambda: zlib.compress(raw, 6), zlib.decompress),
+            "zstd3": (lambda: zc.compress(raw), zd.decompress),
+            "shuffle_zstd3": (lambda: zc.compress(_shuffle(tensors)), lambda d: _unshuffle(zd.decompress(d), tensors)),
+        }
+        for method, (pack, unpack) in methods.items():
+            packed, speed = mb_s(len(raw), pack)
+            back, dspeed = mb_s(len(raw), lambda: unpack(packed))
+            assert back == raw, method
+            row[method] = {"ratio": len(packed) / len(raw), "compress_mb_s": speed, "decompress_mb_s": dspeed}
+        rows[name] = row
+    return rows
+
+
+def compression_states(tmp: Path, quick: bool) -> dict[str, dict[str, torch.Tensor]]:
+    """The full final states (model, optimizer, RNG: every tensor a checkpoint holds) of short real runs of the zoo's
+    models: digits CNN width 32 (1 epoch), ResNet-20 (64 steps; 8 when quick); and W_0 of ResNet-56 and ResNet-50."""
+    from lightning_pol.zoo.networks import build_network
+
+    states = {}
+    runs = [("digits CNN width 32, trained 1 epoch", Workload("digits", lambda: DigitsCNN(width=32), lambda: DigitsDataModule(batch_size=32), 45, max_epochs=1)),
+            ("ResNet-20, trained 64 steps" if not quick else "ResNet-20, trained 8 steps", resnet20(8 if quick else 64))]
+    for name, work in runs:
+        proof = tmp / f"compression-{len(states)}"
+        work.fit([ProofOfLearning(proof, every_n_steps=10_000)], tmp / "compression")
+        reader = ProofReader(proof)
+        states[name] = reader.read_tensors(reader.checkpoints[-1].path)[0]
+    if not quick:
+        for net in ("resnet56", "resnet50_cifar"):
+            states[f"{net}, W_0"] = build_network(net, num_classes=100 if net == "resnet50_cifar" else 10).state_dict()
+    return states
+
+
 def commitment_throughput(samples: int) -> dict[str, Any]:
     """MB/s of computing the data commitment (leaves) of in-memory CIFAR-shaped samples, against raw SHA-256 of
     the same bytes on one core."""
@@ -248,18 +332,26 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {k} | {r['lightning_pol']:.3f}x | {spread} | {epochs[0]} | {epochs[1]} | {r['torch_save_baseline']:.3f}x | "
                          f"{r['plain_seconds']:.2f} | {r.get('repeats', res['repeats'])} |")
         lines.append("")
-    if "replay" not in res or "storage" not in res or "commitment" not in res:  # a run of some --sections only
-        return "\n".join(lines) + "\n"
-    r = res["replay"]
-    lines += [f"**Replay** (digits, k={r['k']}): full replay / training = {r['full_replay_over_training']:.2f}x; "
-              f"top-Q (q=1, random=0) / training = {r['topq_over_training']:.2f}x against the theoretical {r['topq_theoretical_fraction']:.2f}", ""]
-    lines += ["**Storage** (1 epoch)", "", "| model, k | checkpoints | raw state MB | checkpoints / raw | proof / raw | zlib-6 / checkpoint |", "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {n} | {r['checkpoints']} | {r['raw_state_bytes'] / 1e6:.2f} | {r['checkpoints_over_raw']:.4f} | {r['proof_over_raw']:.4f} | {r['zlib6_over_checkpoint']:.3f} |"
-              for n, r in res["storage"].items()]
-    c = res["commitment"]
-    lines += ["", f"**Data commitment** ({c['samples']} 3x32x32 samples, {c['megabytes']:.1f} MB): raw SHA-256 {c['raw_sha256_mb_s']:.0f} MB/s on one core; "
+    if "replay" in res:  # each section only where it ran (--sections)
+        r = res["replay"]
+        lines += [f"**Replay** (digits, k={r['k']}): full replay / training = {r['full_replay_over_training']:.2f}x; "
+                  f"top-Q (q=1, random=0) / training = {r['topq_over_training']:.2f}x against the theoretical {r['topq_theoretical_fraction']:.2f}", ""]
+    if "storage" in res:
+        lines += ["**Storage** (1 epoch)", "", "| model, k | checkpoints | raw state MB | checkpoints / raw | proof / raw | zlib-6 / checkpoint |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {n} | {r['checkpoints']} | {r['raw_state_bytes'] / 1e6:.2f} | {r['checkpoints_over_raw']:.4f} | {r['proof_over_raw']:.4f} | "
+                  f"{r['zlib6_over_checkpoint']:.3f} |" for n, r in res["storage"].items()]
+    c = res.get("commitment")
+    lines += [] if c is None else ["", f"**Data commitment** ({c['samples']} 3x32x32 samples, {c['megabytes']:.1f} MB): raw SHA-256 {c['raw_sha256_mb_s']:.0f} MB/s on one core; "
               f"leaves {c['leaves_0_workers_mb_s']:.0f} MB/s in-process ({c['leaves_0_workers_over_raw']:.2f}x), "
               f"{c['leaves_2_workers_mb_s']:.0f} MB/s with 2 workers ({c['leaves_2_workers_over_raw']:.2f}x)"]
+    if "compression" in res:
+        lines += ["", "**Compression of full states** (one thread; ratio = compressed / raw)", "",
+                  "| state | MB | zlib-6 | zstd-3 | shuffle + zstd-3 | shuffle + zstd-3 MB/s (compress / decompress) | write + fsync MB/s |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {n} | {r['megabytes']:.2f} | {r['zlib6']['ratio']:.3f} | {r['zstd3']['ratio']:.3f} | {r['shuffle_zstd3']['ratio']:.3f} | "
+                  f"{r['shuffle_zstd3']['compress_mb_s']:.0f} / {r['shuffle_zstd3']['decompress_mb_s']:.0f} | {r['write_fsync_mb_s']:.0f} |"
+                  for n, r in res["compression"].items()]
     if "multirun" in res:
         mr = res["multirun"]
         lines += ["", f"**Multirun** (full replay as `python -m lightning_pol.verify`): 1 job {mr['single_seconds']:.1f} s, "
@@ -268,7 +360,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 #: What ``--sections`` may name: each measure, and ``resnet20`` for the ResNet-20 overhead alone (as ``overhead``).
-SECTIONS = ("overhead", "resnet20", "replay", "storage", "commitment", "multirun")
+SECTIONS = ("overhead", "resnet20", "replay", "storage", "commitment", "compression", "multirun")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         section("replay", lambda: replay_costs(work, 16, repeats, tmp))
         section("storage", lambda: storage([1, 16] if args.quick else [1, 16, 45], [8, 32] if args.quick else [8, 32, 128], tmp))
         section("commitment", lambda: commitment_throughput(500 if args.quick else 10000))
+        section("compression", lambda: compression(compression_states(tmp, args.quick), tmp))
         if not args.quick and "replay" in res:
             section("multirun", lambda: multirun_scaling(tmp / "replay-0", tmp))
     finally:

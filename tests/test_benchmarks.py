@@ -17,7 +17,9 @@ def test_quick_benchmarks_run_and_report_every_measure(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "results.json").read_text())
-    assert set(res) >= {"machine", "overhead", "replay", "storage", "commitment"}
+    assert set(res) >= {"machine", "overhead", "replay", "storage", "commitment", "compression"}
+    for row in res["compression"].values():  # lossless (the round trip is checked inside), and smaller than the raw bytes
+        assert all(0 < row[m]["ratio"] < 1 for m in ("zlib6", "zstd3", "shuffle_zstd3"))
     for rows in res["overhead"].values():
         assert {"1", "16"} <= set(rows) and len(rows) == 3  # k = 1, 16 and the whole run
         assert all(r["lightning_pol"] > 0 and r["torch_save_baseline"] > 0 for r in rows.values())
