@@ -145,6 +145,17 @@ def test_a_code_identity_that_lies_is_refused(project, tmp_path):
     assert not report.valid and "does not name the classes the proof names (codeproj.model:Model)" in report.reasons[0]
 
 
+def test_a_project_not_installed_here_is_exit_2_before_anything_is_imported(project, tmp_path, monkeypatch):
+    proof = train(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(project.parent)])
+    for name in [n for n in sys.modules if n == PACKAGE or n.startswith(PACKAGE + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    importlib.invalidate_caches()
+    with pytest.raises(PoLError, match=r"cannot import the proof's class 'codeproj.model:Model' \(no module file for it here"):
+        verify_proof(proof, q=0)
+    assert PACKAGE not in sys.modules
+
+
 def test_a_proof_without_a_code_identity(project, tmp_path):
     proof = train(tmp_path)
     rewrite_manifest_json(proof, lambda m: m.pop("code"))

@@ -71,7 +71,7 @@ class CodeIdentity:
             if mine is None or theirs is None:
                 out.append(f"{path}: {'not recorded' if mine is None else 'not located here'}")
             elif mine.file != theirs.file:
-                out.append(f"{path}: defined in {mine.file} in training, {theirs.file} here")
+                out.append(f"{path}: defined in {mine.file or 'no file'} in training, {theirs.file or 'no file'} here")
             elif mine.sha256 != theirs.sha256:
                 versions = f" ({mine.origin()} in training, {theirs.origin()} here)" if mine.origin() != theirs.origin() else ""
                 out.append(f"{mine.file}{versions}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_pol.errors import PoLError
+from lightning_pol.format.classes import NotRecreatableError
 from lightning_pol.format.code_identity import CodeIdentity
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.runtime.installed_code import (
@@ -31,10 +32,19 @@ TRUSTED_FORMAT = "lightning-pol-trusted-code"
 
 
 def check_code(reader: ProofReader, policy: str, trusted_code: str | os.PathLike[str] | None = None) -> CodeCheck:
-    """Compare the proof's code identity with this machine's files; ``passed`` None under ``report`` when they differ."""
+    """Compare the proof's code identity with this machine's files; ``passed`` None under ``report`` when they differ.
+
+    Raises :class:`NotRecreatableError` (exit 2) for a class the proof records a file for and no file here defines:
+    the project is not installed where the verifier runs."""
     named = named_classes(reader.manifest)
     installed = installed_code(named)
     recorded = reader.code
+    for path, source in sorted((recorded.classes if recorded is not None else {}).items()):
+        if source.file is not None and path in installed.classes and installed.classes[path].file is None:
+            # Not installed here: exit 2, as the class gate says it (nothing is imported to find out)
+            top = path.partition(":")[0].split(".")[0]
+            raise NotRecreatableError(f"cannot import the proof's class {path!r} (no module file for it here; ModuleNotFoundError: "
+                                      f"No module named {top!r} or a submodule); install its project, or verify from the project's root")
     differences: list[str] = []
     if recorded is None:
         differences.append("the proof records no code identity (written before lightning-pol recorded one)")

@@ -113,7 +113,7 @@ def fast_check(proof: Path) -> dict[str, Any]:
         integrity = stage("integrity", 1, lambda: check_integrity(reader))
         if integrity.problems:
             raise Outcome(1, "integrity", integrity.problems[0])
-        code = stage("code", 1, lambda: check_code(reader, "match"))
+        code = stage("code", 2, lambda: check_code(reader, "match"))  # raises (exit 2) for a class not installed here
         if code.passed is False:  # verify_with (code=match) stops here with exit 1 ...
             code_failed = code.summary
         # ... but under verifier.code=report the proof goes on to the gate: so does every mutant here
