@@ -379,10 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="pol-bench-"))
     res: dict[str, Any] = {"machine": machine(), "repeats": repeats, "quick": args.quick}
 
-    def section(name: str, measure: Callable[[], Any]) -> None:
-        if name.partition(":")[0] not in args.sections:
+    def section(name: str, measure: Callable[[], Any], key: str | None = None) -> None:
+        """Run ``measure`` when ``--sections`` names ``name``; its result goes under ``key`` (default: ``name``)."""
+        if name not in args.sections:
             return
-        name = name.partition(":")[2] or name
+        name = key or name
         t = time.perf_counter()
         res[name] = measure()
         (args.out / "results.json").write_text(json.dumps(res, indent=1))  # what is measured survives a later failure
@@ -401,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             work.name: callback_overhead(work, digit_ks, digit_repeats, tmp),
             f"{net.name}, {steps} steps": callback_overhead(net, [1, 16, steps], net_repeats, tmp),
         })
-        section("resnet20:overhead", lambda: {f"{net.name}, {steps} steps": callback_overhead(net, [1, 16, steps], net_repeats, tmp)})
+        section("resnet20", lambda: {f"{net.name}, {steps} steps": callback_overhead(net, [1, 16, steps], net_repeats, tmp)}, key="overhead")
         section("replay", lambda: replay_costs(work, 16, repeats, tmp))
         section("storage", lambda: storage([1, 16] if args.quick else [1, 16, 45], [8, 32] if args.quick else [8, 32, 128], tmp))
         section("commitment", lambda: commitment_throughput(500 if args.quick else 10000))

@@ -40,8 +40,8 @@ def run(argv: list[str]) -> int:
         print(f"{args.trusted}: {len(added)} files approved")
         return EXIT_VALID
     reader = ProofReader(args.proof_dir)
-    check = check_code(reader, "match")
     installed = installed_code(named_classes(reader.manifest))
+    check = check_code(reader, "match", installed=installed)
     for entry in check.classes:
         mark = "same" if entry["recorded"] == entry["installed"] else "DIFFERS"
         origin = f"{entry['distribution']} {entry['version']}" if entry["distribution"] else "source tree"

@@ -80,8 +80,9 @@ def installed_code(paths: Iterable[str]) -> CodeIdentity:
         if dist is None and _is_project(file):
             project_files[rel] = file
             for pkg_name, pkg_spec in _packages_of(name):
-                if _file(pkg_spec) is not None and _is_project(_file(pkg_spec)):  # type: ignore[arg-type]
-                    project_files[relative_file(pkg_name, pkg_spec)] = _file(pkg_spec)  # type: ignore[assignment]
+                init = _file(pkg_spec)
+                if init is not None and _is_project(init):
+                    project_files[relative_file(pkg_name, pkg_spec)] = init
     imports = _project_closure(project_files)
     class_files = {s.file for s in classes.values()}
     return CodeIdentity(classes, {rel: sha for rel, sha in imports.items() if rel not in class_files})

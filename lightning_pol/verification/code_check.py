@@ -31,13 +31,15 @@ from lightning_pol.verification.report import CodeCheck
 TRUSTED_FORMAT = "lightning-pol-trusted-code"
 
 
-def check_code(reader: ProofReader, policy: str, trusted_code: str | os.PathLike[str] | None = None) -> CodeCheck:
+def check_code(reader: ProofReader, policy: str, trusted_code: str | os.PathLike[str] | None = None,
+               installed: CodeIdentity | None = None) -> CodeCheck:
     """Compare the proof's code identity with this machine's files; ``passed`` None under ``report`` when they differ.
 
     Raises :class:`NotRecreatableError` (exit 2) for a class the proof records a file for and no file here defines:
-    the project is not installed where the verifier runs."""
+    the project is not installed where the verifier runs. ``installed``: this machine's identity of the proof's
+    classes, when the caller computed it already."""
     named = named_classes(reader.manifest)
-    installed = installed_code(named)
+    installed = installed if installed is not None else installed_code(named)
     recorded = reader.code
     for path, source in sorted((recorded.classes if recorded is not None else {}).items()):
         if source.file is not None and path in installed.classes and installed.classes[path].file is None:
