@@ -26,9 +26,14 @@ def checkpoint_bytes(state: dict[str, Any]) -> bytes:
     return safetensors_bytes(tensors, {layout.CHECKPOINT_STATE_KEY: json.dumps(tree, allow_nan=False, separators=(",", ":"))})
 
 
+def checkpoint_digest(state: dict[str, Any]) -> str:
+    """SHA-256 of the checkpoint file of ``state``: what a digest-only entry of a tiered proof records."""
+    return layout.sha256_bytes(checkpoint_bytes(state))
+
+
 def parse_checkpoint(tensors: dict[str, torch.Tensor], metadata: dict[str, str], entry: CheckpointEntry, manifest: Manifest) -> dict[str, Any]:
     """The decoded state of the checkpoint file of ``entry`` (its tensors and metadata), checked against the manifest."""
-    rel = entry.path
+    rel = entry.path or f"checkpoint {entry.step}"
     if set(metadata) != {layout.CHECKPOINT_STATE_KEY}:
         raise ProofFormatError(f"{rel}: checkpoint metadata must hold exactly the key {layout.CHECKPOINT_STATE_KEY!r}")
     tree = load_json(metadata[layout.CHECKPOINT_STATE_KEY], f"{rel}: checkpoint state")
@@ -78,7 +83,7 @@ def _check_optimization_state(state: dict[str, Any], rel: str) -> None:
 
 
 def _check_progress(progress: Any, entry: CheckpointEntry, manifest: Manifest) -> None:
-    rel = entry.path
+    rel = entry.path or f"checkpoint {entry.step}"
     if not isinstance(progress, dict) or not is_int(progress.get("global_step")) or progress["global_step"] != entry.step:
         raise ProofFormatError(f"{rel}: its step does not match the manifest")
     if not is_int(progress.get("epoch")) or progress["epoch"] != entry.epoch:

@@ -64,15 +64,26 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class CheckpointEntry:
-    """The checkpoint of the state at the start of optimizer step ``step`` (the final one: at the end of training)."""
+    """The checkpoint of the state at the start of optimizer step ``step`` (the final one: at the end of training).
+
+    ``path`` None: a digest-only entry of a tiered proof, ``sha256`` the digest of the file it would have been.
+    ``norms``: in a tiered proof, the update norms per tensor group from the previous checkpoint to this one.
+    """
 
     step: int
     epoch: int
-    path: str
+    path: str | None
     sha256: str
+    norms: dict[str, float] | None = None
+
+    @property
+    def full(self) -> bool:
+        """Whether the proof holds this state's file (else only its digest)."""
+        return self.path is not None
 
     def to_json(self) -> dict[str, Any]:
-        return {"step": self.step, "epoch": self.epoch, "path": self.path, "sha256": self.sha256}
+        out = {"step": self.step, "epoch": self.epoch, "path": self.path, "sha256": self.sha256}
+        return out if self.norms is None else {**out, "norms": dict(self.norms)}
 
 
 @dataclass(frozen=True)
@@ -223,6 +234,8 @@ class Manifest:
     final_step: int | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)
     format_version: int = layout.FORMAT_VERSION
+    #: K of a tiered proof: full states at step 0, every K steps and at the end, digests in between (None: K = k).
+    full_every_n_steps: int | None = None
 
     # -- reading -------------------------------------------------------------------
     @property
@@ -241,6 +254,15 @@ class Manifest:
     def checkpoint_at(self, step: int) -> CheckpointEntry | None:
         return next((c for c in self.checkpoints if c.step == step), None)
 
+    @property
+    def tiered(self) -> bool:
+        """Whether some checkpoints are digest-only (``full_every_n_steps`` set)."""
+        return self.full_every_n_steps is not None
+
+    def full_state_due(self, step: int) -> bool:
+        """Whether the checkpoint of ``step`` (not the final one) must be stored in full: step 0 and every K-th."""
+        return self.full_every_n_steps is None or step % self.full_every_n_steps == 0
+
     # -- operations ------------------------------------------------------------------
     def list_file(self, rel: str, entry: FileEntry) -> FileEntry | None:
         """List ``rel`` (a put file); returns the entry it replaces."""
@@ -251,11 +273,14 @@ class Manifest:
     def unlist_file(self, rel: str) -> FileEntry | None:
         return self.files.pop(rel, None)
 
-    def add_checkpoint(self, step: int, epoch: int, path: str) -> CheckpointEntry:
-        """List the checkpoint of ``step``, whose file ``path`` is listed already."""
+    def add_checkpoint(self, step: int, epoch: int, path: str | None, digest: str | None = None,
+                       norms: dict[str, float] | None = None) -> CheckpointEntry:
+        """List the checkpoint of ``step``: its file ``path``, listed already, or (``path`` None) only its ``digest``."""
         if self.checkpoints and step <= self.checkpoints[-1].step:
             raise ValueError(f"checkpoint {step} after checkpoint {self.checkpoints[-1].step}")
-        entry = CheckpointEntry(step, epoch, path, self.files[path].sha256)
+        if (norms is not None) != (self.tiered and step > 0):
+            raise ValueError("a tiered proof records update norms at every checkpoint after step 0, another proof none")
+        entry = CheckpointEntry(step, epoch, path, self.files[path].sha256 if path is not None else str(digest), norms)
         self.checkpoints.append(entry)
         return entry
 
@@ -310,6 +335,8 @@ class Manifest:
             "created": self.created,
             "seed": self.seed,
             "every_n_steps": self.every_n_steps,
+            # Only in a tiered proof: other proofs' manifests are the format's first form.
+            **({"full_every_n_steps": self.full_every_n_steps} if self.full_every_n_steps is not None else {}),
             "init": self.init.to_json(),
             "parent": self.parent,
             "module": self.module.to_json(),
@@ -342,10 +369,11 @@ class Manifest:
         """Check a manifest's JSON object field by field (docs/proof-format.md) and type it."""
         _check_format(m)
         files = _files(m.get("files"))
-        checkpoints = _checkpoints(m.get("checkpoints"), files)
         for key in ("every_n_steps", "seed"):
             if not is_int(m.get(key), 1 if key == "every_n_steps" else 0):
                 raise ProofFormatError(f"manifest field {key} is missing or invalid")
+        full_every = _full_every(m)
+        checkpoints = _checkpoints(m.get("checkpoints"), files, full_every is not None)
         index_log = _index_log(m.get("index_log"), files)
         status = m.get("status")
         if status not in (layout.STATUS_IN_PROGRESS, layout.STATUS_COMPLETE):
@@ -383,7 +411,7 @@ class Manifest:
             environment=m["environment"], data=data, datamodule=datamodule, parent=m.get("parent"), status=status,
             index_log=index_log, sample_epochs=sample_epochs, checkpoints=checkpoints, final_step=m.get("final_step"),
             files=files, format_version=m["format_version"], monitored=monitored,
-            callbacks=[c for c in callback_specs if c is not None], code=code,
+            callbacks=[c for c in callback_specs if c is not None], code=code, full_every_n_steps=full_every,
         )
 
 
@@ -411,23 +439,59 @@ def _files(files: Any) -> dict[str, FileEntry]:
     return out
 
 
-def _checkpoints(ckpts: Any, files: dict[str, FileEntry]) -> list[CheckpointEntry]:
+def _full_every(m: dict[str, Any]) -> int | None:
+    if "full_every_n_steps" not in m:
+        return None
+    k, full = m["every_n_steps"], m["full_every_n_steps"]
+    if not is_int(full, 1) or full <= k or full % k:
+        raise ProofFormatError("manifest field full_every_n_steps is not a multiple of every_n_steps greater than it")
+    return int(full)
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+#: Most tensor groups a checkpoint's update norms may name (runtime.update_norms.tensor_group).
+MAX_NORM_GROUPS = 10_000
+
+
+def _checkpoints(ckpts: Any, files: dict[str, FileEntry], tiered: bool) -> list[CheckpointEntry]:
     if not isinstance(ckpts, list):
         raise ProofFormatError("manifest has no checkpoint list")
     out: list[CheckpointEntry] = []
     last, last_epoch = -1, 0
     for c in ckpts:
-        if not isinstance(c, dict) or not is_int(c.get("step")) or not is_int(c.get("epoch")) or not isinstance(c.get("path"), str):
+        path = c.get("path") if isinstance(c, dict) else None
+        if not isinstance(c, dict) or not is_int(c.get("step")) or not is_int(c.get("epoch")) or not (
+            isinstance(path, str) or (path is None and tiered and "path" in c)
+        ):
             raise ProofFormatError("bad checkpoint entry")
+        if set(c) - {"step", "epoch", "path", "sha256", "norms"}:
+            raise ProofFormatError(f"checkpoint at step {c['step']} has keys the format does not know")
         if c["step"] <= last:
             raise ProofFormatError("checkpoint steps are not strictly increasing")
         if c["epoch"] < last_epoch:
             raise ProofFormatError("checkpoint epochs decrease")
         last, last_epoch = c["step"], c["epoch"]
-        if c["path"] not in files or files[c["path"]].sha256 != c.get("sha256"):
+        if path is not None and (path not in files or files[path].sha256 != c.get("sha256")):
             raise ProofFormatError(f"checkpoint at step {c['step']} is not listed with a matching digest")
-        out.append(CheckpointEntry(c["step"], c["epoch"], c["path"], c["sha256"]))
+        if path is None and not (isinstance(c.get("sha256"), str) and _HEX64.fullmatch(c["sha256"])):
+            raise ProofFormatError(f"digest-only checkpoint at step {c['step']} has no SHA-256 digest")
+        out.append(CheckpointEntry(c["step"], c["epoch"], path, c["sha256"], _norms(c, tiered)))
     return out
+
+
+def _norms(c: dict[str, Any], tiered: bool) -> dict[str, float] | None:
+    """A tiered proof's update norms (every checkpoint after step 0 has them; another proof's have none)."""
+    norms = c.get("norms")
+    if not tiered or c["step"] == 0:
+        if "norms" in c:
+            raise ProofFormatError(f"checkpoint at step {c['step']} records update norms, which only a tiered proof's later checkpoints have")
+        return None
+    if not isinstance(norms, dict) or not norms or len(norms) > MAX_NORM_GROUPS or not all(
+        isinstance(g, str) and 0 < len(g) <= 500 and isinstance(v, (int, float)) and not isinstance(v, bool)
+        and math.isfinite(v) and v >= 0 for g, v in norms.items()
+    ):
+        raise ProofFormatError(f"checkpoint at step {c['step']} has no valid update norms (group name: finite norm >= 0)")
+    return {g: float(v) for g, v in norms.items()}
 
 
 def _index_log(chunks: Any, files: dict[str, FileEntry]) -> list[IndexChunk]:

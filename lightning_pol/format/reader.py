@@ -198,7 +198,9 @@ class ProofReader:
 
     # -- typed content ---------------------------------------------------------------
     def load_checkpoint(self, entry: CheckpointEntry) -> dict[str, Any]:
-        """Decoded training state of one checkpoint entry of :attr:`checkpoints`."""
+        """Decoded training state of one checkpoint entry of :attr:`checkpoints` (a full one: a digest-only entry has no state to load)."""
+        if entry.path is None:
+            raise ProofFormatError(f"the checkpoint of step {entry.step} is digest-only: the proof holds no state to load there")
         tensors, metadata = self.read_tensors(entry.path)
         return parse_checkpoint(tensors, metadata, entry, self.manifest)
 

@@ -79,6 +79,9 @@ class ProofOfLearning(Callback):
     Args:
         dirpath: directory of the proof; empty or absent (or this run's proof when resuming with ``ckpt_path``).
         every_n_steps: k, the checkpoint interval in optimizer steps.
+        full_every_n_steps: K, a multiple of k: a *tiered* proof stores the full state only at step 0, every K
+            steps and at the end, and the other checkpoints as their digests with update norms (about k/K of
+            the bytes; a replay then starts from the nearest full state). None: K = k, every checkpoint in full.
         init_strategy: the declared initialization, one of :data:`lightning_pol.INIT_STRATEGIES`.
         init_params: parameters of the strategy (``{"std": 0.02}`` for ``normal``; ``weights``, ``prefix``, ``fresh`` for ``pretrained``).
         seed: the proof seed of the batches' randomness; by default
@@ -107,6 +110,7 @@ class ProofOfLearning(Callback):
         self,
         dirpath: str | os.PathLike[str],
         every_n_steps: int = 100,
+        full_every_n_steps: int | None = None,
         init_strategy: str = "pytorch_default",
         init_params: dict[str, Any] | None = None,
         seed: int | None = None,
@@ -122,8 +126,10 @@ class ProofOfLearning(Callback):
         strict_callbacks: bool = False,
     ) -> None:
         _validate_arguments(every_n_steps, init_strategy, parent, seed, max_pending, commit_every_s, init_params)
+        _validate_tiers(every_n_steps, full_every_n_steps)
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
+        self.full_every_n_steps = None if full_every_n_steps in (None, every_n_steps) else full_every_n_steps
         self.init_strategy = init_strategy
         self.init_params = dict(init_params or {})
         self.seed = None if seed is None else int(seed)
@@ -199,32 +205,12 @@ class ProofOfLearning(Callback):
             self._rehearsal = None
         self._opened = True
         # The other ranks of a DDP run record for rank 0, which writes; they stop when it cannot open the proof.
-        self._session = on_rank_zero(lambda: self._open(trainer, pl_module, size), trainer.global_rank, self._world)
+        self._session = on_rank_zero(lambda: _open_session(self, trainer, pl_module, size), trainer.global_rank, self._world)
         if self._session is not None:
             self._session.start(first_commit=self._resume is None)
-            log.info("proof of learning: writing to %s (k=%d, %d samples committed)", self.dirpath, self.every_n_steps, size)
+            tiers = f", full states every {self.full_every_n_steps}" if self.full_every_n_steps else ""
+            log.info("proof of learning: writing to %s (k=%d%s, %d samples committed)", self.dirpath, self.every_n_steps, tiers, size)
         self._monitored.attach(trainer, pl_module, self._session and self._session.add_monitored, (self._resume or {}).get("monitored_values"))
-
-    def _open(self, trainer: pl.Trainer, pl_module: pl.LightningModule, size: int) -> ProofSession:
-        session = ProofSession(self.dirpath, self.fsync, self.background, self.max_pending, self.commit_every_s)
-        dataset, workers = self._loader.dataset, self._loader.loader.num_workers
-        if self._resume is not None:  # a resumed run checks the data against the commitment: one pass
-            session.reopen(self._resume["run_id"], compute_leaves(dataset, num_workers=workers),
-                           self._ledger.last_written, self._ledger.flushed, self._resume.get("monitored_values"))
-            self._run_id = self._resume["run_id"]
-            return session
-        leaves = None
-        if self._loader.first_epoch is None:  # no shared memory for the workers' hashes: commit in a pass of its own
-            leaves = compute_leaves(dataset, num_workers=workers)
-        elif size:
-            sample_leaf(dataset, 0)  # a sample that cannot be hashed stops the run here, not in a worker
-        run = {"seed": self._proof_seed(), "every_n_steps": self.every_n_steps,
-               "init_strategy": self.init_strategy, "init_params": _declared_params(self.init_strategy, self.init_params, pl_module)}
-        training = training_settings(trainer, pl_module, self._loader.loader, self._loader.recorder, size, self._plan)
-        manifest = new_manifest(run, self._specs["module"], self._specs["datamodule"], self._specs["parent"], training, size, self._plan.specs)
-        session.create(manifest, self.overwrite, leaves)
-        self._run_id = manifest.run_id
-        return session
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -336,10 +322,13 @@ class ProofOfLearning(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        origin = None
         if self._session is not None:  # a Lightning checkpoint must not promise uncommitted steps or files: a resume reopens the proof
             self._session.commit_now()
+            origin = self._session.norms_origin()
         return {"format_version": layout.FORMAT_VERSION, "run_id": self._run_id, "seed": self._seed_in_use, **self._ledger.state_dict(),
-                "next_data_epoch": self._loader.next_data_epoch(), "monitored_values": self._monitored.count, **self._stream.state_dict()}
+                "next_data_epoch": self._loader.next_data_epoch(), "monitored_values": self._monitored.count, **self._stream.state_dict(),
+                **({"norms_origin": origin} if origin is not None else {})}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -361,6 +350,32 @@ class ProofOfLearning(Callback):
         return self._session.identity()
 
 
+def _open_session(pol: ProofOfLearning, trainer: pl.Trainer, pl_module: pl.LightningModule, size: int) -> ProofSession:
+    """The callback's proof, opened on the rank that writes it: reopened after a resume (checking the data against
+    the commitment, one pass), or created with a new manifest."""
+    session = ProofSession(pol.dirpath, pol.fsync, pol.background, pol.max_pending, pol.commit_every_s)
+    loader = pol._loader
+    dataset, workers = loader.dataset, loader.loader.num_workers
+    if pol._resume is not None:
+        session.reopen(pol._resume["run_id"], compute_leaves(dataset, num_workers=workers),
+                       pol._ledger.last_written, pol._ledger.flushed, pol._resume.get("monitored_values"), pol._resume.get("norms_origin"))
+        pol._run_id = pol._resume["run_id"]
+        return session
+    leaves = None
+    if loader.first_epoch is None:  # no shared memory for the workers' hashes: commit in a pass of its own
+        leaves = compute_leaves(dataset, num_workers=workers)
+    elif size:
+        sample_leaf(dataset, 0)  # a sample that cannot be hashed stops the run here, not in a worker
+    run = {"seed": pol._proof_seed(), "every_n_steps": pol.every_n_steps, "full_every_n_steps": pol.full_every_n_steps,
+           "init_strategy": pol.init_strategy, "init_params": _declared_params(pol.init_strategy, pol.init_params, pl_module)}
+    training = training_settings(trainer, pl_module, loader.loader, loader.recorder, size, pol._plan)
+    specs = pol._specs
+    manifest = new_manifest(run, specs["module"], specs["datamodule"], specs["parent"], training, size, pol._plan.specs)
+    session.create(manifest, pol.overwrite, leaves)
+    pol._run_id = manifest.run_id
+    return session
+
+
 def _log_progress(trainer: pl.Trainer, pl_module: pl.LightningModule, session: ProofSession) -> int:
     """Show the checkpoints and megabytes written, where they are shown (Lightning's logging costs more than the
     rest of a batch's hooks: only when they change). Returns the checkpoints shown."""
@@ -380,6 +395,15 @@ def _validate_arguments(every_n_steps: Any, init_strategy: str, parent: Any, see
     _validate_positive_int("max_pending", max_pending)
     if isinstance(commit_every_s, bool) or not isinstance(commit_every_s, (int, float)) or not commit_every_s >= 0:
         raise PoLError(f"commit_every_s must be a number of seconds >= 0, got {commit_every_s!r}")
+
+
+def _validate_tiers(every_n_steps: int, full_every_n_steps: Any) -> None:
+    if full_every_n_steps is None:
+        return
+    _validate_positive_int("full_every_n_steps", full_every_n_steps)
+    if full_every_n_steps % every_n_steps:
+        raise PoLError(f"full_every_n_steps must be a multiple of every_n_steps={every_n_steps} (a full state every few "
+                       f"checkpoints), got {full_every_n_steps}")
 
 
 def _validate_positive_int(name: str, value: Any) -> None:

@@ -110,7 +110,7 @@ def _type_path(obj: Any) -> str | None:
 def new_manifest(run: dict[str, Any], module: ClassSpec, datamodule: ClassSpec | None, parent: dict[str, Any] | None,
                  training: dict[str, Any], size: int, callbacks: list[ClassSpec] | None = None) -> Manifest:
     """The manifest of a new proof, before its first checkpoint. ``run`` holds the callback's ``seed``,
-    ``every_n_steps``, ``init_strategy`` and ``init_params``."""
+    ``every_n_steps``, ``full_every_n_steps`` (None: every checkpoint in full), ``init_strategy`` and ``init_params``."""
     manifest = Manifest(
         run_id=uuid.uuid4().hex,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -124,6 +124,7 @@ def new_manifest(run: dict[str, Any], module: ClassSpec, datamodule: ClassSpec |
         training=training,
         environment=environment(),
         data=DataCommitment(size),
+        full_every_n_steps=run.get("full_every_n_steps"),
     )
     manifest.code = code_identity(manifest)
     return manifest

@@ -20,6 +20,7 @@ from lightning_pol.format.samples import leaves_file_bytes, root_of
 from lightning_pol.format.writer import ProofDirectoryError, ProofWriter
 from lightning_pol.prover.background import BackgroundWriter
 from lightning_pol.runtime.installed_code import installed_code, named_classes
+from lightning_pol.runtime.update_norms import update_norms
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ class ProofSession:
       runs the jobs, one at a time, in order. Only jobs touch the
       :class:`~lightning_pol.format.writer.ProofWriter` and its manifest once
       :meth:`start` has run, and the writer-side state: the steps handed over
-      and not yet in an index-log file (``_unfiled``, ``_filed``) and the time
-      of the last commit. (The training thread reads ``total_bytes`` for the
+      and not yet in an index-log file (``_unfiled``, ``_filed``), the time
+      of the last commit, and in a tiered proof the last checkpoint's model
+      (``_last``: the update norms of the next checkpoint start from it). (The training thread reads ``total_bytes`` for the
       progress bar; the running total is one int.)
 
     A checkpoint's file is written when it is taken; a commit (the index-log
@@ -64,6 +66,7 @@ class ProofSession:
         self._unfiled: Steps = []
         self._filed = 0
         self._committed_at = -math.inf
+        self._last: tuple[int, dict[str, torch.Tensor]] | None = None  # tiered proofs: (step, model) of the last checkpoint
 
     # ---------------------------------------------------------------- opening (training thread, no writer thread yet)
     def create(self, manifest: Manifest, overwrite: bool, leaves: torch.Tensor | None) -> None:
@@ -72,11 +75,13 @@ class ProofSession:
         if leaves is not None:
             self._put_leaves(leaves)
 
-    def reopen(self, run_id: str, leaves: torch.Tensor, last_written: int, flushed: int, monitored: int | None = None) -> None:
+    def reopen(self, run_id: str, leaves: torch.Tensor, last_written: int, flushed: int, monitored: int | None = None,
+               norms_origin: tuple[int, dict[str, torch.Tensor]] | None = None) -> None:
         """Continue run ``run_id``'s proof after a resume from a Lightning checkpoint saved when the proof had written
         the checkpoint of step ``last_written``, been handed steps ``[0, flushed)`` and ``monitored`` values plateau
-        schedulers consumed (None: a checkpoint that does not say). What the proof holds beyond that never happened
-        in the resumed run, and is dropped; nothing is committed when the resume is refused."""
+        schedulers consumed (None: a checkpoint that does not say); a tiered proof's ``norms_origin``, what
+        :meth:`norms_origin` gave then. What the proof holds beyond that never happened in the resumed run, and is
+        dropped; nothing is committed when the resume is refused."""
         writer = ProofWriter.reopen(self.dirpath, run_id, self.fsync)
         self._writer = writer
         m = writer.manifest
@@ -89,7 +94,13 @@ class ProofSession:
             raise ProofDirectoryError(f"cannot resume: the code differs from the code this proof recorded ({', '.join(changed[:3])}); "
                                       f"restore it, or start a new proof")
         for c in m.drop_checkpoints_after(last_written):
-            writer.drop(c.path)
+            if c.path is not None:
+                writer.drop(c.path)
+        if m.tiered:
+            if norms_origin is None or norms_origin[0] != last_written:
+                raise ProofDirectoryError(f"cannot resume: the Lightning checkpoint does not hold the model of the tiered proof's "
+                                          f"checkpoint {last_written}, which the next update norms start from")
+            self._last = norms_origin
         if monitored is not None:
             if len(m.monitored) < monitored:
                 raise ProofDirectoryError(f"cannot resume: the proof records {len(m.monitored)} monitored values but the Lightning checkpoint expects {monitored}")
@@ -130,14 +141,19 @@ class ProofSession:
                 self._unfiled.extend(steps)
             if ready is not None:
                 ready.synchronize()  # the non-blocking copies from the GPU have landed
-            rel = layout.checkpoint_path(step)
-            self._writer.put(rel, checkpoint_bytes(state))  # type: ignore[union-attr]
-            self._writer.manifest.add_checkpoint(step, epoch, rel)  # type: ignore[union-attr]
+            self._add_checkpoint(state, step, epoch, final)
             self._writer.manifest.set_sample_epochs(sample_epochs)  # type: ignore[union-attr]
             self._commit(force=final)
 
         self._run(job)
         self.checkpoints_taken += 1
+
+    def norms_origin(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """A tiered proof's last checkpoint step and model, which the next update norms start from (None for
+        another proof): a Lightning checkpoint carries them, since that checkpoint may be digest-only. Waits for
+        the writer thread, which owns them."""
+        self.wait()
+        return self._last
 
     def complete(self, steps: Steps, sample_epochs: list[list[int]], final_step: int) -> None:
         """Training ended at ``final_step`` without a checkpoint to write there: complete the proof and commit."""
@@ -196,6 +212,21 @@ class ProofSession:
         except BaseException:
             self._write_failed = True  # as on the background writer, nothing is written after a failed write
             raise
+
+    def _add_checkpoint(self, state: dict[str, Any], step: int, epoch: int, final: bool) -> None:
+        """List the checkpoint of ``step``: its file, or in a tiered proof between full states only its digest,
+        with the update norms from the last checkpoint."""
+        m = self._writer.manifest  # type: ignore[union-attr]
+        data = checkpoint_bytes(state)
+        norms = update_norms(self._last[1], state["model"]) if m.tiered and self._last is not None else None
+        if final or m.full_state_due(step):
+            rel = layout.checkpoint_path(step)
+            self._writer.put(rel, data)  # type: ignore[union-attr]
+            m.add_checkpoint(step, epoch, rel, norms=norms)
+        else:
+            m.add_checkpoint(step, epoch, None, layout.sha256_bytes(data), norms)
+        if m.tiered:
+            self._last = (step, state["model"])
 
     def _commit(self, force: bool = False) -> None:
         """Commit the manifest if ``commit_every_s`` passed since the last commit, or if ``force``.

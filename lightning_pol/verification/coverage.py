@@ -14,18 +14,20 @@ def coverage(manifest: Manifest, index_log: IndexLog, spans: Sequence[tuple[int,
 
     ``expected``: the share of the dataset the paper's Eq. 4 expects top-Q replay to touch,
     1 - (1 - Q·k/S)^E; ``measured``: the share the replayed steps did touch;
-    ``compute_fraction``: Q·k/S, the share of training that top-Q replays (1 for a full replay).
+    ``compute_fraction``: the share of training's steps replayed (``replayed_steps / total_steps``): Q·k/S per
+    epoch for top-Q alone, more with random segments, and in a tiered proof the lead-ins from full states too.
     """
     final = manifest.final_step or 0
     steps_per_epoch = manifest.training_values().get("steps_per_epoch") or max(1, final)
     epochs = len({e for _, e in manifest.sample_epochs}) or 1
     fraction = 1.0 if q == 0 else min(1.0, q * manifest.every_n_steps / steps_per_epoch)
     replayed = {int(i) for a, b in spans for t in range(a, b) for i in index_log.step(t).tolist()}
+    steps = sum(b - a for a, b in spans)
     return {
         "expected": 1.0 - (1.0 - fraction) ** epochs,
         "measured": len(replayed) / max(1, manifest.data.size),
-        "compute_fraction": fraction,
-        "replayed_steps": sum(b - a for a, b in spans),
+        "compute_fraction": steps / final if final else 0.0,
+        "replayed_steps": steps,
         "total_steps": final,
     }
 

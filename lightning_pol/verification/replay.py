@@ -398,10 +398,11 @@ class _ReplayCallback(Callback):
 class _ChainCallback(_ReplayCallback):
     """Replays consecutive segments in one run: at each inner boundary it hands over the replayed state
     and re-seats the proof's recorded state, so every segment starts from the proof's W_t as a
-    separate replay would."""
+    separate replay would; where the proof holds only a digest (``recorded`` gives None), the next
+    segment starts from the replayed state."""
 
     def __init__(self, owner: PoLVerifierModule, state: dict[str, Any], boundaries: list[int], final: bool,
-                 sampler: ReplaySampler, recorded: Callable[[int], dict[str, Any]],
+                 sampler: ReplaySampler, recorded: Callable[[int], dict[str, Any] | None],
                  on_segment: Callable[[int, int, dict[str, Any]], None]) -> None:
         super().__init__(owner, state, boundaries[-1], final, sampler)
         self.boundaries = boundaries
@@ -436,6 +437,8 @@ class _ChainCallback(_ReplayCallback):
             self.captured = state
             raise _SegmentDone
         recorded = self.recorded(step)
+        if recorded is None:  # a digest-only checkpoint: the replayed state, just handed over, goes on
+            return
         _reseat(trainer, pl_module, recorded, step)
         self.ranks = self.owner.emulated_ranks(recorded)
         if not epoch_start:  # at an epoch start, the batch's own start restores the stream
@@ -685,8 +688,8 @@ class PoLVerifierModule:
 
         ``start_state``: the decoded checkpoint, when the caller has already loaded it.
         """
-        state = start_state if start_state is not None else self._load(start)
         final = self._check_range(start, end)
+        state = start_state if start_state is not None else self._load(start)
         callback = _ReplayCallback(self, state, end, final, ReplaySampler(self._portions(start, end, final), 0, True))
         self._fit(callback, start, state)
         if callback.captured is None:
@@ -694,7 +697,7 @@ class PoLVerifierModule:
         return callback.captured
 
     def replay_chain(
-        self, boundaries: list[int], recorded: Callable[[int], dict[str, Any]],
+        self, boundaries: list[int], recorded: Callable[[int], dict[str, Any] | None],
         on_segment: Callable[[int, int, dict[str, Any]], None],
     ) -> None:
         """Replay the consecutive segments b0→b1→…→bn in one Lightning run.
@@ -704,8 +707,9 @@ class PoLVerifierModule:
         (``recorded(step)``) is loaded into the running fit, so each segment
         starts from the proof's W_t exactly as :meth:`replay` would, without
         building a Trainer, a module, a datamodule and DataLoader workers per
-        segment. Raises what the module raises; segments already handed over
-        stand.
+        segment. Where ``recorded(step)`` is None (a tiered proof's digest-only
+        checkpoint), the replay goes on from the state it reached. Raises what
+        the module raises; segments already handed over stand.
         """
         if len(boundaries) < 2 or any(b <= a for a, b in zip(boundaries, boundaries[1:])):
             raise ReplayError(f"a chain needs increasing boundaries, got {boundaries}")
@@ -727,8 +731,11 @@ class PoLVerifierModule:
 
     def _check_range(self, start: int, end: int) -> bool:
         """Whether ``end`` is the final step; raises when the proof cannot be replayed from ``start`` to ``end``."""
-        if self.manifest.checkpoint_at(start) is None:
+        entry = self.manifest.checkpoint_at(start)
+        if entry is None:
             raise ReplayError(f"the proof has no checkpoint at step {start}")
+        if not entry.full:
+            raise ReplayError(f"the checkpoint of step {start} is digest-only: a replay starts from a full state")
         final = end == self.manifest.final_step
         if end > self.log.steps or (not final and end >= self.log.steps):
             raise ReplayError(f"the index log does not reach step {end}")

@@ -12,7 +12,7 @@ class Segment:
     start_step: int
     end_step: int
     epoch: int
-    reason: str  # "topq" | "random" | "all"
+    reason: str  # "topq" | "random" | "all"; in a tiered proof also "lead-in" (replayed to reach one) or "span" (tolerant)
     distances: dict[str, float] | None = None
     normalized: dict[str, float] | None = None
     bit_exact: bool | None = None
@@ -160,7 +160,7 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"  {'segment':<14}{'epoch':>6} {'reason':<8}{'l2':>12}{'linf':>12}  result")
         for s in report["segments"]:
             d = s.get("distances") or {}
-            res = "exact" if s.get("bit_exact") else ("pass" if s.get("passed") else ("FAIL" if s.get("passed") is False else "-"))
+            res = "FAIL" if s.get("passed") is False else ("exact" if s.get("bit_exact") else ("pass" if s.get("passed") else "-"))
             l2 = f"{d['l2']:.3e}" if "l2" in d else "-"
             linf = f"{d['linf']:.3e}" if "linf" in d else "-"
             error = " " + s["error"] if s.get("error") else ""

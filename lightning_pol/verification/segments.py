@@ -8,11 +8,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lightning_pol.errors import PoLError, one_line
+from lightning_pol.format.checkpoint import checkpoint_digest
+from lightning_pol.format.manifest import CheckpointEntry
+from lightning_pol.runtime.update_norms import norms_disagree, update_norms
 from lightning_pol.verification.distances import distances, identical
 from lightning_pol.verification.replay import PoLVerifierModule
 from lightning_pol.verification.report import ReplayCheck, Report, Segment
 
-State = Callable[[int], dict[str, Any]]
+#: ``state(step)``: the proof's decoded state at checkpoint ``step``, or None where it holds only a digest.
+State = Callable[[int], "dict[str, Any] | None"]
 #: ``progress(done, total)``, called with 0 before the first segment and after each is judged. A callback that
 #: declares a ``steps`` parameter also gets ``steps=(start_step, end_step)`` of the segment just judged (None at 0),
 #: so that a display can show steps per second; two-argument callbacks are called as before.
@@ -34,8 +38,10 @@ def check_replay(verifier: PoLVerifierModule, segments: list[Segment], state: St
     replay_segments(verifier, segments, state, judge, progress)
     report.segments = segments
     failed = [s for s in segments if not s.passed]
+    lead_ins = sum(s.reason == "lead-in" for s in segments)
     report.checks["replay"] = ReplayCheck(
-        not failed, f"{len(segments) - len(failed)}/{len(segments)} segments " + ("bit-exact" if judge.mode == "exact" else "within delta"),
+        not failed, f"{len(segments) - len(failed)}/{len(segments)} segments " + ("bit-exact" if judge.mode == "exact" else "within delta")
+        + (f" ({lead_ins} of them replayed to reach a selected one from a full state)" if lead_ins else ""),
         mode=judge.mode, segments=len(segments), failed=[[s.start_step, s.end_step] for s in failed],
     )
     for s in failed[:3]:
@@ -43,17 +49,29 @@ def check_replay(verifier: PoLVerifierModule, segments: list[Segment], state: St
 
 
 class Judge:
-    """How a replayed segment is judged: bit for bit (``exact``), or within ``delta`` per metric (``tolerant``)."""
+    """How a replayed segment is judged: bit for bit (``exact``), or within ``delta`` per metric (``tolerant``).
+
+    A segment ending at a digest-only checkpoint (a tiered proof) is bit-exact when the replayed state's checkpoint
+    digest is the recorded one; a bit-exact segment of a tiered proof must also reproduce its recorded update norms.
+    """
 
     def __init__(self, mode: str, delta: Mapping[str, float], d_ref: Mapping[str, float] | None) -> None:
         self.mode, self.delta, self.d_ref = mode, dict(delta), dict(d_ref or {})
 
-    def __call__(self, seg: Segment, got: dict[str, Any], target: dict[str, Any]) -> None:
-        seg.distances = distances(got["model"], target["model"])
-        if self.d_ref:
-            seg.normalized = {k: seg.distances[k] / self.d_ref[k] for k in seg.distances if self.d_ref.get(k)}
-        seg.bit_exact = identical(comparable(got), comparable(target))
-        seg.passed = seg.bit_exact if self.mode == "exact" else all(seg.distances[k] <= v for k, v in self.delta.items())
+    def __call__(self, seg: Segment, got: dict[str, Any], target: dict[str, Any] | None, entry: CheckpointEntry,
+                 start_model: dict[str, Any] | None) -> None:
+        if target is None:  # only a bit-exact replay can match a digest; the plan sends tolerant replays to full states
+            seg.bit_exact = seg.passed = checkpoint_digest(got) == entry.sha256
+        else:
+            seg.distances = distances(got["model"], target["model"])
+            if self.d_ref:
+                seg.normalized = {k: seg.distances[k] / self.d_ref[k] for k in seg.distances if self.d_ref.get(k)}
+            seg.bit_exact = identical(comparable(got), comparable(target))
+            seg.passed = seg.bit_exact if self.mode == "exact" else all(seg.distances[k] <= v for k, v in self.delta.items())
+        if seg.bit_exact and entry.norms is not None and start_model is not None:
+            wrong = norms_disagree(entry.norms, update_norms(start_model, got["model"]))
+            if wrong:
+                seg.passed, seg.error = False, wrong
 
 
 def comparable(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,11 +79,12 @@ def comparable(state: Mapping[str, Any]) -> dict[str, Any]:
     return {k: state.get(k) for k in ("model", "optimizers", "lr_schedulers", "grad_scaler", "rng", "peer_rng", "callbacks", "progress")}
 
 
-def chains(segments: list[Segment]) -> list[list[Segment]]:
-    """Runs of consecutive segments (each ending where the next starts): each is replayed in one Lightning run."""
+def chains(segments: list[Segment], breaks: Callable[[int], bool] = lambda step: False) -> list[list[Segment]]:
+    """Runs of consecutive segments (each ending where the next starts), each replayed in one Lightning run; a run
+    also ends at a step where ``breaks(step)``."""
     runs: list[list[Segment]] = []
     for seg in segments:
-        if runs and runs[-1][-1].end_step == seg.start_step:
+        if runs and runs[-1][-1].end_step == seg.start_step and not breaks(seg.start_step):
             runs[-1].append(seg)
         else:
             runs.append([seg])
@@ -76,12 +95,17 @@ def replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state:
                     progress: Progress | None = None) -> None:
     """Replay ``segments`` and judge each against the next checkpoint, chain by chain.
 
-    A chain that raises a :class:`~lightning_pol.errors.PoLError` (the proof's code raised, or its state does
-    not load) leaves the segments it finished judged; the segment it was in fails with the reason, and the rest
-    are replayed one by one, so one broken segment never hides the others. Anything else is the verifier's
-    own fault, and is raised.
+    Within a chain, a segment starts from the proof's state where the proof holds one (re-seated into the running
+    fit), else from the state the replay reached (a tiered proof's digest-only checkpoint, just judged). A chain
+    that raises a :class:`~lightning_pol.errors.PoLError` (the proof's code raised, or its state does not load)
+    leaves the segments it finished judged; the segment it was in fails with the reason, and the rest are replayed
+    one by one where they start from a state of the proof, so one broken segment never hides the others. Anything
+    else is the verifier's own fault, and is raised.
     """
     done, with_steps = 0, progress is not None and takes_steps(progress)
+    entries = {c.step: c for c in verifier.manifest.checkpoints}
+    previous = {b.step: a.step for a, b in zip(verifier.manifest.checkpoints, verifier.manifest.checkpoints[1:])}
+    reached: dict[int, dict[str, Any]] = {}  # the replayed model at the end of the last judged segment
 
     def tell(seg: Segment | None) -> None:
         if progress is not None and with_steps:
@@ -95,18 +119,25 @@ def replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state:
         tell(seg)
 
     def judged(seg: Segment, got: dict[str, Any]) -> None:
-        judge(seg, got, state(seg.end_step))
+        start_model = None
+        if previous.get(seg.end_step) == seg.start_step:  # recorded update norms span one checkpoint interval
+            start = state(seg.start_step)
+            start_model = start["model"] if start is not None else reached.get(seg.start_step)
+        judge(seg, got, state(seg.end_step), entries[seg.end_step], start_model)
+        reached.clear()
+        reached[seg.end_step] = got["model"]
         count(seg)
 
-    def fail(seg: Segment, e: PoLError) -> None:
+    def fail(seg: Segment, e: PoLError | str) -> None:
         seg.passed = False
-        seg.error = one_line(e)
+        seg.error = e if isinstance(e, str) else one_line(e)
         count(seg)
 
     tell(None)
     # A replayed callback keeps state a running fit cannot be re-seated into (param groups it added, SWA's
-    # scheduler): each segment of such a proof is a fit of its own.
-    for chain in chains(segments) if not verifier.manifest.callbacks else [[seg] for seg in segments]:
+    # scheduler): a chain of such a proof ends wherever it would re-seat, at each state the proof holds.
+    reseats = bool(verifier.manifest.callbacks)
+    for chain in chains(segments, lambda step: reseats and entries[step].full):
         by_start = {seg.start_step: seg for seg in chain}
         finished: set[int] = set()
 
@@ -123,9 +154,13 @@ def replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state:
             if rest:
                 fail(rest[0], e)
             for seg in rest[1:]:
+                start_state = state(seg.start_step)
+                if start_state is None:
+                    fail(seg, "not replayed: it starts from a digest-only checkpoint, and the replay leading to it failed")
+                    continue
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        judged(seg, verifier.replay(seg.start_step, seg.end_step, start_state=state(seg.start_step)))
+                        judged(seg, verifier.replay(seg.start_step, seg.end_step, start_state=start_state))
                 except PoLError as e2:
                     fail(seg, e2)

@@ -28,6 +28,7 @@ from lightning_pol.format.index_log import IndexLog
 from lightning_pol.format.manifest import Manifest
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.format.strict_json import ProofFormatError
+from lightning_pol.runtime.update_norms import magnitude
 from lightning_pol.verification.chain import check_chain
 from lightning_pol.verification.code_check import check_code
 from lightning_pol.verification.coverage import coverage, success_rate
@@ -43,6 +44,7 @@ from lightning_pol.verification.report import ChainCheck, IntegrityCheck, Report
 from lightning_pol.verification.segments import Judge, check_replay
 from lightning_pol.verification.selection import select_segments
 from lightning_pol.verification.settings import VerifierSettings
+from lightning_pol.verification.tiers import plan_replay
 
 #: Environment fields that must match for bit-exact replay to be expected.
 EXACT_FIELDS = ("torch", "cuda", "machine", "torch_threads", "deterministic_algorithms", "cudnn_deterministic", "float32_matmul_precision")
@@ -176,18 +178,25 @@ def _check_content(verifier: PoLVerifierModule, index_log: IndexLog, report: Rep
         raise ProofFormatError(wrong_batches)
 
     @functools.lru_cache(maxsize=3)  # walks over consecutive checkpoints; never the whole proof in memory
-    def state(step: int) -> dict[str, Any]:
-        return reader.load_checkpoint(entries[step])
+    def state(step: int) -> dict[str, Any] | None:
+        return reader.load_checkpoint(entries[step]) if entries[step].full else None
 
     check_initialization(verifier, state(0), report, settings.registry, settings.roots)
-    check_hyperparameters(verifier, steps, state, report)
+    check_hyperparameters(verifier, [s for s in steps if entries[s].full], state, report)
     check_plateau(verifier, report)
-    segments, report.selection = select_segments(
-        steps, verifier.step_epoch, lambda a, b: distances(state(a)["model"], state(b)["model"])["l2"],
-        settings.q, settings.random, settings.seed,  # type: ignore[arg-type]
-    )
-    mine = segments[settings.shard :: settings.num_shards]
+    # A tiered proof records each segment's update norms (most of its states are digests); the replay checks them.
+    magnitude_of = ((lambda a, b: magnitude(entries[b].norms or {})) if reader.manifest.tiered
+                    else (lambda a, b: distances(state(a)["model"], state(b)["model"])["l2"]))
+    segments, report.selection = select_segments(steps, verifier.step_epoch, magnitude_of, settings.q, settings.random, settings.seed)  # type: ignore[arg-type]
+    mine, unchecked = plan_replay(segments[settings.shard :: settings.num_shards], entries, verifier.step_epoch, mode)
     report.selection.update({"num_shards": settings.num_shards, "shard": settings.shard, "replayed_here": len(mine)})
+    if unchecked:
+        report.selection["unchecked"] = unchecked
+    if reader.manifest.tiered and mode == "tolerant":
+        why = "the environment differs from the proof's" if settings.mode == "auto" else "verifier.mode=tolerant"
+        report.notes.append(f"tolerant replay ({why}) of a tiered proof: a digest matches only a bit-exact state, so it judges "
+                            f"only spans between full states (every {reader.manifest.full_every_n_steps} steps), not their "
+                            f"{len(unchecked)} selected segments alone (selection.unchecked), and cannot check the update norms")
     check_replay(verifier, mine, state, Judge(mode, settings.delta, settings.d_ref), report, progress)
     _note_compiled(verifier, report)
     _note_callbacks(verifier, report)

@@ -1,0 +1,201 @@
+"""Issue 22: tiered proofs (full states every K steps, digests every k), on real training runs and real replays."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_pol import PoLError, ProofOfLearning, ProofReader, verify_proof
+from lightning_pol.format import layout as pf
+from lightning_pol.format.checkpoint import checkpoint_bytes
+from lightning_pol.format.manifest import Manifest, manifest_bytes
+from lightning_pol.format.strict_json import ProofFormatError
+from lightning_pol.zoo import DigitsCNN, DigitsDataModule
+from tests.conftest import make_trainer
+from tests.test_resume import Crash, CrashAt
+
+K, k = 64, 8
+
+
+def digits_proof(root: Path, full_every: int | None, **trainer) -> Path:
+    """The digits CNN of the acceptance (width 32, batch 32, 3 epochs of 45 steps), k = 8."""
+    pl.seed_everything(0, verbose=False)
+    proof = root / "proof"
+    pol = ProofOfLearning(proof, every_n_steps=k, full_every_n_steps=full_every)
+    make_trainer([pol], root, max_epochs=3, **trainer).fit(DigitsCNN(width=32), DigitsDataModule(batch_size=32, augment=True, num_workers=2))
+    return proof
+
+
+def proof_bytes(proof: Path) -> int:
+    return sum(p.stat().st_size for p in proof.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def proofs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiers")
+    return digits_proof(root / "flat", None), digits_proof(root / "tiered", K)
+
+
+@pytest.fixture
+def tiered(proofs, tmp_path):
+    copy = tmp_path / "proof"
+    shutil.copytree(proofs[1], copy)
+    return copy
+
+
+def edit_manifest(proof: Path, edit) -> None:
+    m = json.loads((proof / pf.MANIFEST).read_text())
+    edit(m)
+    (proof / pf.MANIFEST).write_bytes(manifest_bytes(m))
+
+
+# -- acceptance 1: bytes, and a full replay -------------------------------------------------------
+
+def test_tiered_proof_holds_the_same_states_in_a_fifth_of_the_bytes(proofs):
+    flat, tiered = (ProofReader(p) for p in proofs)
+    steps = [c.step for c in flat.checkpoints]
+    assert steps == list(range(0, 135, 8)) + [135] and [c.step for c in tiered.checkpoints] == steps
+    assert [c.step for c in tiered.checkpoints if c.full] == [0, 64, 128, 135]
+    for a, b in zip(flat.checkpoints, tiered.checkpoints):  # one training, two encodings: the same states
+        assert a.sha256 == b.sha256, a.step
+        if b.full:
+            assert (proofs[0] / a.path).read_bytes() == (proofs[1] / b.path).read_bytes()
+    assert tiered.checkpoints[0].norms is None and all(c.norms for c in tiered.checkpoints[1:])
+    assert all(c.norms is None for c in flat.checkpoints) and "full_every_n_steps" not in flat.manifest.to_json()
+    ratio = proof_bytes(proofs[1]) / proof_bytes(proofs[0])
+    # W_0 (no momentum yet) and 3 full states of 18: 0.2 of the checkpoint bytes before the index log and leaves,
+    # which both proofs hold (docs/performance.md, "Tiered proofs").
+    assert 0.15 < ratio < 0.23, ratio
+
+
+def test_tiered_proof_replays_bit_exact_through_its_digests(proofs):
+    report = verify_proof(proofs[1], q=0)
+    assert report.valid, report.summary()
+    assert len(report.segments) == 17 and all(s.bit_exact and s.passed for s in report.segments)
+    assert report.coverage["compute_fraction"] == 1.0
+
+
+# -- acceptance 2: what a tiered proof can lie about ------------------------------------------------
+
+def test_forged_full_state_is_rejected(tiered):
+    reader = ProofReader(tiered)
+    before, at, after = (reader.load_checkpoint(reader.manifest.checkpoint_at(s)) for s in (0, 64, 128))
+    at["model"] = {key: (before["model"][key] + after["model"][key]) / 2 if v.is_floating_point() else v for key, v in at["model"].items()}
+    rel = pf.checkpoint_path(64)
+    data = checkpoint_bytes(at)
+    (tiered / rel).write_bytes(data)
+
+    def reseal(m):
+        m["files"][rel] = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
+        next(c for c in m["checkpoints"] if c["step"] == 64)["sha256"] = pf.sha256_bytes(data)
+    edit_manifest(tiered, reseal)
+    report = verify_proof(tiered, q=0)
+    assert not report.valid
+    assert report.checks["replay"].failed[:2] == [[56, 64], [64, 72]], report.summary()
+
+
+def test_changed_digest_is_rejected(tiered):
+    edit_manifest(tiered, lambda m: m["checkpoints"][3].update(sha256="ab" * 32))  # step 24, digest-only
+    report = verify_proof(tiered, q=0)
+    assert not report.valid and [16, 24] in report.checks["replay"].failed, report.summary()
+
+
+def test_halved_update_norm_is_rejected(tiered):
+    def halve(m):
+        norms = m["checkpoints"][5]["norms"]  # step 40
+        group = next(iter(norms))
+        norms[group] /= 2
+    edit_manifest(tiered, halve)
+    report = verify_proof(tiered, q=0)
+    assert not report.valid
+    failed = next(s for s in report.segments if not s.passed)
+    assert (failed.start_step, failed.end_step) == (32, 40) and failed.bit_exact and "update norm" in failed.error
+
+
+def test_digest_only_where_a_full_state_is_due_is_rejected(tiered):
+    def drop_file(m):
+        c = next(c for c in m["checkpoints"] if c["step"] == 64)
+        del m["files"][c["path"]]
+        c["path"] = None
+    edit_manifest(tiered, drop_file)
+    (tiered / pf.checkpoint_path(64)).unlink()
+    report = verify_proof(tiered, q=0)
+    assert not report.valid and "full states are missing" in report.checks["integrity"].summary
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda m: m.update(full_every_n_steps=12), "full_every_n_steps"),
+    (lambda m: m["checkpoints"][0].update(norms={"net": 1.0}), "update norms"),
+    (lambda m: m["checkpoints"][2].update(norms={"net": -1.0}), "update norms"),
+    (lambda m: m["checkpoints"][2].update(sha256="not hex"), "digest"),
+    (lambda m: m["checkpoints"][2].update(extra=1), "keys"),
+    (lambda m: m.pop("full_every_n_steps"), "checkpoint"),
+])
+def test_malformed_tiers_are_format_errors(proofs, edit, reason):
+    m = json.loads((proofs[1] / pf.MANIFEST).read_text())
+    edit(m)
+    with pytest.raises(ProofFormatError, match=reason):
+        Manifest.from_json(m)
+
+
+# -- acceptance 3: what q=1 costs ----------------------------------------------------------------
+
+def test_q1_replays_at_most_k_over_k_times_its_selection_and_says_so(proofs):
+    report = verify_proof(proofs[1], q=1, random=1, seed=5)
+    assert report.valid, report.summary()
+    selected = [s for s in report.segments if s.reason in ("topq", "random")]
+    replayed = sum(s.end_step - s.start_step for s in report.segments)
+    assert len(selected) == report.selection["selected"] == 6
+    assert replayed <= K // k * sum(s.end_step - s.start_step for s in selected)
+    assert any(s.reason == "lead-in" for s in report.segments)
+    for s in report.segments:  # every replayed segment starts at a full state or where the one before it ended
+        entry = ProofReader(proofs[1]).manifest.checkpoint_at(s.start_step)
+        assert entry.full or any(p.end_step == s.start_step for p in report.segments)
+    assert report.coverage["replayed_steps"] == replayed
+    assert report.coverage["compute_fraction"] == pytest.approx(replayed / 135)
+
+
+def test_tolerant_replay_judges_only_spans_between_full_states(proofs):
+    report = verify_proof(proofs[1], q=1, random=0, mode="tolerant", delta={"l2": 1e-3})
+    assert report.valid, report.summary()
+    spans = [(s.start_step, s.end_step) for s in report.segments]
+    assert spans and set(spans) <= {(0, 64), (64, 128), (128, 135)} and all(s.reason == "span" for s in report.segments)
+    unchecked = report.selection["unchecked"]
+    assert unchecked and all(u["span"][0] <= u["segment"][0] < u["segment"][1] <= u["span"][1] for u in unchecked)
+    assert any("judges only spans between full states (every 64 steps)" in n for n in report.notes)
+
+
+# -- the callback --------------------------------------------------------------------------------
+
+def test_full_every_n_steps_must_be_a_multiple_of_every_n_steps(tmp_path):
+    with pytest.raises(PoLError, match="multiple of every_n_steps=8"):
+        ProofOfLearning(tmp_path, every_n_steps=8, full_every_n_steps=20)
+    assert ProofOfLearning(tmp_path, every_n_steps=8, full_every_n_steps=8).full_every_n_steps is None  # K = k: a flat proof
+
+
+def test_resumed_tiered_proof_continues_its_update_norms_and_verifies(tmp_path):
+    def run(crash_at=None, ckpt_path=None):
+        callbacks = [ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_epochs=1, save_top_k=-1),
+                     ProofOfLearning(tmp_path / "proof", every_n_steps=8, full_every_n_steps=32)]
+        if crash_at is not None:
+            callbacks.insert(0, CrashAt(crash_at))
+        make_trainer(callbacks, tmp_path, max_epochs=3, enable_checkpointing=True).fit(
+            DigitsCNN(width=8), DigitsDataModule(batch_size=32, num_workers=0), ckpt_path=ckpt_path)
+
+    pl.seed_everything(0, verbose=False)
+    with pytest.raises(Crash):
+        run(crash_at=50)  # last.ckpt at the end of epoch 0 (step 45): the proof's last checkpoint then, 40, is digest-only
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["callbacks"]
+    origin = next(v for key, v in saved.items() if key.startswith("ProofOfLearning"))["norms_origin"]
+    assert origin[0] == 40 and ProofReader(tmp_path / "proof").manifest.checkpoint_at(40).path is None
+    run(ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    reader = ProofReader(tmp_path / "proof")
+    assert reader.manifest.complete and [c.step for c in reader.checkpoints if c.full] == [0, 32, 64, 96, 128, 135]
+    report = verify_proof(tmp_path / "proof", q=0)
+    assert report.valid and all(s.bit_exact for s in report.segments), report.summary()
