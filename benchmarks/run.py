@@ -157,6 +157,36 @@ def replay_costs(work: Workload, k: int, repeats: int, tmp: Path) -> dict[str, A
             "topq_theoretical_fraction": selected}
 
 
+def tiers(work: Workload, k: int, factors: list[int], repeats: int, tmp: Path) -> dict[str, Any]:
+    """Tiered proofs of one training, K = factor x k: proof bytes, and the seconds of a full replay (q=0) and of
+    q=1 random=1 (one fixed seed), each over the flat proof's (K = k) in the same repetition."""
+    rows: dict[str, Any] = {}
+    for r in range(repeats):
+        flat: dict[str, float] = {}
+        for f in factors:
+            proof = tmp / f"tiers-{f}-{r}"
+            work.fit([ProofOfLearning(proof, every_n_steps=k, full_every_n_steps=f * k)], tmp / "tiers")
+            row = rows.setdefault(str(f * k), {"K": f * k, "full_seconds": [], "q1_seconds": []})
+            row["proof_bytes"] = sum(p.stat().st_size for p in proof.rglob("*") if p.is_file())
+            row["full_states"] = sum(c.full for c in ProofReader(proof).checkpoints)
+            for mode, settings in (("full", {"q": 0}), ("q1", {"q": 1, "random": 1, "seed": 0})):
+                t = time.perf_counter()
+                report = verify_proof(proof, **settings)
+                row[f"{mode}_seconds"].append(time.perf_counter() - t)
+                assert report.valid, report.reasons
+                row[f"{mode}_compute_fraction"] = report.coverage["compute_fraction"]
+                row[f"{mode}_segments"] = len(report.segments)
+                flat.setdefault(mode, row[f"{mode}_seconds"][-1])
+                row.setdefault(f"{mode}_over_flat", []).append(row[f"{mode}_seconds"][-1] / flat[mode])
+            shutil.rmtree(proof)
+    base = rows[str(k)]["proof_bytes"]
+    for row in rows.values():
+        row["bytes_over_flat"] = row["proof_bytes"] / base
+        for key in ("full_seconds", "q1_seconds", "full_over_flat", "q1_over_flat"):
+            row[key] = statistics.median(row[key])
+    return {"k": k, "model": work.name, "rows": rows}
+
+
 def _raw_state_bytes(reader: ProofReader) -> int:
     total = 0
     for entry in reader.checkpoints:
@@ -336,6 +366,15 @@ def markdown(res: dict[str, Any]) -> str:
         r = res["replay"]
         lines += [f"**Replay** (digits, k={r['k']}): full replay / training = {r['full_replay_over_training']:.2f}x; "
                   f"top-Q (q=1, random=0) / training = {r['topq_over_training']:.2f}x against the theoretical {r['topq_theoretical_fraction']:.2f}", ""]
+    if "tiers" in res:
+        t = res["tiers"]
+        lines += [f"**Tiered proofs** ({t['model']}, k={t['k']}; verification seconds are medians, ratios to the K = k proof in one repetition)", "",
+                  "| K | full states | proof MB | bytes / K=k | full replay s | / K=k | q=1 random=1 s | / K=k | q=1 segments | q=1 compute fraction |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['K']} | {r['full_states']} | {r['proof_bytes'] / 1e6:.3f} | {r['bytes_over_flat']:.3f} | {r['full_seconds']:.2f} | "
+                  f"{r['full_over_flat']:.2f}x | {r['q1_seconds']:.2f} | {r['q1_over_flat']:.2f}x | {r['q1_segments']} | {r['q1_compute_fraction']:.3f} |"
+                  for r in t["rows"].values()]
+        lines.append("")
     if "storage" in res:
         lines += ["**Storage** (1 epoch)", "", "| model, k | checkpoints | raw state MB | checkpoints / raw | proof / raw | zlib-6 / checkpoint |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -360,7 +399,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 #: What ``--sections`` may name: each measure, and ``resnet20`` for the ResNet-20 overhead alone (as ``overhead``).
-SECTIONS = ("overhead", "resnet20", "replay", "storage", "commitment", "compression", "multirun")
+SECTIONS = ("overhead", "resnet20", "replay", "tiers", "storage", "commitment", "compression", "multirun")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         })
         section("resnet20", lambda: {f"{net.name}, {steps} steps": callback_overhead(net, [1, 16, steps], net_repeats, tmp)}, key="overhead")
         section("replay", lambda: replay_costs(work, 16, repeats, tmp))
+        section("tiers", lambda: tiers(work, 8, [1, 4, 8], repeats, tmp))
         section("storage", lambda: storage([1, 16] if args.quick else [1, 16, 45], [8, 32] if args.quick else [8, 32, 128], tmp))
         section("commitment", lambda: commitment_throughput(500 if args.quick else 10000))
         section("compression", lambda: compression(compression_states(tmp, args.quick), tmp))

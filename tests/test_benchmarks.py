@@ -17,7 +17,12 @@ def test_quick_benchmarks_run_and_report_every_measure(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "results.json").read_text())
-    assert set(res) >= {"machine", "overhead", "replay", "storage", "commitment", "compression"}
+    assert set(res) >= {"machine", "overhead", "replay", "tiers", "storage", "commitment", "compression"}
+    rows = res["tiers"]["rows"]  # K = k, 4k, 8k of one training: fewer full states, fewer bytes
+    assert [r["K"] for r in rows.values()] == [8, 32, 64] and rows["8"]["bytes_over_flat"] == 1
+    assert rows["8"]["full_states"] > rows["32"]["full_states"] >= rows["64"]["full_states"]
+    assert rows["64"]["proof_bytes"] < rows["32"]["proof_bytes"] < rows["8"]["proof_bytes"]
+    assert all(r["full_compute_fraction"] == 1 for r in rows.values())
     for row in res["compression"].values():  # lossless (the round trip is checked inside), and smaller than the raw bytes
         assert all(0 < row[m]["ratio"] < 1 for m in ("zlib6", "zstd3", "shuffle_zstd3"))
     for rows in res["overhead"].values():
@@ -29,3 +34,4 @@ def test_quick_benchmarks_run_and_report_every_measure(tmp_path):
         assert row["proof_over_raw"] >= row["checkpoints_over_raw"] >= 1.0
     assert 0 < res["replay"]["topq_theoretical_fraction"] <= 1
     assert "| k | lightning-pol |" in (tmp_path / "results.md").read_text()
+    assert "**Tiered proofs**" in (tmp_path / "results.md").read_text()

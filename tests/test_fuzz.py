@@ -28,21 +28,28 @@ def honest(tmp_path_factory) -> Path:
     return train_honest(tmp_path_factory.mktemp("fuzz") / "honest" / "proof")
 
 
+PER_CLASS = 24
+
+
 def test_small_campaign_ends_every_mutant_in_a_clean_verdict(honest, tmp_path):
-    result = run_campaign(tmp_path / "campaign", cases=30 * len(CLASSES), seed=0, full=11, others=8, proof=honest)
+    result = run_campaign(tmp_path / "campaign", cases=PER_CLASS * len(CLASSES), seed=0, full=11, others=8, proof=honest)
     stats = result.stats()
     assert [f"{c.id} {c.cls} {c.desc}: {c.findings}" for c in result.findings] == []
     assert result.canary_files == [] and not any((tmp_path / "campaign" / "canary").iterdir())
     by_class = result.by_class()
-    assert sorted(by_class) == sorted(CLASSES) and all(t["cases"] == 30 for t in by_class.values())
+    assert sorted(by_class) == sorted(CLASSES) and all(t["cases"] == PER_CLASS for t in by_class.values())
     assert stats["exit_1"] > 0 and stats["exit_2"] > 0 and stats["exit_1"] + stats["exit_2"] + stats["wellformed"] == stats["cases"]
     assert stats["max_seconds"] < 30 and stats["max_rss_growth_mb"] < 200
     assert stats["full_cases"] >= 15 and set(stats["full_exits"]) <= {"1", "2"}
-    assert json.loads((tmp_path / "campaign" / "summary.json").read_text())["stats"]["cases"] == 330
+    assert json.loads((tmp_path / "campaign" / "summary.json").read_text())["stats"]["cases"] == PER_CLASS * len(CLASSES)
     # The well-formed lies have no verdict but the full one: every semantic mutant is verified in full, and rejected.
     semantic = [c for c in result.cases if c.cls == "semantic"]
-    assert len(semantic) == 30 and all(c.full is not None and c.full["exit"] == 1 for c in semantic), \
+    assert len(semantic) == PER_CLASS and all(c.full is not None and c.full["exit"] == 1 for c in semantic), \
         [(c.desc, c.full) for c in semantic if c.full is None or c.full["exit"] != 1]
+    # So are a tiered proof's lies (a digest, an update norm, a forged full state): exit 1, or 2 for a malformed entry.
+    tiers = [c for c in result.cases if c.cls == "tiers"]
+    assert len(tiers) == PER_CLASS and all(c.full is not None and c.full["exit"] in (1, 2) for c in tiers)
+    assert any("does not replay" in (c.full["reason"] or "") for c in tiers)
 
 
 def test_worker_reports_hangs_and_memory(tmp_path):

@@ -251,7 +251,7 @@ def run_campaign(
     proof: Path | None = None,
     classes: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
-    verify_all: tuple[str, ...] = ("semantic",),
+    verify_all: tuple[str, ...] = ("semantic", "tiers"),
 ) -> CampaignResult:
     """Run ``cases`` mutants (classes in turn) through the fast path, then ``full`` well-formed ones (None:
     every one) and ``others`` of the rest through full verification, and every mutant of the ``verify_all``

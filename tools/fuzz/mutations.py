@@ -34,6 +34,7 @@ from lightning_pol.format.pretrained import tensor_digest
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.format.safetensors_io import safetensors_bytes
 from lightning_pol.format.samples import root_of
+from lightning_pol.runtime.update_norms import update_norms
 
 Draw = Any  # hypothesis.strategies.DataObject
 
@@ -1166,6 +1167,71 @@ def semantic(d: Draw, mu: Mutant) -> str:
     return f"{variant}: declared normal(0, 1)"
 
 
+def _tiered(mu: Mutant) -> dict[str, Any]:
+    """Make the mutant the tiered proof of the honest training (K = 2k: the checkpoint of step k digest-only, update
+    norms on every later one), an honest proof the lies below start from; returns its digest-only entry."""
+    m, h = mu.m, mu.honest
+    k = m["every_n_steps"]
+    m["full_every_n_steps"] = 2 * k
+    for before, entry in zip(m["checkpoints"], m["checkpoints"][1:]):
+        entry["norms"] = update_norms(h.states[before["path"]]["model"], h.states[entry["path"]]["model"])
+    digest_only = m["checkpoints"][1]
+    del m["files"][digest_only["path"]], mu.files[digest_only["path"]]
+    digest_only["path"] = None
+    return digest_only
+
+
+def tiers(d: Draw, mu: Mutant) -> str:
+    """Tiered proofs (full states every K steps, digests with update norms between): a digest, a norm or the tiers
+    lying, on a proof that is otherwise the honest training's tiered proof. Every one must be rejected."""
+    digest_only = _tiered(mu)
+    m = mu.m
+    variant = pick(d, ["digest", "norm", "norm_groups", "full_due", "final_digest", "K", "stray_norms", "missing_norms",
+                       "flat_with_null", "bad_norm", "forged_full"], "variant")
+    if variant == "digest":
+        digest_only["sha256"] = changed(d, st.text("0123456789abcdef", min_size=64, max_size=64), digest_only["sha256"], "sha256")
+    elif variant == "norm":
+        entry = pick(d, m["checkpoints"][1:], "entry")
+        group = pick(d, sorted(entry["norms"]), "group")
+        entry["norms"][group] = entry["norms"][group] * d.draw(st.sampled_from([0.0, 0.5, 0.999, 1.001, 2.0]), label="factor") + 1e-9
+        variant = f"norm of {group} at step {entry['step']}"
+    elif variant == "norm_groups":
+        entry = pick(d, m["checkpoints"][1:], "entry")
+        how = pick(d, ["drop", "add", "rename"], "how")
+        group = sorted(entry["norms"])[0]
+        if how == "drop" and len(entry["norms"]) > 1:
+            del entry["norms"][group]
+        elif how == "rename":
+            entry["norms"]["x" + group] = entry["norms"].pop(group)
+        else:
+            entry["norms"]["extra"] = 0.0
+        variant = f"norm groups: {how} at step {entry['step']}"
+    elif variant in ("full_due", "final_digest"):
+        entry = m["checkpoints"][2 if variant == "full_due" else -1]
+        del m["files"][entry["path"]], mu.files[entry["path"]]
+        entry["path"] = None
+    elif variant == "K":
+        m["full_every_n_steps"] = pick(d, [m["every_n_steps"], 3, 0, -8, "8", 8.0, None, 2**70, True], "K")
+        variant = f"K = {m['full_every_n_steps']!r}"
+    elif variant == "stray_norms":
+        m["checkpoints"][0]["norms"] = {"net": 1.0}
+    elif variant == "missing_norms":
+        del pick(d, m["checkpoints"][1:], "entry")["norms"]
+    elif variant == "flat_with_null":
+        del m["full_every_n_steps"]
+    elif variant == "bad_norm":
+        entry = pick(d, m["checkpoints"][1:], "entry")
+        entry["norms"] = pick(d, [{"net": float("nan")}, {"net": -1.0}, {"net": float("inf")}, {"": 1.0}, {}, [1.0], "1.0",
+                                  {f"g{i}": 0.0 for i in range(10_001)}, {"net": True}, {"x" * 600: 1.0}], "norms")
+    else:  # the full state of step 2k: the mean of W_0 and the final state, resealed
+        first, forged, last = (mu.honest.states[c] for c in (mu.honest.checkpoints[0], mu.honest.checkpoints[2], mu.honest.checkpoints[-1]))
+        state = dict(forged)
+        state["model"] = {key: (first["model"][key] + last["model"][key]) / 2 if t.is_floating_point() else t
+                          for key, t in forged["model"].items()}
+        mu.put(mu.honest.checkpoints[2], checkpoint_bytes(state))
+    return f"tiers: {variant}"
+
+
 CLASSES: dict[str, Callable[[Draw, Mutant], str]] = {
     "tensor_size": tensor_size,
     "offsets": offsets,
@@ -1178,4 +1244,5 @@ CLASSES: dict[str, Callable[[Draw, Mutant], str]] = {
     "bytes": byte_level,
     "canary": canary,
     "semantic": semantic,
+    "tiers": tiers,
 }
