@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -14,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning_pol import PoLError, ProofOfLearning, ProofReader, verify_proof
 from lightning_pol.format import layout as pf
 from lightning_pol.format.checkpoint import checkpoint_bytes
+from lightning_pol.format.compression import compress_checkpoint, decompress_checkpoint
 from lightning_pol.format.manifest import Manifest, manifest_bytes
 from lightning_pol.format.strict_json import ProofFormatError
 from lightning_pol.zoo import DigitsCNN, DigitsDataModule
@@ -64,14 +66,15 @@ def test_tiered_proof_holds_the_same_states_in_a_fifth_of_the_bytes(proofs):
     assert [c.step for c in tiered.checkpoints if c.full] == [0, 64, 128, 135]
     for a, b in zip(flat.checkpoints, tiered.checkpoints):  # one training, two encodings: the same states
         assert a.sha256 == b.sha256, a.step
-        if b.full:
-            assert (proofs[0] / a.path).read_bytes() == (proofs[1] / b.path).read_bytes()
+        if b.full:  # compressed, and decompressing to the flat proof's file
+            compressed = (proofs[1] / b.path).read_bytes()
+            assert b.path == pf.checkpoint_path(b.step) + ".zlib" and len(compressed) < 0.9 * flat.manifest.files[a.path].bytes
+            assert decompress_checkpoint(compressed, b.path, 1 << 30) == (proofs[0] / a.path).read_bytes()
     assert tiered.checkpoints[0].norms is None and all(c.norms for c in tiered.checkpoints[1:])
     assert all(c.norms is None for c in flat.checkpoints) and "full_every_n_steps" not in flat.manifest.to_json()
-    ratio = proof_bytes(proofs[1]) / proof_bytes(proofs[0])
-    # W_0 (no momentum yet) and 3 full states of 18: 0.2 of the checkpoint bytes before the index log and leaves,
-    # which both proofs hold (docs/performance.md, "Tiered proofs").
-    assert 0.15 < ratio < 0.23, ratio
+    # W_0 (no momentum yet) and 3 full states of 18 are 0.201 of the checkpoint bytes; compressed, with the index
+    # log and the leaves that both proofs hold, 0.193 (docs/performance.md, "Tiered proofs").
+    assert proof_bytes(proofs[1]) <= 0.2 * proof_bytes(proofs[0])
 
 
 def test_tiered_proof_replays_bit_exact_through_its_digests(proofs):
@@ -83,18 +86,23 @@ def test_tiered_proof_replays_bit_exact_through_its_digests(proofs):
 
 # -- acceptance 2: what a tiered proof can lie about ------------------------------------------------
 
+def reseal_full(proof: Path, step: int, data: bytes, digest: str | None = None) -> None:
+    """Put ``data`` (a compressed checkpoint file) in place of the full state of ``step``, listed as a prover would:
+    the file's digest, and the entry's (``digest``, default: of what ``data`` decompresses to)."""
+    rel = pf.checkpoint_path(step, compressed=True)
+    (proof / rel).write_bytes(data)
+
+    def reseal(m):
+        m["files"][rel] = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
+        next(c for c in m["checkpoints"] if c["step"] == step)["sha256"] = digest or pf.sha256_bytes(decompress_checkpoint(data, rel, 1 << 30))
+    edit_manifest(proof, reseal)
+
+
 def test_forged_full_state_is_rejected(tiered):
     reader = ProofReader(tiered)
     before, at, after = (reader.load_checkpoint(reader.manifest.checkpoint_at(s)) for s in (0, 64, 128))
     at["model"] = {key: (before["model"][key] + after["model"][key]) / 2 if v.is_floating_point() else v for key, v in at["model"].items()}
-    rel = pf.checkpoint_path(64)
-    data = checkpoint_bytes(at)
-    (tiered / rel).write_bytes(data)
-
-    def reseal(m):
-        m["files"][rel] = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
-        next(c for c in m["checkpoints"] if c["step"] == 64)["sha256"] = pf.sha256_bytes(data)
-    edit_manifest(tiered, reseal)
+    reseal_full(tiered, 64, compress_checkpoint(checkpoint_bytes(at)))
     report = verify_proof(tiered, q=0)
     assert not report.valid
     assert report.checks["replay"].failed[:2] == [[56, 64], [64, 72]], report.summary()
@@ -118,13 +126,31 @@ def test_halved_update_norm_is_rejected(tiered):
     assert (failed.start_step, failed.end_step) == (32, 40) and failed.bit_exact and "update norm" in failed.error
 
 
+@pytest.mark.parametrize("payload", ["bomb", "truncated", "other_state", "not_safetensors"])
+def test_hostile_compressed_full_state_is_rejected_in_one_line(tiered, payload):
+    rel = pf.checkpoint_path(64, compressed=True)
+    good = (tiered / rel).read_bytes()
+    digest = ProofReader(tiered).manifest.checkpoint_at(64).sha256
+    data = {"bomb": lambda: zlib.compress(b"\0" * (512 << 20), 9),  # 512 MB from 0.5 MB: refused after 128 MB
+            "truncated": lambda: good[: len(good) // 2],
+            "other_state": lambda: (tiered / pf.checkpoint_path(128, compressed=True)).read_bytes(),  # a real state, not step 64's
+            "not_safetensors": lambda: zlib.compress(b"\xff" * 4096)}[payload]()
+    reseal_full(tiered, 64, data, digest=digest)
+    with pytest.raises(ProofFormatError) as e:
+        ProofReader(tiered).load_checkpoint(ProofReader(tiered).manifest.checkpoint_at(64))
+    assert "\n" not in str(e.value) and rel in str(e.value)
+    assert ("decompresses to more than" in str(e.value)) == (payload == "bomb")
+    report = verify_proof(tiered, q=0)
+    assert not report.valid and report.checks["integrity"].passed is False, report.summary()
+
+
 def test_digest_only_where_a_full_state_is_due_is_rejected(tiered):
     def drop_file(m):
         c = next(c for c in m["checkpoints"] if c["step"] == 64)
         del m["files"][c["path"]]
         c["path"] = None
     edit_manifest(tiered, drop_file)
-    (tiered / pf.checkpoint_path(64)).unlink()
+    (tiered / pf.checkpoint_path(64, compressed=True)).unlink()
     report = verify_proof(tiered, q=0)
     assert not report.valid and "full states are missing" in report.checks["integrity"].summary
 
@@ -136,6 +162,7 @@ def test_digest_only_where_a_full_state_is_due_is_rejected(tiered):
     (lambda m: m["checkpoints"][2].update(sha256="not hex"), "digest"),
     (lambda m: m["checkpoints"][2].update(extra=1), "keys"),
     (lambda m: m.pop("full_every_n_steps"), "checkpoint"),
+    (lambda m: m["checkpoints"][8].update(sha256="xyz"), "digest of its state"),
 ])
 def test_malformed_tiers_are_format_errors(proofs, edit, reason):
     m = json.loads((proofs[1] / pf.MANIFEST).read_text())

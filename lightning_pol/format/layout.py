@@ -45,9 +45,13 @@ MODEL_PREFIX = "model."
 _STEP_WIDTH = 9
 
 
-def checkpoint_path(step: int) -> str:
-    """Relative path of the checkpoint taken after ``step`` optimizer steps."""
-    return f"{CHECKPOINT_DIR}/step-{step:0{_STEP_WIDTH}d}.safetensors"
+#: Suffix of a checkpoint file in compressed form (a tiered proof's full states: format.compression).
+COMPRESSED_SUFFIX = ".zlib"
+
+
+def checkpoint_path(step: int, compressed: bool = False) -> str:
+    """Relative path of the checkpoint taken after ``step`` optimizer steps (``compressed``: in compressed form)."""
+    return f"{CHECKPOINT_DIR}/step-{step:0{_STEP_WIDTH}d}.safetensors" + (COMPRESSED_SUFFIX if compressed else "")
 
 
 def index_chunk_path(first_step: int) -> str:

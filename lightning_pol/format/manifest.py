@@ -66,7 +66,9 @@ class FileEntry:
 class CheckpointEntry:
     """The checkpoint of the state at the start of optimizer step ``step`` (the final one: at the end of training).
 
-    ``path`` None: a digest-only entry of a tiered proof, ``sha256`` the digest of the file it would have been.
+    ``sha256``: the SHA-256 of the checkpoint file of the state. ``path`` None: a digest-only entry of a tiered
+    proof; a path ending in ``.zlib``: a tiered proof's full state in compressed form (``format.compression``),
+    ``sha256`` still the digest of the file it decompresses to.
     ``norms``: in a tiered proof, the update norms per tensor group from the previous checkpoint to this one.
     """
 
@@ -275,12 +277,13 @@ class Manifest:
 
     def add_checkpoint(self, step: int, epoch: int, path: str | None, digest: str | None = None,
                        norms: dict[str, float] | None = None) -> CheckpointEntry:
-        """List the checkpoint of ``step``: its file ``path``, listed already, or (``path`` None) only its ``digest``."""
+        """List the checkpoint of ``step``: its file ``path``, listed already, and ``digest`` when that file is not the
+        checkpoint file itself (compressed, or ``path`` None: digest-only)."""
         if self.checkpoints and step <= self.checkpoints[-1].step:
             raise ValueError(f"checkpoint {step} after checkpoint {self.checkpoints[-1].step}")
         if (norms is not None) != (self.tiered and step > 0):
             raise ValueError("a tiered proof records update norms at every checkpoint after step 0, another proof none")
-        entry = CheckpointEntry(step, epoch, path, self.files[path].sha256 if path is not None else str(digest), norms)
+        entry = CheckpointEntry(step, epoch, path, str(digest) if digest is not None else self.files[str(path)].sha256, norms)
         self.checkpoints.append(entry)
         return entry
 
@@ -471,10 +474,13 @@ def _checkpoints(ckpts: Any, files: dict[str, FileEntry], tiered: bool) -> list[
         if c["epoch"] < last_epoch:
             raise ProofFormatError("checkpoint epochs decrease")
         last, last_epoch = c["step"], c["epoch"]
-        if path is not None and (path not in files or files[path].sha256 != c.get("sha256")):
+        compressed = isinstance(path, str) and path.endswith(layout.COMPRESSED_SUFFIX)
+        if compressed and not tiered:
+            raise ProofFormatError(f"checkpoint at step {c['step']} is compressed, which only a tiered proof's full states are")
+        if path is not None and (path not in files or (files[path].sha256 != c.get("sha256") and not compressed)):
             raise ProofFormatError(f"checkpoint at step {c['step']} is not listed with a matching digest")
-        if path is None and not (isinstance(c.get("sha256"), str) and _HEX64.fullmatch(c["sha256"])):
-            raise ProofFormatError(f"digest-only checkpoint at step {c['step']} has no SHA-256 digest")
+        if (path is None or compressed) and not (isinstance(c.get("sha256"), str) and _HEX64.fullmatch(c["sha256"])):
+            raise ProofFormatError(f"checkpoint at step {c['step']} has no SHA-256 digest of its state")
         out.append(CheckpointEntry(c["step"], c["epoch"], path, c["sha256"], _norms(c, tiered)))
     return out
 

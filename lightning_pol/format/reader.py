@@ -21,6 +21,7 @@ import torch
 from lightning_pol.format import layout
 from lightning_pol.format.checkpoint import parse_checkpoint
 from lightning_pol.format.code_identity import CodeIdentity
+from lightning_pol.format.compression import decompress_checkpoint
 from lightning_pol.format.index_log import IndexLog
 from lightning_pol.format.manifest import CheckpointEntry, FileEntry, Manifest
 from lightning_pol.format.safetensors_io import load_safetensors
@@ -201,7 +202,12 @@ class ProofReader:
         """Decoded training state of one checkpoint entry of :attr:`checkpoints` (a full one: a digest-only entry has no state to load)."""
         if entry.path is None:
             raise ProofFormatError(f"the checkpoint of step {entry.step} is digest-only: the proof holds no state to load there")
-        tensors, metadata = self.read_tensors(entry.path)
+        data = self.read_file(entry.path)
+        if entry.path.endswith(layout.COMPRESSED_SUFFIX):
+            data = decompress_checkpoint(data, entry.path, MAX_FILE_BYTES)
+            if layout.sha256_bytes(data) != entry.sha256:
+                raise ProofFormatError(f"digest mismatch: {entry.path} does not decompress to the state its checkpoint entry records")
+        tensors, metadata = load_safetensors(data, entry.path)
         return parse_checkpoint(tensors, metadata, entry, self.manifest)
 
     def index_log(self) -> IndexLog:

@@ -15,7 +15,8 @@ from lightning_pol.format.strict_json import ProofFormatError, is_int, load_json
 #: Size cap of a safetensors header: a checkpoint's header takes about 200 bytes per tensor.
 MAX_HEADER_BYTES = 16 << 20
 
-_DTYPE_SIZES = {
+#: Bytes per element of each safetensors dtype this reader reads.
+DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
     "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
 }
@@ -56,7 +57,7 @@ def parse_safetensors_header(data: bytes, name: str) -> tuple[dict[str, Any], di
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise ProofFormatError(f"{name}: bad entry for tensor {key!r}")
         dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES:
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
             raise ProofFormatError(f"{name}: tensor {key!r} has unsupported dtype {str(dtype)[:40]!r}")
         if not isinstance(shape, list) or not all(is_int(s) for s in shape):
             raise ProofFormatError(f"{name}: tensor {key!r} has a bad shape")
@@ -66,7 +67,7 @@ def parse_safetensors_header(data: bytes, name: str) -> tuple[dict[str, Any], di
         numel = 1
         for s in shape:
             numel *= s
-        if not 0 <= begin <= end <= body or end - begin != numel * _DTYPE_SIZES[dtype]:
+        if not 0 <= begin <= end <= body or end - begin != numel * DTYPE_SIZES[dtype]:
             raise ProofFormatError(f"{name}: tensor {key!r} does not fit its declared size")
         spans.append((begin, end))
     spans.sort()

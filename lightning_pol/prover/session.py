@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from lightning_pol.format import layout
 from lightning_pol.format.checkpoint import checkpoint_bytes
+from lightning_pol.format.compression import compress_checkpoint
 from lightning_pol.format.index_log import IndexLog
 from lightning_pol.format.manifest import Manifest, MonitoredValue
 from lightning_pol.format.samples import leaves_file_bytes, root_of
@@ -214,15 +215,19 @@ class ProofSession:
             raise
 
     def _add_checkpoint(self, state: dict[str, Any], step: int, epoch: int, final: bool) -> None:
-        """List the checkpoint of ``step``: its file, or in a tiered proof between full states only its digest,
-        with the update norms from the last checkpoint."""
+        """List the checkpoint of ``step``: its file; in a tiered proof, its file compressed where a full state is due,
+        else only its digest, either with the update norms from the last checkpoint."""
         m = self._writer.manifest  # type: ignore[union-attr]
         data = checkpoint_bytes(state)
         norms = update_norms(self._last[1], state["model"]) if m.tiered and self._last is not None else None
-        if final or m.full_state_due(step):
+        if not m.tiered:
             rel = layout.checkpoint_path(step)
             self._writer.put(rel, data)  # type: ignore[union-attr]
-            m.add_checkpoint(step, epoch, rel, norms=norms)
+            m.add_checkpoint(step, epoch, rel)
+        elif final or m.full_state_due(step):  # a tiered proof's rare full states, compressed (format.compression)
+            rel = layout.checkpoint_path(step, compressed=True)
+            self._writer.put(rel, compress_checkpoint(data))  # type: ignore[union-attr]
+            m.add_checkpoint(step, epoch, rel, layout.sha256_bytes(data), norms)
         else:
             m.add_checkpoint(step, epoch, None, layout.sha256_bytes(data), norms)
         if m.tiered:
