@@ -45,11 +45,11 @@ def check_integrity(reader: ProofReader) -> Integrity:
     k = m.every_n_steps
     if final is not None and steps and not _checkpoints_at(steps, final, k):
         problems.append(f"checkpoints are missing: the proof needs one at 0, every k={k} steps and at {final}")
-    if m.tiered and not problems:
-        missing = [c.step for c in reader.checkpoints if not c.full and (c.step == final or m.full_state_due(c.step))]
-        if missing:
-            problems.append(f"full states are missing: a tiered proof stores step 0, every K={m.full_every_n_steps} steps "
-                            f"and the final step {final} in full, and step {missing[0]} is digest-only")
+    if m.tiered and not problems:  # full exactly where due: one way to write each tiered proof
+        wrong = [c for c in reader.checkpoints if c.full != (c.step == final or m.full_state_due(c.step))]
+        if wrong:
+            problems.append(f"a tiered proof stores step 0, every K={m.full_every_n_steps} steps and the final step {final} in full "
+                            f"and the others as digests, and step {wrong[0].step} is {'full' if wrong[0].full else 'digest-only'}")
     index_log = None
     if not problems:
         try:  # a checkpoint that does not parse is caught where it is first loaded (in the content checks)

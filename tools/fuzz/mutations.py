@@ -18,6 +18,7 @@ import os
 import pickle
 import struct
 import sys
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from hypothesis import strategies as st
 from lightning_pol.format import layout as pf
 from lightning_pol.format.checkpoint import checkpoint_bytes
 from lightning_pol.format.code_identity import canonical_bytes
+from lightning_pol.format.compression import compress_checkpoint
 from lightning_pol.format.index_log import IndexLog
 from lightning_pol.format.pretrained import tensor_digest
 from lightning_pol.format.reader import ProofReader
@@ -1178,7 +1180,29 @@ def _tiered(mu: Mutant) -> dict[str, Any]:
     digest_only = m["checkpoints"][1]
     del m["files"][digest_only["path"]], mu.files[digest_only["path"]]
     digest_only["path"] = None
+    for entry in m["checkpoints"]:  # the full states, compressed; each entry keeps the digest of the plain file
+        if entry["path"] is not None:
+            data = compress_checkpoint(mu.files.pop(entry["path"]))
+            del m["files"][entry["path"]]
+            entry["path"] += pf.COMPRESSED_SUFFIX
+            mu.put(entry["path"], data, resign=False)
+            m["files"][entry["path"]] = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
     return digest_only
+
+
+def _compressed_lie(d: Draw, mu: Mutant) -> str:
+    """A full state's compressed file replaced, listed with its own digest (the entry's digest unchanged)."""
+    entry = pick(d, [c for c in mu.m["checkpoints"] if c["path"] is not None], "entry")
+    good = mu.files[entry["path"]]
+    form = pick(d, ["bomb", "truncated", "other_state", "plain", "garbage", "trailing", "empty"], "form")
+    other = next(c["path"] for c in mu.m["checkpoints"] if c["path"] not in (None, entry["path"]))
+    data = {"bomb": lambda: zlib.compress(b"\0" * (300 << 20), 9), "truncated": lambda: good[: len(good) // 2],
+            "other_state": lambda: mu.files[other], "plain": lambda: mu.honest.raw[mu.honest.checkpoints[0]],
+            "garbage": lambda: zlib.compress(b"\xff" * 4096), "trailing": lambda: good + b"\0",
+            "empty": lambda: b""}[form]()
+    mu.put(entry["path"], data, resign=False)
+    mu.m["files"][entry["path"]] = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
+    return f"compressed {form} at step {entry['step']}"
 
 
 def tiers(d: Draw, mu: Mutant) -> str:
@@ -1187,7 +1211,7 @@ def tiers(d: Draw, mu: Mutant) -> str:
     digest_only = _tiered(mu)
     m = mu.m
     variant = pick(d, ["digest", "norm", "norm_groups", "full_due", "final_digest", "K", "stray_norms", "missing_norms",
-                       "flat_with_null", "bad_norm", "forged_full"], "variant")
+                       "flat_with_null", "bad_norm", "forged_full", "compressed", "compressed_in_flat"], "variant")
     if variant == "digest":
         digest_only["sha256"] = changed(d, st.text("0123456789abcdef", min_size=64, max_size=64), digest_only["sha256"], "sha256")
     elif variant == "norm":
@@ -1219,6 +1243,11 @@ def tiers(d: Draw, mu: Mutant) -> str:
         del pick(d, m["checkpoints"][1:], "entry")["norms"]
     elif variant == "flat_with_null":
         del m["full_every_n_steps"]
+    elif variant == "compressed":
+        variant = _compressed_lie(d, mu)
+    elif variant == "compressed_in_flat":  # a compressed file where a flat proof has its plain ones
+        del m["full_every_n_steps"]
+        m["checkpoints"][1].update(path=m["checkpoints"][2]["path"])
     elif variant == "bad_norm":
         entry = pick(d, m["checkpoints"][1:], "entry")
         entry["norms"] = pick(d, [{"net": float("nan")}, {"net": -1.0}, {"net": float("inf")}, {"": 1.0}, {}, [1.0], "1.0",
@@ -1228,7 +1257,11 @@ def tiers(d: Draw, mu: Mutant) -> str:
         state = dict(forged)
         state["model"] = {key: (first["model"][key] + last["model"][key]) / 2 if t.is_floating_point() else t
                           for key, t in forged["model"].items()}
-        mu.put(mu.honest.checkpoints[2], checkpoint_bytes(state))
+        data = compress_checkpoint(checkpoint_bytes(state))
+        rel = m["checkpoints"][2]["path"]
+        mu.put(rel, data, resign=False)
+        m["files"][rel] = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
+        m["checkpoints"][2]["sha256"] = pf.sha256_bytes(checkpoint_bytes(state))
     return f"tiers: {variant}"
 
 
