@@ -110,14 +110,17 @@ def test_resnet20_on_fake_cifar10_with_kaiming_normal(tmp_path):
 
 
 def test_ddp_train_app_through_hydra_verifies_right_after(tmp_path):
-    """trainer=ddp_cpu: Lightning relaunches the Hydra app for rank 1; rank 0 writes, verifies and reports."""
+    """trainer=ddp_cpu: Lightning relaunches the Hydra app for rank 1; rank 0 writes a tiered proof, verifies it in full
+    (through its digest-only checkpoint) and reports."""
     run_dir = tmp_path / "run"
-    done = run_app("train", "trainer=ddp_cpu", "trainer.max_epochs=1", "pol.every_n_steps=8", "verify=true",
-                   "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}")
+    done = run_app("train", "trainer=ddp_cpu", "trainer.max_epochs=1", "pol.every_n_steps=8", "pol.full_every_n_steps=16",
+                   "verify=true", "verifier.q=0", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("verdict VALID") == 1
     reader = ProofReader(run_dir / "proof")
     assert reader.manifest.training["world_size"] == 2 and reader.manifest.final_step == 23  # 1,437 samples: 719 a rank
+    # A tiered DDP proof: rank 0 writes the full states of 0, 16 and the end, and the digest of step 8.
+    assert [(c.step, c.full) for c in reader.checkpoints] == [(0, True), (8, False), (16, True), (23, True)]
     assert json.loads((run_dir / "verification.json").read_text())["valid"] is True
 
 

@@ -18,6 +18,7 @@ from lightning_pol.format.checkpoint import checkpoint_bytes
 from lightning_pol.format.compression import compress_checkpoint, decompress_checkpoint
 from lightning_pol.format.manifest import Manifest, manifest_bytes
 from lightning_pol.format.strict_json import ProofFormatError
+from lightning_pol.verification.merge import merge_reports
 from lightning_pol.zoo import DigitsCNN, DigitsDataModule
 from tests.conftest import make_trainer
 from tests.test_resume import Crash, CrashAt
@@ -186,6 +187,14 @@ def test_q1_replays_at_most_k_over_k_times_its_selection_and_says_so(proofs):
         assert entry.full or any(p.end_step == s.start_step for p in report.segments)
     assert report.coverage["replayed_steps"] == replayed
     assert report.coverage["compute_fraction"] == pytest.approx(replayed / 135)
+
+
+def test_shards_replay_their_own_lead_ins_and_merge_to_the_single_run(proofs):
+    single = verify_proof(proofs[1], q=1, random=1, seed=5)
+    shards = [verify_proof(proofs[1], q=1, random=1, seed=5, num_shards=2, shard=i).to_dict() for i in (0, 1)]
+    merged = merge_reports(shards)
+    assert merged["valid"] and [(s["start_step"], s["end_step"]) for s in merged["segments"]] == [(s.start_step, s.end_step) for s in single.segments]
+    assert merged["coverage"]["replayed_steps"] == single.coverage["replayed_steps"]
 
 
 def test_tolerant_replay_judges_only_spans_between_full_states(proofs):

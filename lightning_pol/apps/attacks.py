@@ -37,6 +37,7 @@ def setup_from(cfg: DictConfig) -> Setup:
         make_datamodule=lambda **o: instantiate(cfg.data, **o),
         trainer=trainer,
         every_n_steps=int(cfg.pol.every_n_steps),
+        full_every_n_steps=None if cfg.pol.get("full_every_n_steps") is None else int(cfg.pol.full_every_n_steps),
         init_strategy=str(cfg.init.strategy),
         init_params=OmegaConf.to_container(cfg.init.params) or {},  # type: ignore[arg-type]
         seed=int(cfg.seed),

@@ -25,6 +25,7 @@ from lightning_pol.attacks.toolkit import (
     zero_loss,
 )
 from lightning_pol.attacks.victim import Spoof, Victim
+from lightning_pol.runtime.update_norms import magnitude
 from lightning_pol.verification.distances import distances
 
 
@@ -123,13 +124,18 @@ def _topq_fooled(proof: Path, honest_starts: set[int], q: int, target: dict[str,
 
     reader = ProofReader(proof)
     verifier = PoLVerifierModule(reader)
-    states = [reader.load_checkpoint(c)["model"] for c in reader.checkpoints]
-    steps = [c.step for c in reader.checkpoints]
+    entries = reader.checkpoints
+    if reader.manifest.tiered:  # ranked as the verifier ranks a tiered proof: by its recorded update norms
+        sizes = [magnitude(b.norms or {}) for b in entries[1:]]
+    else:
+        states = [reader.load_checkpoint(c)["model"] for c in entries]
+        sizes = [distances(sa, sb)["l2"] for sa, sb in zip(states, states[1:])]
     by_epoch: dict[int, list[tuple[float, int]]] = {}
-    for a, sa, sb in zip(steps, states, states[1:]):
-        by_epoch.setdefault(verifier.step_epoch(a), []).append((distances(sa, sb)["l2"], a))
+    for a, size in zip(entries, sizes):
+        by_epoch.setdefault(verifier.step_epoch(a.step), []).append((size, a.step))
     outranked = [e for e, segs in by_epoch.items() if any(a not in honest_starts for _, a in sorted(segs, reverse=True)[:q])]
-    at_target = all(torch.equal(states[-1][key], target[key]) for key in target)
+    final = reader.load_checkpoint(entries[-1])["model"]
+    at_target = all(torch.equal(final[key], target[key]) for key in target)
     return {"fakes_outrank_honest_in_epochs": outranked, "ends_at_W_T": at_target, "fooled": not outranked and at_target}
 
 

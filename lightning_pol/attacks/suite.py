@@ -86,7 +86,7 @@ def calibrate(setup: Setup, victim: Victim, noise_threads: int = 1) -> dict[str,
         suggested_delta,
     )
 
-    k = setup.every_n_steps
+    k = setup.full_every_n_steps or setup.every_n_steps  # a tiered proof's tolerant replay judges spans of K steps
     eps = reproduction_errors(victim.proof, [k], noise="threads", noise_threads=noise_threads, max_segments=4)[k]["max"]
     other = train_plain(setup, setup.fresh_model(setup.seed + 100), setup.seed + 100)
     d_ref = mean_std([distances(victim.final, snapshot(other))])

@@ -46,6 +46,8 @@ class Setup:
     init_strategy: str = "pytorch_default"
     init_params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    #: K of a tiered proof, for the honest proof and every spoof (None: every checkpoint in full).
+    full_every_n_steps: int | None = None
 
     def fresh_model(self, seed: int, **overrides: Any) -> pl.LightningModule:
         """The declared module with W_0 drawn from the declared initialization under ``seed``."""
@@ -147,7 +149,7 @@ def train_with_proof(
     pl.seed_everything(seed, workers=True, verbose=False)
     model = model if model is not None else setup.fresh_model(seed)
     pol = ProofOfLearning(
-        proof_dir, every_n_steps=setup.every_n_steps, init_strategy=setup.init_strategy,
+        proof_dir, every_n_steps=setup.every_n_steps, full_every_n_steps=setup.full_every_n_steps, init_strategy=setup.init_strategy,
         init_params=setup.init_params, seed=seed, overwrite=True, fsync=False,
     )
     kwargs = {**setup.trainer, **dict(trainer_overrides or {})}

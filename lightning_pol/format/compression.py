@@ -2,9 +2,9 @@
 
 A float's bytes differ most in their low (mantissa) bytes and least in their high (sign, exponent) ones. With
 every tensor's bytes regrouped by position (all first bytes, then all second bytes, ...) a compressor finds the
-repeated exponents: zlib at level 1 then saves 12-15% of a trained model's state (docs/performance.md), at about
-70 MB/s on one core, on the writer thread. The standard library's zlib, not a new dependency: the ratio is
-zstd's, and a full state is written only every K steps.
+repeated exponents: zlib at level 1 then saves 11-16% of a model's state (docs/performance.md), at 50-60 MB/s
+on one core, on the writer thread. The standard library's zlib, not a new dependency: its ratio is within 1-2%
+of zstd's, and a full state is written only every K steps.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from lightning_pol.errors import PoLError
@@ -24,8 +25,8 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     if n == 1:
         return reports[0]
     merged = json.loads(json.dumps(reports[0]))
-    merged["segments"] = sorted((s for r in reports for s in r["segments"]), key=lambda s: s["start_step"])
-    failed = sorted(f for r in reports for f in r["checks"].get("replay", {}).get("failed", []))
+    merged["segments"] = _distinct(s for r in reports for s in r["segments"])
+    failed = [list(f) for f in sorted({tuple(f) for r in reports for f in r["checks"].get("replay", {}).get("failed", [])})]
     replay = merged["checks"].setdefault("replay", {})
     replay.update(
         passed=all(r["checks"].get("replay", {}).get("passed") for r in reports),
@@ -50,6 +51,16 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         own = success_rate(others_failed, [s.get("passed") for s in merged["segments"]], replay["passed"])
         chain["vsr"] = own * float(chain.get("parent_vsr", 1.0))
     return merged
+
+
+def _distinct(segments: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each segment once, in step order: shards of a tiered proof may replay one lead-in each (a failed copy wins)."""
+    out: dict[tuple[int, int], dict[str, Any]] = {}
+    for s in segments:
+        key = (s["start_step"], s["end_step"])
+        if key not in out or (s.get("passed") is False and out[key].get("passed") is not False):
+            out[key] = s
+    return [out[key] for key in sorted(out)]
 
 
 def _coverage(merged: dict[str, Any]) -> dict[str, Any]:

@@ -45,7 +45,8 @@ def reproduction_errors(
 ) -> dict[int, dict[str, Any]]:
     """ε_repr(k) per metric (max and mean over up to ``max_segments`` segments of length k, evenly spread).
 
-    The proof must hold a checkpoint at every segment boundary (k=1 proofs hold all). ``progress(message)`` is
+    The proof must hold a checkpoint at every segment boundary (k=1 proofs hold all; a tiered proof only its full
+    states, so k = K measures what its tolerant replay judges). ``progress(message)`` is
     called once per k; a hook that declares ``steps`` is also called per segment, as
     ``progress("k=K", done=i, total=n, steps=(start, end))`` (``done=0`` first).
     """
@@ -53,7 +54,7 @@ def reproduction_errors(
         raise ValueError(f"noise must be one of {NOISES}")
     reader = ProofReader(proof)
     final = reader.manifest.final_step
-    entries = {c.step: c for c in reader.checkpoints}
+    entries = {c.step: c for c in reader.checkpoints if c.full}  # a tiered proof's digests give no state to measure
     verifier = PoLVerifierModule(reader, accelerator="gpu" if noise == "gpu" else "cpu", deterministic=deterministic)
     threads = torch.get_num_threads()
     prover_threads = reader.manifest.environment.get("torch_threads") or threads
