@@ -19,6 +19,8 @@ class Slow(pl.Callback):
 
 if __name__ == "__main__":
     root = sys.argv[1]
+    full_every = int(sys.argv[2]) if len(sys.argv) > 2 else None  # a tiered proof: full states every this many steps
     pl.seed_everything(0, verbose=False)
-    trainer = make_trainer([Slow(), ProofOfLearning(f"{root}/proof", every_n_steps=1, fsync=False, commit_every_s=0.2)], root, max_epochs=50)
+    pol = ProofOfLearning(f"{root}/proof", every_n_steps=1, full_every_n_steps=full_every, fsync=False, commit_every_s=0.2)
+    trainer = make_trainer([Slow(), pol], root, max_epochs=50)
     trainer.fit(UnseenModule(width=64), datamodule=UnseenDataModule(num_workers=0))

@@ -207,6 +207,22 @@ def test_tolerant_replay_judges_only_spans_between_full_states(proofs):
     assert any("judges only spans between full states (every 64 steps)" in n for n in report.notes)
 
 
+def test_warm_start_from_a_tiered_parent_verifies_the_chain_through_a_registry(proofs, tmp_path):
+    parent = ProofReader(proofs[1])
+    pl.seed_everything(1, verbose=False)
+    model = DigitsCNN(width=32)
+    model.load_state_dict(parent.load_checkpoint(parent.checkpoints[-1])["model"])  # the compressed final state
+    child = tmp_path / "child"
+    pol = ProofOfLearning(child, every_n_steps=k, full_every_n_steps=32, init_strategy="warm_start", parent=proofs[1])
+    make_trainer([pol], tmp_path, max_epochs=1).fit(model, DigitsDataModule(batch_size=32, num_workers=0))
+    assert ProofReader(child).manifest.parent["final_checkpoint_sha256"] == parent.checkpoints[-1].sha256
+    registry = tmp_path / "registry.sqlite"
+    report = verify_proof(child, q=1, random=0, registry=registry)
+    assert report.valid and report.checks["chain"].proofs == [ProofReader(child).identity, parent.identity], report.summary()
+    again = verify_proof(child, q=1, random=0, registry=registry)  # the parent is now the registry's
+    assert again.valid and again.checks["chain"].parent_from_registry is True
+
+
 # -- the callback --------------------------------------------------------------------------------
 
 def test_full_every_n_steps_must_be_a_multiple_of_every_n_steps(tmp_path):
