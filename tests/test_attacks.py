@@ -129,6 +129,28 @@ def test_tolerance_reopens_the_infinitesimal_update(suite):
     assert not exact.valid and exact.checks["replay"].passed is False
 
 
+def test_tiered_spoofs_are_rejected_and_topq_alone_catches_the_blindfold(tmp_path):
+    """Issue 22: with tiered proofs (K = 8k here) a selected segment is replayed from the last full state, through the
+    fakes before it: the blindfold spoof that fools top-Q's selection is caught by top-Q's replay alone (its
+    honest segments start within spans it faked)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_pol.attacks", f"hydra.run.dir={tmp_path}", "model.width=4", "trainer.max_epochs=2",
+         "pol.every_n_steps=8", "pol.full_every_n_steps=64", "attacks.names=[structurally_correct,blindfold_topq]",
+         "attacks.detection_trials=2", "attacks.tolerant.enabled=false"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_name = rows(json.loads((tmp_path / "attacks.json").read_text()))
+    assert by_name["honest"]["verdict"] == "accepted"
+    assert [by_name[n]["caught_by"] for n in ("structurally_correct", "blindfold_topq")] == ["replay", "replay"]
+    d = by_name["blindfold_topq"]["details"]
+    assert d["topq"]["fooled"] and not d["accepted_by_topq_only"]  # selected as planned, rejected on replay
+    for name in ("honest", "structurally_correct", "blindfold_topq"):
+        proof = ProofReader(tmp_path / "default" / name if name != "honest" else tmp_path / "honest")
+        assert proof.manifest.full_every_n_steps == 64 and not all(c.full for c in proof.checkpoints)
+
+
 def test_unknown_attack_is_a_one_line_error(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-m", "lightning_pol.attacks", f"hydra.run.dir={tmp_path}", "attacks.names=[nope]"],

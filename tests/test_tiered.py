@@ -223,6 +223,20 @@ def test_warm_start_from_a_tiered_parent_verifies_the_chain_through_a_registry(p
     assert again.valid and again.checks["chain"].parent_from_registry is True
 
 
+def test_auto_mode_on_another_thread_count_says_in_one_line_what_it_judges(proofs):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1 if before != 1 else 2)  # not the proof's count: the environment differs
+    try:
+        report = verify_proof(proofs[1], q=1, random=0, mode="auto", delta={"l2": 1e-2}, match_threads=False)
+        exact = verify_proof(proofs[1], q=1, random=0, mode="auto", match_threads=False)  # no delta: exact, and it says why not
+    finally:
+        torch.set_num_threads(before)
+    assert report.mode["effective"] == "tolerant" and all(s.reason == "span" for s in report.segments), report.summary()
+    note = next(n for n in report.notes if n.startswith("tolerant replay (the environment differs"))
+    assert "\n" not in note and "every 64 steps" in note
+    assert exact.mode["effective"] == "exact" and any("give verifier.delta" in n for n in exact.notes)
+
+
 # -- the callback --------------------------------------------------------------------------------
 
 def test_full_every_n_steps_must_be_a_multiple_of_every_n_steps(tmp_path):

@@ -192,6 +192,9 @@ def _check_content(verifier: PoLVerifierModule, index_log: IndexLog, report: Rep
     report.selection.update({"num_shards": settings.num_shards, "shard": settings.shard, "replayed_here": len(mine)})
     if unchecked:
         report.selection["unchecked"] = unchecked
+    if reader.manifest.tiered and mode == "exact" and not report.environment.get("matches", True):
+        report.notes.append("a tiered proof's digests match only a bit-exact replay, and this environment differs from the proof's: "
+                            "give verifier.delta for a tolerant replay between its full states")
     if reader.manifest.tiered and mode == "tolerant":
         why = "the environment differs from the proof's" if settings.mode == "auto" else "verifier.mode=tolerant"
         report.notes.append(f"tolerant replay ({why}) of a tiered proof: a digest matches only a bit-exact state, so it judges "
