@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -125,20 +126,23 @@ def test_ddp_train_app_through_hydra_verifies_right_after(tmp_path):
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
-    done = run_app("verify", f"proof_dir={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'v'}")
-    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: no proof directory")
-    done = run_app("train", "data=cifar10", "data.root=" + str(tmp_path / "nodata"), "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 't'}")
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "download" in done.stderr.strip().splitlines()[-1]
-    done = run_app("train", "pol.commit_every_s=-1", f"hydra.run.dir={tmp_path / 'c'}")  # refused by the callback itself
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == ["error: commit_every_s must be a number of seconds >= 0, got -1"]
     (tmp_path / "a_file").write_text("not a directory")
-    done = run_app("train", f"pol.dirpath={tmp_path / 'a_file' / 'proof'}", "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'd'}")
-    assert done.returncode == 2 and "Traceback" not in done.stderr  # a path the system refuses: one line, not a crash
-    assert done.stderr.strip().splitlines()[-1].startswith("error: [Errno") and "a_file" in done.stderr
-    done = run_app("verify", f"proof_dir={tmp_path}", "verifier.delta.l2=abc", f"hydra.run.dir={tmp_path / 'e'}")
-    assert done.returncode == 2 and done.stderr.strip().splitlines() == ["error: delta must be numbers >= 0 per metric, not {'l2': 'abc'}"]
+    calls = {  # independent processes, run two at a time: each spends most of its seconds importing
+        "missing": ("verify", f"proof_dir={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'v'}"),
+        "no_data": ("train", "data=cifar10", "data.root=" + str(tmp_path / "nodata"), "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 't'}"),
+        "commit": ("train", "pol.commit_every_s=-1", f"hydra.run.dir={tmp_path / 'c'}"),  # refused by the callback itself
+        "not_dir": ("train", f"pol.dirpath={tmp_path / 'a_file' / 'proof'}", "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'd'}"),
+        "delta": ("verify", f"proof_dir={tmp_path}", "verifier.delta.l2=abc", f"hydra.run.dir={tmp_path / 'e'}"),
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(zip(calls, pool.map(lambda args: run_app(*args), calls.values())))
+    assert all(d.returncode == 2 and "Traceback" not in d.stderr for d in done.values()), {k: d.stderr[-500:] for k, d in done.items()}
+    last = {k: d.stderr.strip().splitlines()[-1] for k, d in done.items()}
+    assert last["missing"].startswith("error: no proof directory")
+    assert "download" in last["no_data"]
+    assert done["commit"].stderr.strip().splitlines() == ["error: commit_every_s must be a number of seconds >= 0, got -1"]
+    assert last["not_dir"].startswith("error: [Errno") and "a_file" in done["not_dir"].stderr  # a path the system refuses: one line
+    assert done["delta"].stderr.strip().splitlines() == ["error: delta must be numbers >= 0 per metric, not {'l2': 'abc'}"]
 
 
 def _tampered_final(trained: Path, dest: Path) -> Path:

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def honest(tmp_path_factory) -> Path:
     return train_honest(tmp_path_factory.mktemp("fuzz") / "honest" / "proof")
 
 
-PER_CLASS = 24
+PER_CLASS = 16
 
 
 def test_small_campaign_ends_every_mutant_in_a_clean_verdict(honest, tmp_path):
@@ -96,11 +97,14 @@ def test_cli_gives_exit_1_or_a_one_line_exit_2(honest, tmp_path):
 
     # popen: the proof names a module its code identity does not, so the code check rejects it (exit 1) before
     # anything is imported; under verifier.code=report the class gate refuses it (exit 2, tests/test_reader.py)
-    for name, mutate, expected in (("utf16", utf16, 2), ("popen", popen, 1), ("nan", nan_weights, 1), ("flip", flipped, 1)):
+    cases = (("utf16", utf16, 2), ("popen", popen, 1), ("nan", nan_weights, 1), ("flip", flipped, 1))
+    for name, mutate, _ in cases:
         mutant = Mutant(h, env, tmp_path / name)
         mutate(mutant)
         mutant.write()
-        done = _cli(mutant.root, tmp_path / f"{name}.run")
+    with ThreadPoolExecutor(max_workers=2) as pool:  # independent processes, most of each spent importing
+        runs = list(pool.map(lambda case: _cli(tmp_path / case[0], tmp_path / f"{case[0]}.run"), cases))
+    for (name, _, expected), done in zip(cases, runs):
         assert "Traceback" not in done.stderr, done.stderr
         assert done.returncode == expected, (name, done.returncode, done.stderr[-2000:])
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]

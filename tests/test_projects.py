@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,11 @@ from tests.projects.runner import copy_project, run_project
 STEPS_PER_EPOCH = 20  # the template project: 1257 training samples, batch 64
 
 
-def verify(proof: Path, cwd: Path, *options: str) -> tuple[int, dict | None, str]:
-    report = proof.parent / f"verification-{len(list(proof.parent.glob('verification-*')))}.json"
-    r = run_project(["-m", "lightning_pol.verify", f"proof_dir={proof}", f"report={report}", *options], cwd=cwd)
+def verify(proof: Path, cwd: Path, *options: str, name: str | None = None) -> tuple[int, dict | None, str]:
+    """``python -m lightning_pol.verify`` in ``cwd``; ``name`` (for runs at the same time) names its report and run directory."""
+    report = proof.parent / f"verification-{name or len(list(proof.parent.glob('verification-*')))}.json"
+    r = run_project(["-m", "lightning_pol.verify", f"proof_dir={proof}", f"report={report}", f"hydra.run.dir={report.with_suffix('')}",
+                     *options], cwd=cwd)
     return r.returncode, json.loads(report.read_text()) if report.exists() else None, r.stdout + r.stderr
 
 
@@ -67,22 +70,27 @@ def test_a_changed_line_of_the_module_rejects_under_match_replays_under_report_a
     text = module.read_text()
     module.write_text(text.replace("for classifying the 8x8 handwritten digits.", "for classifying 8x8 digits.", 1))
     assert module.read_text() != text
-    code, report, out = verify(proof, edited, "verifier.q=0")
+    trusted = tmp_path / "trusted_code.json"
+    with ThreadPoolExecutor(max_workers=2) as pool:  # independent processes, most of each spent importing
+        match = pool.submit(verify, proof, edited, "verifier.q=0", name="match")
+        report_only = pool.submit(verify, proof, edited, "verifier.q=0", "verifier.code=report", name="report")
+        shown = pool.submit(run_project, ["-m", "lightning_pol.code", "show", str(proof)], cwd=edited)
+        # pinned: the reviewer pins the project as the proof names it, then verifies each copy against that review
+        pinned = pool.submit(run_project, ["-m", "lightning_pol.code", "pin", str(proof), "--trusted", str(trusted)], cwd=project).result()
+        assert pinned.returncode == 0 and "src/models/digits_module.py" in pinned.stdout, pinned.stderr[-2000:]
+        options = ("verifier.q=1", "verifier.random=0", "verifier.code=pinned", f"verifier.trusted_code={trusted}")
+        pinned_original = pool.submit(verify, proof, project, *options, name="pinned-original")
+        pinned_edited = pool.submit(verify, proof, edited, *options, name="pinned-edited")
+    code, report, out = match.result()
     assert code == 1 and report["checks"]["code"]["differences"] == ["src/models/digits_module.py"], out[-3000:]
     assert "src/models/digits_module.py" in report["reasons"][0] and report["segments"] == []  # nothing replayed
-    code, report, out = verify(proof, edited, "verifier.q=0", "verifier.code=report")
+    code, report, out = report_only.result()
     assert code == 0 and all_bit_exact(report), out[-3000:]
     assert report["checks"]["code"]["passed"] is None and report["checks"]["code"]["differences"] == ["src/models/digits_module.py"]
-    shown = run_project(["-m", "lightning_pol.code", "show", str(proof)], cwd=edited)
-    assert shown.returncode == 1 and "DIFFERS src.models.digits_module:DigitsLitModule" in shown.stdout, shown.stdout[-2000:]
-    # pinned: the reviewer pins the project as the proof names it, then verifies each copy against that review
-    trusted = tmp_path / "trusted_code.json"
-    pinned = run_project(["-m", "lightning_pol.code", "pin", str(proof), "--trusted", str(trusted)], cwd=project)
-    assert pinned.returncode == 0 and "src/models/digits_module.py" in pinned.stdout, pinned.stderr[-2000:]
-    options = ("verifier.q=1", "verifier.random=0", "verifier.code=pinned", f"verifier.trusted_code={trusted}")
-    code, report, out = verify(proof, project, *options)
+    assert shown.result().returncode == 1 and "DIFFERS src.models.digits_module:DigitsLitModule" in shown.result().stdout, shown.result().stdout[-2000:]
+    code, report, out = pinned_original.result()
     assert code == 0 and report["checks"]["code"]["passed"], out[-3000:]
-    code, report, out = verify(proof, edited, *options)
+    code, report, out = pinned_edited.result()
     assert code == 1 and report["checks"]["code"]["untrusted"] == ["src/models/digits_module.py"], out[-3000:]
 
 
