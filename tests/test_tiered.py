@@ -112,7 +112,25 @@ def test_forged_full_state_is_rejected(tiered):
 def test_changed_digest_is_rejected(tiered):
     edit_manifest(tiered, lambda m: m["checkpoints"][3].update(sha256="ab" * 32))  # step 24, digest-only
     report = verify_proof(tiered, q=0)
-    assert not report.valid and [16, 24] in report.checks["replay"].failed, report.summary()
+    # Only the claim at step 24 is false: the replay goes on from the state it reached, the true one, and step 32 matches.
+    assert not report.valid and report.checks["replay"].failed == [[16, 24]], report.summary()
+
+
+def test_a_replay_that_diverges_at_a_digest_says_so_at_the_segments_after_it(tiered):
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import relist
+
+    log = load_file(tiered / pf.INDEX_LOG_FINAL)
+    i, j = int(log["offsets"][18]), int(log["offsets"][20])  # a sample of step 18 and one of step 20 swapped
+    log["indices"][i], log["indices"][j] = log["indices"][j].clone(), log["indices"][i].clone()
+    save_file(log, tiered / pf.INDEX_LOG_FINAL)
+    relist(tiered, pf.INDEX_LOG_FINAL)
+    report = verify_proof(tiered, q=0)
+    assert not report.valid and report.checks["replay"].failed == [[16, 24], [24, 32], [32, 40], [40, 48], [48, 56], [56, 64]]
+    after = next(s for s in report.segments if s.start_step == 24)  # 16->24 fails; the rest of its span goes on from there
+    assert after.error.startswith("it starts from step 24, which the replay already reached in another state"), report.summary()
+    assert next(s for s in report.segments if s.start_step == 64).passed  # a full state: the next span starts from the proof's
 
 
 def test_halved_update_norm_is_rejected(tiered):

@@ -106,6 +106,7 @@ def replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state:
     entries = {c.step: c for c in verifier.manifest.checkpoints}
     previous = {b.step: a.step for a, b in zip(verifier.manifest.checkpoints, verifier.manifest.checkpoints[1:])}
     reached: dict[int, dict[str, Any]] = {}  # the replayed model at the end of the last judged segment
+    diverged: set[int] = set()  # digest-only steps the replay reached in another state than the proof's
 
     def tell(seg: Segment | None) -> None:
         if progress is not None and with_steps:
@@ -124,6 +125,10 @@ def replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state:
             start = state(seg.start_step)
             start_model = start["model"] if start is not None else reached.get(seg.start_step)
         judge(seg, got, state(seg.end_step), entries[seg.end_step], start_model)
+        if not seg.passed and seg.start_step in diverged and not seg.error:
+            seg.error = f"it starts from step {seg.start_step}, which the replay already reached in another state than the proof's"
+        if not seg.passed and not entries[seg.end_step].full:
+            diverged.add(seg.end_step)
         reached.clear()
         reached[seg.end_step] = got["model"]
         count(seg)
@@ -136,8 +141,8 @@ def replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state:
     tell(None)
     # A replayed callback keeps state a running fit cannot be re-seated into (param groups it added, SWA's
     # scheduler): a chain of such a proof ends wherever it would re-seat, at each state the proof holds.
-    reseats = bool(verifier.manifest.callbacks)
-    for chain in chains(segments, lambda step: reseats and entries[step].full):
+    cannot_reseat = bool(verifier.manifest.callbacks)
+    for chain in chains(segments, lambda step: cannot_reseat and entries[step].full):
         by_start = {seg.start_step: seg for seg in chain}
         finished: set[int] = set()
 
