@@ -43,8 +43,9 @@ class ProofSession:
       :meth:`start` has run, and the writer-side state: the steps handed over
       and not yet in an index-log file (``_unfiled``, ``_filed``), the time
       of the last commit, and in a tiered proof the last checkpoint's model
-      (``_last``: the update norms of the next checkpoint start from it). (The training thread reads ``total_bytes`` for the
-      progress bar; the running total is one int.)
+      (``_last``: the update norms of the next checkpoint start from it).
+      (The training thread reads ``total_bytes`` for the progress bar; the
+      running total is one int.)
 
     A checkpoint's file is written when it is taken; a commit (the index-log
     chunk of the steps handed over since the last one, the directories'
@@ -97,7 +98,7 @@ class ProofSession:
         for c in m.drop_checkpoints_after(last_written):
             if c.path is not None:
                 writer.drop(c.path)
-        if m.tiered:
+        if m.tiered and last_written >= 0:  # (before W_0 there is nothing to start from)
             if norms_origin is None or norms_origin[0] != last_written:
                 raise ProofDirectoryError(f"cannot resume: the Lightning checkpoint does not hold the model of the tiered proof's "
                                           f"checkpoint {last_written}, which the next update norms start from")
