@@ -45,7 +45,8 @@ def check_hyperparameters(verifier: PoLVerifierModule, steps: list[int], state: 
         problems.append(f"could not check hyperparameters: {one_line(e)}")
     report.checks["hyperparameters"] = HyperparametersCheck(
         not problems,
-        ("declared schedule matches every checkpoint" if simulated else "W_0 matches the declared optimizers") if not problems else problems[0],
+        (("declared schedule matches every " + ("full checkpoint" if verifier.manifest.tiered else "checkpoint")) if simulated
+         else "W_0 matches the declared optimizers") if not problems else problems[0],
         schedule_simulated=simulated, problems=problems[:10],
     )
     report.reasons.extend(problems[:2])
