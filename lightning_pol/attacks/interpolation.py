@@ -8,6 +8,7 @@ as the declared schedule says, and steers the weights along the made-up path.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ from lightning_pol.attacks.toolkit import (
     zero_loss,
 )
 from lightning_pol.attacks.victim import Spoof, Victim
-from lightning_pol.runtime.update_norms import magnitude
 from lightning_pol.verification.distances import distances
+from lightning_pol.verification.selection import update_size
 
 
 def _no_compute(module: Any, batch: Any, batch_idx: int, real: Any) -> torch.Tensor:
@@ -125,14 +126,10 @@ def _topq_fooled(proof: Path, honest_starts: set[int], q: int, target: dict[str,
     reader = ProofReader(proof)
     verifier = PoLVerifierModule(reader)
     entries = reader.checkpoints
-    if reader.manifest.tiered:  # ranked as the verifier ranks a tiered proof: by its recorded update norms
-        sizes = [magnitude(b.norms or {}) for b in entries[1:]]
-    else:
-        states = [reader.load_checkpoint(c)["model"] for c in entries]
-        sizes = [distances(sa, sb)["l2"] for sa, sb in zip(states, states[1:])]
+    size = update_size(reader.manifest, functools.lru_cache(maxsize=2)(lambda step: reader.load_checkpoint(reader.manifest.checkpoint_at(step))))
     by_epoch: dict[int, list[tuple[float, int]]] = {}
-    for a, size in zip(entries, sizes):
-        by_epoch.setdefault(verifier.step_epoch(a.step), []).append((size, a.step))
+    for a, b in zip(entries, entries[1:]):  # ranked as the verifier ranks them
+        by_epoch.setdefault(verifier.step_epoch(a.step), []).append((size(a.step, b.step), a.step))
     outranked = [e for e, segs in by_epoch.items() if any(a not in honest_starts for _, a in sorted(segs, reverse=True)[:q])]
     final = reader.load_checkpoint(entries[-1])["model"]
     at_target = all(torch.equal(final[key], target[key]) for key in target)

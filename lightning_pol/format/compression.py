@@ -2,7 +2,7 @@
 
 A float's bytes differ most in their low (mantissa) bytes and least in their high (sign, exponent) ones. With
 every tensor's bytes regrouped by position (all first bytes, then all second bytes, ...) a compressor finds the
-repeated exponents: zlib at level 1 then saves 11-16% of a model's state (docs/performance.md), at 50-60 MB/s
+repeated exponents: zlib at level 1 then saves 11-16% of a model's state (docs/performance.md), at about 60 MB/s
 on one core, on the writer thread. The standard library's zlib, not a new dependency: its ratio is within 1-2%
 of zstd's, and a full state is written only every K steps.
 """

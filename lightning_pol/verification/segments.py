@@ -105,7 +105,7 @@ def replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state:
     done, with_steps = 0, progress is not None and takes_steps(progress)
     entries = {c.step: c for c in verifier.manifest.checkpoints}
     previous = {b.step: a.step for a, b in zip(verifier.manifest.checkpoints, verifier.manifest.checkpoints[1:])}
-    reached: dict[int, dict[str, Any]] = {}  # the replayed model at the end of the last judged segment
+    reached: tuple[int, dict[str, Any]] | None = None  # the step and replayed model the last judged segment ended at
     diverged: set[int] = set()  # digest-only steps the replay reached in another state than the proof's
 
     def tell(seg: Segment | None) -> None:
@@ -120,17 +120,17 @@ def replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state:
         tell(seg)
 
     def judged(seg: Segment, got: dict[str, Any]) -> None:
+        nonlocal reached
         start_model = None
         if previous.get(seg.end_step) == seg.start_step:  # recorded update norms span one checkpoint interval
             start = state(seg.start_step)
-            start_model = start["model"] if start is not None else reached.get(seg.start_step)
+            start_model = start["model"] if start is not None else (reached[1] if reached and reached[0] == seg.start_step else None)
         judge(seg, got, state(seg.end_step), entries[seg.end_step], start_model)
         if not seg.passed and seg.start_step in diverged and not seg.error:
             seg.error = f"it starts from step {seg.start_step}, which the replay already reached in another state than the proof's"
         if not seg.passed and not entries[seg.end_step].full:
             diverged.add(seg.end_step)
-        reached.clear()
-        reached[seg.end_step] = got["model"]
+        reached = (seg.end_step, got["model"])
         count(seg)
 
     def fail(seg: Segment, e: PoLError | str) -> None:

@@ -7,6 +7,9 @@ import random as _random
 from collections.abc import Callable
 from typing import Any
 
+from lightning_pol.format.manifest import Manifest
+from lightning_pol.runtime.update_norms import magnitude
+from lightning_pol.verification.distances import distances
 from lightning_pol.verification.report import Segment
 
 DETECTION_FORMULA = "per epoch, with n segments outside the top-Q and R random picks: P(detect m fakes) = 1 - C(n-m, R) / C(n, R)"
@@ -19,6 +22,15 @@ def detection_probability(candidates: int, random_picks: int, fakes: int) -> flo
     if random_picks > candidates - fakes:
         return 1.0
     return 1.0 - math.comb(candidates - fakes, random_picks) / math.comb(candidates, random_picks)
+
+
+def update_size(manifest: Manifest, state: Callable[[int], Any]) -> Callable[[int, int], float]:
+    """How top-Q measures the update of segment a->b: a tiered proof's recorded norms (most of its states are
+    digests; the replay checks the norms), another proof's l2 distance between the states ``state(step)`` decodes."""
+    if manifest.tiered:
+        norms = {c.step: c.norms or {} for c in manifest.checkpoints}
+        return lambda a, b: magnitude(norms[b])
+    return lambda a, b: distances(state(a)["model"], state(b)["model"])["l2"]
 
 
 def select_segments(steps: list[int], epoch_of: Callable[[int], int], magnitude: Callable[[int, int], float],

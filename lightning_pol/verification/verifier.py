@@ -28,12 +28,10 @@ from lightning_pol.format.index_log import IndexLog
 from lightning_pol.format.manifest import Manifest
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.format.strict_json import ProofFormatError
-from lightning_pol.runtime.update_norms import magnitude
 from lightning_pol.verification.chain import check_chain
 from lightning_pol.verification.code_check import check_code
 from lightning_pol.verification.coverage import coverage, success_rate
 from lightning_pol.verification.data_check import check_data, declared_batches
-from lightning_pol.verification.distances import distances
 from lightning_pol.verification.hyperparameters import check_hyperparameters
 from lightning_pol.verification.initialization_check import check_initialization
 from lightning_pol.verification.integrity import check_integrity
@@ -42,7 +40,7 @@ from lightning_pol.verification.registry import Registry
 from lightning_pol.verification.replay import PoLVerifierModule
 from lightning_pol.verification.report import ChainCheck, IntegrityCheck, Report
 from lightning_pol.verification.segments import Judge, check_replay
-from lightning_pol.verification.selection import select_segments
+from lightning_pol.verification.selection import select_segments, update_size
 from lightning_pol.verification.settings import VerifierSettings
 from lightning_pol.verification.tiers import plan_replay
 
@@ -184,10 +182,9 @@ def _check_content(verifier: PoLVerifierModule, index_log: IndexLog, report: Rep
     check_initialization(verifier, state(0), report, settings.registry, settings.roots)
     check_hyperparameters(verifier, [s for s in steps if entries[s].full], state, report)
     check_plateau(verifier, report)
-    # A tiered proof records each segment's update norms (most of its states are digests); the replay checks them.
-    magnitude_of = ((lambda a, b: magnitude(entries[b].norms or {})) if reader.manifest.tiered
-                    else (lambda a, b: distances(state(a)["model"], state(b)["model"])["l2"]))
-    segments, report.selection = select_segments(steps, verifier.step_epoch, magnitude_of, settings.q, settings.random, settings.seed)  # type: ignore[arg-type]
+    segments, report.selection = select_segments(
+        steps, verifier.step_epoch, update_size(reader.manifest, state), settings.q, settings.random, settings.seed,  # type: ignore[arg-type]
+    )
     mine, unchecked = plan_replay(segments[settings.shard :: settings.num_shards], entries, verifier.step_epoch, mode)
     report.selection.update({"num_shards": settings.num_shards, "shard": settings.shard, "replayed_here": len(mine)})
     if unchecked:
