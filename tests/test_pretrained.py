@@ -145,8 +145,9 @@ def _file(weights: Path) -> tuple[list[str], list[torch.Tensor]]:
     return list(tensors), list(tensors.values())
 
 
-def _forge_w0(proof: Path, edit) -> None:
-    """Rewrite W_0 (a prover controls every file), and the manifest's claimed digests to match it."""
+def _forge_w0(proof: Path, edit, claims: str = "resealed") -> None:
+    """Rewrite W_0 (a prover controls every file). ``claims``: the manifest's claimed digests ``resealed`` to the
+    forged tensors, ``left`` at the root's, or with ``features.0.weight`` ``dropped`` (claimed fresh)."""
     reader = ProofReader(proof)
     entry = reader.checkpoints[0]
     state = reader.load_checkpoint(entry)
@@ -156,7 +157,9 @@ def _forge_w0(proof: Path, edit) -> None:
 
     def claim(m: dict) -> None:
         tensors = m["init"]["params"]["tensors"]
-        for key in tensors:
+        if claims == "dropped":
+            del tensors["features.0.weight"]
+        for key in tensors if claims == "resealed" else ():
             tensors[key] = tensor_digest(model[key])
 
     rewrite_manifest_json(proof, claim)
@@ -165,22 +168,38 @@ def _forge_w0(proof: Path, edit) -> None:
     relist(proof, entry.path)
 
 
-@pytest.mark.parametrize("forgery", ["backbone_value", "head_scale"])
+def _fresh_draw(model: dict) -> None:
+    """``features.0.weight`` as a fresh pytorch_default draw (a network built anew), not the root's."""
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        model["features.0.weight"] = DigitsCNN(width=16).features[0].weight.detach().clone()
+
+
+FORGERIES = {  # (the edit of W_0's model, what the claims say, the initialization check's summary)
+    # The claims resealed to the forged tensor: the claim is not the root's.
+    "backbone_value": (lambda model: model["features.0.weight"][0, 0, 0, 0].add_(1e-3), "resealed",
+                       "W_0's features.0.weight is not the root's 'features.0.weight' (published.safetensors) bit for bit"),
+    # The claims left at the root's digests: the tensor is not the one it claims to be.
+    "backbone_value_claims_left": (lambda model: model["features.0.weight"][0, 0, 0, 0].add_(1e-3), "left",
+                                   "W_0's features.0.weight is not the root's 'features.0.weight' (published.safetensors) bit for bit"),
+    # The claim dropped and a fresh draw there: a tensor of the root's layout is the root's unless declared redrawn.
+    "backbone_redrawn_undeclared": (_fresh_draw, "dropped",
+                                    "W_0's features.0.weight is not the root's 'features.0.weight' (published.safetensors), "
+                                    "which has its shape, and a root's tensor is never fresh"),
+    "head_scale": (lambda model: model["head.2.weight"].mul_(1.5), "resealed",
+                   "W_0's fresh tensors do not look drawn from pytorch_default: ['head.2.weight']"),
+}
+
+
+@pytest.mark.parametrize("forgery", list(FORGERIES))
 def test_a_forged_w0_is_rejected_by_the_initialization_check(digits, tmp_path, forgery):
     import shutil
 
     _, weights, honest = digits
     proof = tmp_path / "proof"
     shutil.copytree(honest, proof)
-    if forgery == "backbone_value":
-        def edit(model: dict) -> None:
-            model["features.0.weight"][0, 0, 0, 0] += 1e-3
-        expected = "W_0's features.0.weight is not the root's 'features.0.weight' (published.safetensors)"
-    else:
-        def edit(model: dict) -> None:
-            model["head.2.weight"].mul_(1.5)
-        expected = "W_0's fresh tensors do not look drawn from pytorch_default: ['head.2.weight']"
-    _forge_w0(proof, edit)
+    edit, claims, expected = FORGERIES[forgery]
+    _forge_w0(proof, edit, claims)
     report = verify_proof(proof, q=0, roots=weights)
     init = report.checks["initialization"]
     assert not report.valid and init.passed is False and expected in init.summary, init.summary
