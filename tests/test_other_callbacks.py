@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import lightning.pytorch as pl
@@ -74,3 +75,43 @@ def test_callbacks_that_only_watch_pass_silently(tmp_path, caplog, progress_bar)
     assert "callbacks" not in ProofReader(proof).manifest.training_values()
     report = verify_proof(proof, q=0)
     assert report.valid and all(s.bit_exact for s in report.segments) and not report.notes
+
+
+_stamps = itertools.count()
+
+
+class StampedScaling(Callback):
+    """A project's callback that changes every step, with a plain attribute its arguments do not give: a serial
+    number of its own. Re-created from its recipe it has another, so the verifier would replay another callback."""
+
+    def __init__(self, factor: float = 0.5) -> None:
+        self.factor = factor
+        self.serial = next(_stamps)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        for p in pl_module.parameters():
+            if p.grad is not None:
+                p.grad.mul_(self.factor)
+
+
+def test_a_project_callback_whose_recipe_builds_another_is_said_and_not_replayed(tmp_path, caplog):
+    """Given by ``class_path`` in a LightningCLI app, it has a recipe; the twin it builds differs in a plain setting."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning_pol.zoo import DigitsCNN, DigitsDataModule
+
+    pl.seed_everything(0, verbose=False)
+    proof = tmp_path / "proof"
+    trainer = {"max_steps": 8, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+               "enable_model_summary": False, "default_root_dir": str(tmp_path),
+               "callbacks": [{"class_path": "lightning_pol.ProofOfLearning", "init_args": {"dirpath": str(proof), "every_n_steps": 4}},
+                             {"class_path": f"{__name__}.StampedScaling", "init_args": {"factor": 0.5}}]}
+    cli = LightningCLI(DigitsCNN, DigitsDataModule, run=False, args={"trainer": trainer, "model": {"width": 4}, "data": {"num_workers": 0}})
+    with caplog.at_level(logging.WARNING, logger=WHERE):
+        cli.trainer.fit(cli.model, cli.datamodule)
+    (line,) = said(caplog)
+    assert f"{__name__}:StampedScaling overrides on_before_optimizer_step" in line and "\n" not in line
+    assert "re-created from its recipe it has serial=" in line and "the replay will not run it" in line
+    manifest = ProofReader(proof).manifest
+    assert manifest.callbacks == [] and manifest.training_values()["callbacks"] == [
+        {"class": f"{__name__}:StampedScaling", "hooks": ["on_before_optimizer_step"]}]

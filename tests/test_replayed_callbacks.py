@@ -129,7 +129,18 @@ def test_a_builtin_the_replay_cannot_reproduce_is_said_and_named_when_replay_fai
     assert not report.valid and any("ModelPruning" in r for r in report.reasons)
 
 
-@pytest.mark.parametrize("target", ["subprocess:Popen", "lightning_pol.prover.callback:ProofOfLearning"])
+#: Classes a hostile proof names as a replayed callback, with arguments that would leave ``canary`` if they ran:
+#: a process, this package's own callback, and one of Lightning's others, which writes where its arguments say
+#: (a checkpoint into ``dirpath`` after every step) and changes no training. Past the gate, the replay's Trainer
+#: (``enable_checkpointing=False``) would refuse a ModelCheckpoint too, as a failed replay (exit 1): exit 2 is the gate's.
+HOSTILE_CALLBACKS = {
+    "subprocess:Popen": lambda canary: {"args": [sys.executable, "-c", f"open({str(canary)!r}, 'w')"]},
+    "lightning_pol.prover.callback:ProofOfLearning": lambda canary: {"dirpath": str(canary)},
+    "lightning.pytorch.callbacks:ModelCheckpoint": lambda canary: {"dirpath": str(canary), "every_n_train_steps": 1},
+}
+
+
+@pytest.mark.parametrize("target", list(HOSTILE_CALLBACKS))
 def test_a_callback_the_proof_names_goes_through_the_class_gate(tmp_path, monkeypatch, capsys, target):
     from lightning_pol.apps.verify import verify_with
     from lightning_pol.verification.settings import VerifierSettings
@@ -138,8 +149,7 @@ def test_a_callback_the_proof_names_goes_through_the_class_gate(tmp_path, monkey
     canary = tmp_path / "canary"
 
     def edit(m: dict) -> None:
-        m["callbacks"][0] = {"class": target, "hparams": {"args": [sys.executable, "-c", f"open({str(canary)!r}, 'w')"],
-                                                          "dirpath": str(canary)}}
+        m["callbacks"][0] = {"class": target, "hparams": HOSTILE_CALLBACKS[target](canary)}
 
     rewrite_manifest_json(reader.root, edit, {})
     # verifier.code=report: the hostile class reaches the gate (under match the code check rejects it first, exit 1)
