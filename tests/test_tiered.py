@@ -133,45 +133,95 @@ def test_a_replay_that_diverges_at_a_digest_says_so_at_the_segments_after_it(tie
     assert next(s for s in report.segments if s.start_step == 64).passed  # a full state: the next span starts from the proof's
 
 
-def test_halved_update_norm_is_rejected(tiered):
-    def halve(m):
-        norms = m["checkpoints"][5]["norms"]  # step 40
-        group = next(iter(norms))
-        norms[group] /= 2
-    edit_manifest(tiered, halve)
+def _halve(norms: dict) -> None:
+    norms[next(iter(norms))] /= 2
+
+
+def _off_by_1e4(norms: dict) -> None:  # 1e-4 relative: any tolerance looser than NORM_RTOL (1e-6) by 100x lets it through
+    norms[next(iter(norms))] *= 1.0001
+
+
+def _group_left_out(norms: dict) -> None:
+    del norms[next(iter(norms))]
+
+
+@pytest.mark.parametrize("lie, said", [(_halve, "the recorded update norm of"), (_off_by_1e4, "the recorded update norm of"),
+                                       (_group_left_out, "the recorded update norms name other tensor groups than the model has")],
+                         ids=["halved", "off-by-1e-4", "group-left-out"])
+def test_a_recorded_update_norm_that_lies_is_rejected(tiered, lie, said):
+    edit_manifest(tiered, lambda m: lie(m["checkpoints"][5]["norms"]))  # step 40, digest-only
     report = verify_proof(tiered, q=0)
     assert not report.valid
     failed = next(s for s in report.segments if not s.passed)
-    assert (failed.start_step, failed.end_step) == (32, 40) and failed.bit_exact and "update norm" in failed.error
+    assert (failed.start_step, failed.end_step) == (32, 40) and failed.bit_exact and failed.error.startswith(said), failed.error
 
 
-@pytest.mark.parametrize("payload", ["bomb", "truncated", "other_state", "not_safetensors"])
+def test_a_failed_lead_in_fails_the_proof(tiered):
+    """A lie at a digest before a selected segment: only the lead-in replayed to reach it can see it, and it counts."""
+    honest = verify_proof(tiered, q=1, random=0)
+    assert honest.valid, honest.summary()
+    lead_in = next(s for s in honest.segments if s.reason == "lead-in")
+    edit_manifest(tiered, lambda m: next(c for c in m["checkpoints"] if c["step"] == lead_in.end_step).update(sha256="ab" * 32))
+    report = verify_proof(tiered, q=1, random=0)
+    assert [(s.start_step, s.end_step, s.reason) for s in report.segments] == [(s.start_step, s.end_step, s.reason) for s in honest.segments]
+    # The replay goes on from the state it reached (the true one): the selected segment itself still matches.
+    assert not report.valid and report.checks["replay"].failed == [[lead_in.start_step, lead_in.end_step]], report.summary()
+
+
+def _one_weight_changed(tiered: Path) -> bytes:
+    """Step 64's state with one weight changed, compressed as the writer would: a whole, valid file of another state."""
+    reader = ProofReader(tiered)
+    state = reader.load_checkpoint(reader.manifest.checkpoint_at(64))
+    state["model"]["head.2.weight"][0, 0] += 1e-3
+    return compress_checkpoint(checkpoint_bytes(state))
+
+
+#: Compressed files in place of step 64's full state, each listed with its own digest and the entry's state digest
+#: left; and what the reader says of each (None: a tiling or parsing error after decompression).
+HOSTILE_COMPRESSED = {
+    "bomb": (lambda tiered, good: zlib.compress(b"\0" * (512 << 20), 9), "decompresses to more than"),  # 512 MB from 0.5 MB: refused after 128 MB
+    "truncated": (lambda tiered, good: good[: len(good) // 2], None),
+    "adler_cut": (lambda tiered, good: good[:-4], "not one complete compressed stream"),  # every block whole, the checksum gone
+    "byte_appended": (lambda tiered, good: good + b"\0", "not one complete compressed stream"),
+    "other_state": (lambda tiered, good: (tiered / pf.checkpoint_path(128, compressed=True)).read_bytes(), None),  # step 128's
+    "one_weight_changed": (lambda tiered, good: _one_weight_changed(tiered), "does not decompress to the state its checkpoint entry records"),
+    "not_safetensors": (lambda tiered, good: zlib.compress(b"\xff" * 4096), None),
+}
+
+
+@pytest.mark.parametrize("payload", list(HOSTILE_COMPRESSED))
 def test_hostile_compressed_full_state_is_rejected_in_one_line(tiered, payload):
     rel = pf.checkpoint_path(64, compressed=True)
-    good = (tiered / rel).read_bytes()
+    make, says = HOSTILE_COMPRESSED[payload]
     digest = ProofReader(tiered).manifest.checkpoint_at(64).sha256
-    data = {"bomb": lambda: zlib.compress(b"\0" * (512 << 20), 9),  # 512 MB from 0.5 MB: refused after 128 MB
-            "truncated": lambda: good[: len(good) // 2],
-            "other_state": lambda: (tiered / pf.checkpoint_path(128, compressed=True)).read_bytes(),  # a real state, not step 64's
-            "not_safetensors": lambda: zlib.compress(b"\xff" * 4096)}[payload]()
-    reseal_full(tiered, 64, data, digest=digest)
+    reseal_full(tiered, 64, make(tiered, (tiered / rel).read_bytes()), digest=digest)
     with pytest.raises(ProofFormatError) as e:
         ProofReader(tiered).load_checkpoint(ProofReader(tiered).manifest.checkpoint_at(64))
     assert "\n" not in str(e.value) and rel in str(e.value)
+    assert says is None or says in str(e.value), str(e.value)
     assert ("decompresses to more than" in str(e.value)) == (payload == "bomb")
     report = verify_proof(tiered, q=0)
     assert not report.valid and report.checks["integrity"].passed is False, report.summary()
 
 
-def test_digest_only_where_a_full_state_is_due_is_rejected(tiered):
-    def drop_file(m):
-        c = next(c for c in m["checkpoints"] if c["step"] == 64)
-        del m["files"][c["path"]]
-        c["path"] = None
-    edit_manifest(tiered, drop_file)
-    (tiered / pf.checkpoint_path(64, compressed=True)).unlink()
+def _digest_only(m: dict, step: int) -> None:
+    c = next(c for c in m["checkpoints"] if c["step"] == step)
+    del m["files"][c["path"]]
+    c["path"] = None
+
+
+@pytest.mark.parametrize("edit, gone, said", [
+    (lambda m: _digest_only(m, 64), 64, "step 64 is digest-only"),  # a full state due at K = 64
+    (lambda m: _digest_only(m, 135), 135, "step 135 is digest-only"),  # the final state, always full
+    (lambda m: m.update(full_every_n_steps=128), None, "every K=128 steps and the final step 135 in full and the others as "
+                                                       "digests, and step 64 is full"),  # a full state where a digest is due
+], ids=["due-at-K", "final", "full-where-a-digest-is-due"])
+def test_tiers_other_than_the_declared_ones_are_rejected(tiered, edit, gone, said):
+    edit_manifest(tiered, edit)
+    if gone is not None:
+        (tiered / pf.checkpoint_path(gone, compressed=True)).unlink()
     report = verify_proof(tiered, q=0)
-    assert not report.valid and "step 64 is digest-only" in report.checks["integrity"].summary
+    assert not report.valid and report.checks["integrity"].passed is False and said in report.checks["integrity"].summary, report.summary()
 
 
 @pytest.mark.parametrize("edit, reason", [
@@ -182,6 +232,8 @@ def test_digest_only_where_a_full_state_is_due_is_rejected(tiered):
     (lambda m: m["checkpoints"][2].update(extra=1), "keys"),
     (lambda m: m.pop("full_every_n_steps"), "checkpoint"),
     (lambda m: m["checkpoints"][8].update(sha256="xyz"), "digest of its state"),
+    (lambda m: m["checkpoints"][2].pop("norms"), "step 16 has no valid update norms"),  # a digest after W_0
+    (lambda m: m["checkpoints"][8].pop("norms"), "step 64 has no valid update norms"),  # a full state after W_0
 ])
 def test_malformed_tiers_are_format_errors(proofs, edit, reason):
     m = json.loads((proofs[1] / pf.MANIFEST).read_text())
