@@ -181,3 +181,44 @@ def test_resuming_with_other_code_is_refused(project, tmp_path):
     with pytest.raises(ProofDirectoryError, match=r"cannot resume: the code differs .*codeproj/helpers.py"):
         trainer.fit(Model(width=4), datamodule=DigitsDataModule(batch_size=64), ckpt_path=str(checkpoints / "last.ckpt"))
     assert (proof / "manifest.json").read_bytes() == manifest  # nothing written
+
+
+def test_an_import_the_proof_leaves_out_is_a_difference(project, tmp_path):
+    """A code identity resealed without one of the project's imports: the file is code training did not declare."""
+    proof = train(tmp_path)
+
+    def leave_out(m):
+        m["code"]["imports"].pop("codeproj/helpers.py")
+        m["code"]["digest"] = hashlib.sha256(canonical_bytes({k: m["code"][k] for k in ("classes", "imports")})).hexdigest()
+
+    rewrite_manifest_json(proof, leave_out)
+    report = verify_proof(proof, q=0)
+    code = report.checks["code"]
+    assert not report.valid and code.passed is False and code.differences == ["codeproj/helpers.py (not imported in training)"]
+    assert "replay" not in report.checks  # rejected before anything of it runs
+
+
+def test_a_changed_line_in_a_replayed_callbacks_file_is_exit_1_under_match(tmp_path):
+    """The template project's own gradient-scaling callback, replayed from its Hydra config: its file is code the
+    replay runs. A changed comment replays bit for bit, so only the code check can tell."""
+    from tests.test_projects import train_template, verify
+
+    project, proof, _ = train_template(tmp_path, "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=1",
+                                       "+trainer.limit_test_batches=1", callbacks="[with_pol,scale_gradients]")
+    source = project / "src" / "callbacks" / "scale_gradients.py"
+    source.write_text(source.read_text().replace("(a hand-rolled gradient scaling)", "(gradient scaling by hand)"))
+    code, report, out = verify(proof, project, "verifier.q=0")
+    assert code == 1 and report is not None and report["checks"]["code"]["differences"] == ["src/callbacks/scale_gradients.py"], out[-3000:]
+    assert report["segments"] == []  # rejected before anything of it runs
+    assert ProofReader(proof).code.classes["src.callbacks.scale_gradients:ScaleGradients"].file == "src/callbacks/scale_gradients.py"
+
+
+@pytest.mark.parametrize("path", ["torch.optim.Adam", "torch.optim:Adam"])
+def test_a_reexported_class_is_identified_by_the_file_that_defines_it(path):
+    """``torch.optim.Adam`` (a Hydra ``_target_``) is bound in ``torch/optim/__init__.py`` by ``from .adam import Adam``."""
+    from lightning_pol.runtime.installed_code import installed_code
+
+    adam = Path(importlib.import_module("torch.optim.adam").__file__)  # torch.optim deletes the name of the submodule
+    source = installed_code([path]).classes[path]
+    assert (source.file, source.sha256) == ("torch/optim/adam.py", sha(adam))
+    assert source.distribution == "torch"
