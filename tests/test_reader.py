@@ -533,3 +533,29 @@ def test_reasons_quote_the_proof_briefly(proof):
     edit_header(proof, pf.checkpoint_path(0), lambda h: h["model.net.0.weight"].update(shape=[1] * 2000 + h["model.net.0.weight"]["shape"]))
     report = verify_proof(proof, q=0, random=0, seed=0)
     assert not report.valid and report.reasons[0].startswith("W_0's net.0.weight") and len(report.reasons[0]) <= 500
+
+
+# -- manual optimization: Lightning's optimizer steps, recorded at each checkpoint ------------------
+
+@pytest.fixture(scope="module")
+def gan(tmp_path_factory):
+    """A GAN under manual optimization: two optimizer steps a batch, so each checkpoint records its own count."""
+    from lightning_pol.zoo.digits_data import DigitsDataModule
+    from tests.callback_project import DigitsGAN
+
+    proof, _, _ = train_with_proof(tmp_path_factory.mktemp("gan"), DigitsGAN, DigitsDataModule(num_workers=0), every_n_steps=4,
+                                   limit_train_batches=8)
+    return proof
+
+
+@pytest.mark.parametrize("step, steps", [(4, 3), (0, 1)], ids=["below-its-step", "nonzero-at-step-0"])
+def test_optimizer_steps_must_count_at_least_the_steps_and_none_at_0(gan, tmp_path, step, steps):
+    proof = tmp_path / "proof"
+    shutil.copytree(gan, proof)
+    reader = ProofReader(proof)
+    # As trained: recorded where Lightning's count is not the proof's step (not at 0), two a batch.
+    assert [reader.load_checkpoint(c)["progress"].get("optimizer_steps") for c in reader.checkpoints] == [None, 8, 16]
+    edit_state(proof, step, lambda t: t["progress"].update(optimizer_steps=steps))
+    reader = ProofReader(proof)
+    with pytest.raises(ProofFormatError, match="its optimizer steps are not a count of at least its steps"):
+        reader.load_checkpoint(reader.manifest.checkpoint_at(step))
