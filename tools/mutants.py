@@ -1,0 +1,168 @@
+"""``python -m tools.mutants [ID ...]``: switch off each pinned check in turn and watch its tests fail.
+
+A check no test pins can be lost in a rework without a sound. Each :data:`MUTANTS` entry names one check, the
+smallest edit that switches it off, and the tests that must then fail. The run copies the checkout to a scratch
+directory, applies one mutant at a time there (the checkout is never edited), runs those tests with this
+interpreter, and prints one line a mutant: ``caught`` when every named test failed, ``MISSED`` otherwise.
+First, as a control, the same tests run unmutated there and must pass. Exit 0 when every mutant was caught.
+About 5 minutes on 2 cores.
+
+A rework that changes a check's code must update its mutant (tests/test_mutants.py says which no longer
+applies) and rerun this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    check: str
+    file: str  # relative to the repository root
+    old: str  # occurs exactly once in ``file``
+    new: str
+    tests: tuple[str, ...]  # pytest node ids, each of which must fail with the mutant applied
+
+
+_P, _C, _T, _K, _R = ("tests/test_pretrained.py::", "tests/test_replayed_callbacks.py::", "tests/test_tiered.py::",
+                      "tests/test_code_identity.py::", "tests/test_reader.py::")
+_HOSTILE = _T + "test_hostile_compressed_full_state_is_rejected_in_one_line"
+_TIERS = _T + "test_tiers_other_than_the_declared_ones_are_rejected"
+_NORMS = _T + "test_a_recorded_update_norm_that_lies_is_rejected"
+_STEPS = "if not is_int(steps) or steps < entry.step or (entry.step == 0 and steps != 0):"
+_FULL = "if c.full != (c.step == final or m.full_state_due(c.step))]"
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant("P1", "pretrained: W_0's claimed tensor is the digest it claims", "lightning_pol/verification/pretrained_check.py",
+           "if tensor_digest(model[key]) != want or not key.startswith(prefix)", "if not key.startswith(prefix)",
+           (_P + "test_a_forged_w0_is_rejected_by_the_initialization_check[backbone_value_claims_left]",)),
+    Mutant("P2", "pretrained: a tensor of the root's layout is the root's unless redrawn", "lightning_pol/verification/pretrained_check.py",
+           "        if key not in claimed and not key.startswith(tuple(redraw))", "        if False and key not in claimed",
+           (_P + "test_a_forged_w0_is_rejected_by_the_initialization_check[backbone_redrawn_undeclared]",)),
+    Mutant("C1", "callbacks: the gate refuses Lightning's callbacks that change no training", "lightning_pol/runtime/replayed_callbacks.py",
+           "        return any(issubclass(cls, kind) for kind, _ in ADAPTERS)", "        return True",
+           (_C + "test_a_callback_the_proof_names_goes_through_the_class_gate[lightning.pytorch.callbacks:ModelCheckpoint]",)),
+    Mutant("C2", "callbacks: the re-created twin has the live callback's plain settings", "lightning_pol/prover/other_callbacks.py",
+           "    plain, settings = (bool, int, float, str, type(None)), vars(live)\n",
+           "    plain, settings = (bool, int, float, str, type(None)), vars(live)\n    return\n",
+           ("tests/test_other_callbacks.py::test_a_project_callback_whose_recipe_builds_another_is_said_and_not_replayed",)),
+    Mutant("T1", "tiers: recorded norms name the model's tensor groups", "lightning_pol/runtime/update_norms.py",
+           "    if set(recorded) != set(replayed):", "    if False:", (_NORMS + "[group-left-out]",)),
+    Mutant("T2", "tiers: a norm agrees to 1e-6 relative (loosened to 1e-3)", "lightning_pol/runtime/update_norms.py",
+           "NORM_RTOL = 1e-6", "NORM_RTOL = 1e-3", (_NORMS + "[off-by-1e-4]",)),
+    Mutant("T3", "tiers: a failed lead-in fails the proof", "lightning_pol/verification/segments.py",
+           "    failed = [s for s in segments if not s.passed]", '    failed = [s for s in segments if not s.passed and s.reason != "lead-in"]',
+           (_T + "test_a_failed_lead_in_fails_the_proof",)),
+    Mutant("T4a", "tiers: a compressed file ends its stream (Adler-32 included)", "lightning_pol/format/compression.py",
+           "    if not d.eof or d.unused_data:", "    if d.unused_data:", (_HOSTILE + "[adler_cut]",)),
+    Mutant("T4b", "tiers: nothing follows a compressed stream", "lightning_pol/format/compression.py",
+           "    if not d.eof or d.unused_data:", "    if not d.eof:", (_HOSTILE + "[byte_appended]",)),
+    Mutant("T5", "tiers: a compressed file decompresses to its entry's SHA-256", "lightning_pol/format/reader.py",
+           "            if layout.sha256_bytes(data) != entry.sha256:", "            if False:", (_HOSTILE + "[one_weight_changed]",)),
+    Mutant("T6a", "tiers: no full state where a digest is due", "lightning_pol/verification/integrity.py",
+           _FULL, "if not c.full and (c.step == final or m.full_state_due(c.step))]", (_TIERS + "[full-where-a-digest-is-due]",)),
+    Mutant("T6b", "tiers: the final state is full", "lightning_pol/verification/integrity.py",
+           _FULL, "if c.full != m.full_state_due(c.step)]", (_TIERS + "[final]",)),
+    Mutant("T7", "tiers: every checkpoint after W_0 records norms", "lightning_pol/format/manifest.py",
+           "        return None\n    if not isinstance(norms, dict) or not norms",
+           "        return None\n    if norms is None:\n        return None\n    if not isinstance(norms, dict) or not norms",
+           (_T + "test_malformed_tiers_are_format_errors[<lambda>-step 16 has no valid update norms]",
+            _T + "test_malformed_tiers_are_format_errors[<lambda>-step 64 has no valid update norms]")),
+    Mutant("K1", "code: a project file training did not import is a difference", "lightning_pol/format/code_identity.py",
+           "        for rel in sorted(set(self.imports) | set(installed.imports)):", "        for rel in sorted(self.imports):",
+           (_K + "test_an_import_the_proof_leaves_out_is_a_difference",)),
+    Mutant("K2", "code: a replayed callback's file is part of the identity", "lightning_pol/runtime/installed_code.py",
+           "    specs = [manifest.module, *([manifest.datamodule] if manifest.datamodule else []), *manifest.callbacks]",
+           "    specs = [manifest.module, *([manifest.datamodule] if manifest.datamodule else [])]",
+           (_K + "test_a_changed_line_in_a_replayed_callbacks_file_is_exit_1_under_match",)),
+    Mutant("K3", "code: a re-exported class is the file that defines it", "lightning_pol/runtime/installed_code.py",
+           "_REEXPORT_DEPTH = 8", "_REEXPORT_DEPTH = 0",
+           (_K + "test_a_reexported_class_is_identified_by_the_file_that_defines_it[torch.optim.Adam]",
+            _K + "test_a_reexported_class_is_identified_by_the_file_that_defines_it[torch.optim:Adam]")),
+    Mutant("M1", "manual optimization: optimizer steps are at least the proof's steps", "lightning_pol/format/checkpoint.py",
+           _STEPS, "if not is_int(steps) or (entry.step == 0 and steps != 0):",
+           (_R + "test_optimizer_steps_must_count_at_least_the_steps_and_none_at_0[below-its-step]",)),
+    Mutant("M2", "manual optimization: no optimizer step before step 0", "lightning_pol/format/checkpoint.py",
+           _STEPS, "if not is_int(steps) or steps < entry.step:",
+           (_R + "test_optimizer_steps_must_count_at_least_the_steps_and_none_at_0[nonzero-at-step-0]",)),
+)
+
+
+def applied(mutant: Mutant, source: str) -> str:
+    """``source`` with ``mutant`` applied; a ValueError when its ``old`` is not there exactly once (the check changed)."""
+    found = source.count(mutant.old)
+    if found != 1:
+        raise ValueError(f"mutant {mutant.id} ({mutant.check}): its code occurs {found} times in {mutant.file}; update the mutant")
+    return source.replace(mutant.old, mutant.new)
+
+
+def _scratch_copy(into: Path) -> Path:
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
+    for rel in listed.stdout.splitlines():
+        if (REPO / rel).is_file():
+            (into / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, into / rel)
+    return into
+
+
+def run(mutant: Mutant, copy: Path) -> tuple[bool, str]:
+    """(caught, one line): every test of ``mutant`` failed with it applied in ``copy``."""
+    path = copy / mutant.file
+    source = path.read_text()
+    path.write_text(applied(mutant, source))
+    try:
+        start = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *mutant.tests],
+                              cwd=copy, capture_output=True, text=True)
+        failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED ")]
+        caught = done.returncode == 1 and len(failed) == len(mutant.tests)
+        return caught, f"{mutant.id}: {mutant.check}: {len(failed)}/{len(mutant.tests)} tests failed ({time.monotonic() - start:.0f} s)"
+    finally:
+        path.write_text(source)
+
+
+def control(mutants: list[Mutant], copy: Path) -> tuple[bool, str]:
+    """(passed, one line): the mutants' tests pass in ``copy`` as it is, so a failure under a mutant is the mutant's."""
+    tests = list(dict.fromkeys(t for m in mutants for t in m.tests))
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *tests], cwd=copy,
+                          capture_output=True, text=True)
+    failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED ")]
+    return done.returncode == 0, f"control: {len(tests) - len(failed)}/{len(tests)} tests pass unmutated ({time.monotonic() - start:.0f} s)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("ids", nargs="*", help=f"mutants to run (default: all): {' '.join(m.id for m in MUTANTS)}")
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.ids) - {m.id for m in MUTANTS})
+    if unknown:
+        p.error(f"no mutant {', '.join(unknown)}")
+    chosen = [m for m in MUTANTS if not args.ids or m.id in args.ids]
+    missed = 0
+    with tempfile.TemporaryDirectory(prefix="mutants-") as scratch:
+        copy = _scratch_copy(Path(scratch))
+        passed, line = control(chosen, copy)
+        print(line, flush=True)
+        if not passed:
+            return 1
+        for mutant in chosen:
+            caught, line = run(mutant, copy)
+            missed += not caught
+            print(("caught  " if caught else "MISSED  ") + line, flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
