@@ -80,18 +80,12 @@ def test_callbacks_that_only_watch_pass_silently(tmp_path, caplog, progress_bar)
 _stamps = itertools.count()
 
 
-class StampedScaling(Callback):
-    """A project's callback that changes every step, with a plain attribute its arguments do not give: a serial
-    number of its own. Re-created from its recipe it has another, so the verifier would replay another callback."""
+class StampedHalving(HalveGradients):
+    """A project's callback that changes every step, with a plain attribute no argument gives: a serial number of its
+    own. Re-created from its recipe it has another, so the verifier would replay another callback."""
 
-    def __init__(self, factor: float = 0.5) -> None:
-        self.factor = factor
+    def __init__(self) -> None:
         self.serial = next(_stamps)
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        for p in pl_module.parameters():
-            if p.grad is not None:
-                p.grad.mul_(self.factor)
 
 
 def test_a_project_callback_whose_recipe_builds_another_is_said_and_not_replayed(tmp_path, caplog):
@@ -105,13 +99,13 @@ def test_a_project_callback_whose_recipe_builds_another_is_said_and_not_replayed
     trainer = {"max_steps": 8, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
                "enable_model_summary": False, "default_root_dir": str(tmp_path),
                "callbacks": [{"class_path": "lightning_pol.ProofOfLearning", "init_args": {"dirpath": str(proof), "every_n_steps": 4}},
-                             {"class_path": f"{__name__}.StampedScaling", "init_args": {"factor": 0.5}}]}
+                             {"class_path": f"{__name__}.StampedHalving"}]}
     cli = LightningCLI(DigitsCNN, DigitsDataModule, run=False, args={"trainer": trainer, "model": {"width": 4}, "data": {"num_workers": 0}})
     with caplog.at_level(logging.WARNING, logger=WHERE):
         cli.trainer.fit(cli.model, cli.datamodule)
     (line,) = said(caplog)
-    assert f"{__name__}:StampedScaling overrides on_before_optimizer_step" in line and "\n" not in line
+    assert f"{__name__}:StampedHalving overrides on_before_optimizer_step" in line and "\n" not in line
     assert "re-created from its recipe it has serial=" in line and "the replay will not run it" in line
     manifest = ProofReader(proof).manifest
     assert manifest.callbacks == [] and manifest.training_values()["callbacks"] == [
-        {"class": f"{__name__}:StampedScaling", "hooks": ["on_before_optimizer_step"]}]
+        {"class": f"{__name__}:StampedHalving", "hooks": ["on_before_optimizer_step"]}]

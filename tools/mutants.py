@@ -116,30 +116,33 @@ def _scratch_copy(into: Path) -> Path:
     return into
 
 
+def _pytest(tests: list[str], copy: Path) -> tuple[int, int, float]:
+    """(exit code, tests failed, seconds) of ``tests`` run in ``copy`` with this interpreter."""
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *tests], cwd=copy,
+                          capture_output=True, text=True)
+    failed = sum(line.startswith("FAILED ") for line in done.stdout.splitlines())
+    return done.returncode, failed, time.monotonic() - start
+
+
 def run(mutant: Mutant, copy: Path) -> tuple[bool, str]:
     """(caught, one line): every test of ``mutant`` failed with it applied in ``copy``."""
     path = copy / mutant.file
     source = path.read_text()
     path.write_text(applied(mutant, source))
     try:
-        start = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *mutant.tests],
-                              cwd=copy, capture_output=True, text=True)
-        failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED ")]
-        caught = done.returncode == 1 and len(failed) == len(mutant.tests)
-        return caught, f"{mutant.id}: {mutant.check}: {len(failed)}/{len(mutant.tests)} tests failed ({time.monotonic() - start:.0f} s)"
+        code, failed, seconds = _pytest(list(mutant.tests), copy)
     finally:
         path.write_text(source)
+    caught = code == 1 and failed == len(mutant.tests)
+    return caught, f"{mutant.id}: {mutant.check}: {failed}/{len(mutant.tests)} tests failed ({seconds:.0f} s)"
 
 
 def control(mutants: list[Mutant], copy: Path) -> tuple[bool, str]:
     """(passed, one line): the mutants' tests pass in ``copy`` as it is, so a failure under a mutant is the mutant's."""
     tests = list(dict.fromkeys(t for m in mutants for t in m.tests))
-    start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *tests], cwd=copy,
-                          capture_output=True, text=True)
-    failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED ")]
-    return done.returncode == 0, f"control: {len(tests) - len(failed)}/{len(tests)} tests pass unmutated ({time.monotonic() - start:.0f} s)"
+    code, failed, seconds = _pytest(tests, copy)
+    return code == 0, f"control: {len(tests) - failed}/{len(tests)} tests pass unmutated ({seconds:.0f} s)"
 
 
 def main(argv: list[str] | None = None) -> int:
