@@ -14,21 +14,27 @@ import torch
 
 from lightning_pol.format import layout
 from lightning_pol.format.manifest import CheckpointEntry, Manifest
-from lightning_pol.format.safetensors_io import safetensors_bytes
+from lightning_pol.format.safetensors_io import safetensors_parts
 from lightning_pol.format.state_codec import decode_state, encode_state, tensor_refs
 from lightning_pol.format.strict_json import ProofFormatError, is_int, load_json
 
 
-def checkpoint_bytes(state: dict[str, Any]) -> bytes:
-    """The checkpoint file of ``state``."""
+def checkpoint_parts(state: dict[str, Any]) -> list[Any]:
+    """The checkpoint file of ``state`` as buffers (its header, then views of the state's own tensors): hashed and
+    written as they are, so writing a checkpoint holds no second copy of the state."""
     tensors, tree = encode_state(state)
     # One metadata key only: safetensors writes its metadata map in hash order.
-    return safetensors_bytes(tensors, {layout.CHECKPOINT_STATE_KEY: json.dumps(tree, allow_nan=False, separators=(",", ":"))})
+    return safetensors_parts(tensors, {layout.CHECKPOINT_STATE_KEY: json.dumps(tree, allow_nan=False, separators=(",", ":"))})
+
+
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """The checkpoint file of ``state``."""
+    return b"".join(checkpoint_parts(state))
 
 
 def checkpoint_digest(state: dict[str, Any]) -> str:
     """SHA-256 of the checkpoint file of ``state``: what a digest-only entry of a tiered proof records."""
-    return layout.sha256_bytes(checkpoint_bytes(state))
+    return layout.sha256_parts(checkpoint_parts(state))[0]
 
 
 def parse_checkpoint(tensors: dict[str, torch.Tensor], metadata: dict[str, str], entry: CheckpointEntry, manifest: Manifest) -> dict[str, Any]:

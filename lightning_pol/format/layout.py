@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import BinaryIO
+from collections.abc import Sequence
+from typing import Any, BinaryIO
 
 FORMAT_NAME = "lightning-pol/proof"
 #: Raised on every incompatible change; the reader lists the versions it reads.
@@ -72,6 +73,17 @@ def is_safe_relative_path(rel: str) -> bool:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_parts(data: bytes | Sequence[Any]) -> tuple[str, int]:
+    """SHA-256 and length of ``data``: bytes, or buffers that make one file together (never joined)."""
+    if isinstance(data, bytes):
+        return hashlib.sha256(data).hexdigest(), len(data)
+    h, n = hashlib.sha256(), 0
+    for part in data:
+        h.update(part)
+        n += memoryview(part).nbytes
+    return h.hexdigest(), n
 
 
 def sha256_stream(stream: BinaryIO, chunk: int = 1 << 20) -> str:

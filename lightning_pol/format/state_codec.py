@@ -105,7 +105,7 @@ def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         if obj.is_sparse or obj.device.type == "meta" or obj.is_complex() or obj.is_quantized:
             raise StateEncodingError(f"cannot store tensor at {path!r} ({obj.dtype}, {obj.layout}, {obj.device})")
         name = _name(path, tensors)
-        tensors[name] = obj.detach().to("cpu", copy=True).contiguous()
+        tensors[name] = obj.detach().cpu()  # not copied: the file is written from the tensor's own memory
         return {TENSOR: name}
     if isinstance(obj, np.ndarray):
         if obj.dtype.hasobject:

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, fsync: bool = True, make_parent: bool = True, sync_dir: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one.
+def atomic_write(path: Path, data: bytes | Sequence[Any], fsync: bool = True, make_parent: bool = True, sync_dir: bool = True) -> None:
+    """Write ``data`` (bytes, or a sequence of buffers written one after another) to ``path`` so that readers see
+    the old file or the new one, never a torn one.
 
     With ``sync_dir=False`` the rename is not yet durable: the caller syncs the directory later.
     """
@@ -50,7 +51,8 @@ def atomic_write(path: Path, data: bytes, fsync: bool = True, make_parent: bool 
     tmp = path.with_name(f"{pf.TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            for part in (data,) if isinstance(data, bytes) else data:
+                f.write(part)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
@@ -158,17 +160,18 @@ class ProofWriter:
                     os.unlink(os.path.join(dirpath, name))
 
     # -- writing ---------------------------------------------------------------
-    def put(self, rel: str, data: bytes) -> FileEntry:
-        """Write ``rel`` atomically and list it in the manifest (committed later)."""
+    def put(self, rel: str, data: bytes | Sequence[Any]) -> FileEntry:
+        """Write ``rel`` atomically and list it in the manifest (committed later). ``data``: bytes, or the file as a
+        sequence of buffers (:func:`~lightning_pol.format.safetensors_io.safetensors_parts`), never joined."""
         if not pf.is_safe_relative_path(rel):
             raise ValueError(f"unsafe proof path {rel!r}")
         path = self.root / rel
         atomic_write(path, data, self.fsync, make_parent=path.parent not in self._made, sync_dir=False)
         self._made.add(path.parent)
         self._unsynced.add(path.parent)
-        entry = FileEntry(pf.sha256_bytes(data), len(data))
+        entry = FileEntry(*pf.sha256_parts(data))
         old = self.manifest.list_file(rel, entry)
-        self._bytes += len(data) - (old.bytes if old else 0)
+        self._bytes += entry.bytes - (old.bytes if old else 0)
         if rel in self._dropped:
             self._dropped.remove(rel)
         return entry

@@ -53,7 +53,6 @@ from lightning_pol.runtime.rng import TrainingStream
 from lightning_pol.runtime.training_state import (
     capture_training_state,
     proof_step,
-    snapshot_state,
 )
 
 log = logging.getLogger(__name__)
@@ -98,8 +97,10 @@ class ProofOfLearning(Callback):
         parent: for ``init_strategy="warm_start"``, the proof whose final
             weights W_0 is; fit refuses to start unless W_0 equals them bit for bit.
         background: serialize, hash and write checkpoints on a background thread; the training thread
-            only copies the state to CPU memory.
-        max_pending: checkpoints that may wait for the background writer before training waits for the disk.
+            only copies the state to CPU memory (reused buffers; pinned, non-blocking from a GPU). Off, the
+            training thread writes each checkpoint from the live state, with no copy at all.
+        max_pending: copies of the state that may wait for the background writer, each one copy of the state
+            in memory; a checkpoint due while every copy is still being written waits for one.
         commit_every_s: the least time between two manifest commits (0: every
             checkpoint). A Lightning checkpoint, the end of training and an
             exception always commit. A crash loses at most this much of the
@@ -119,7 +120,7 @@ class ProofOfLearning(Callback):
         check_recreation: bool = True,
         parent: str | os.PathLike[str] | None = None,
         background: bool = True,
-        max_pending: int = 2,
+        max_pending: int = 1,
         commit_every_s: float = 30.0,
         module_config: str | None = None,
         datamodule_config: str | None = None,
@@ -262,8 +263,8 @@ class ProofOfLearning(Callback):
         if self._session is None or steps is None:
             return  # another rank of a DDP run: its indices and RNG stream went to rank 0
         peers = streams[1:] if streams is not None else None  # the other ranks' streams; ``rng`` is rank 0's
-        state, ready = snapshot_state(capture_training_state(trainer, pl_module, rng, step, batch_idx, peers, self._plan.capture(trainer, pl_module)))
-        self._session.write_checkpoint(steps, state, ready, step, trainer.current_epoch, self._ledger.recorded_epochs(), final)
+        state = capture_training_state(trainer, pl_module, rng, step, batch_idx, peers, self._plan.capture(trainer, pl_module))
+        self._session.write_checkpoint(steps, state, step, trainer.current_epoch, self._ledger.recorded_epochs(), final)
 
     def _commit_data(self) -> None:
         """Commit to the data the first epoch fetched; the Merkle tree and the file are built on the writer thread."""

@@ -13,13 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 from lightning_pol.format import layout
-from lightning_pol.format.checkpoint import checkpoint_bytes
+from lightning_pol.format.checkpoint import checkpoint_parts
 from lightning_pol.format.compression import compress_checkpoint
 from lightning_pol.format.index_log import IndexLog
 from lightning_pol.format.manifest import Manifest, MonitoredValue
 from lightning_pol.format.samples import leaves_file_bytes, root_of
 from lightning_pol.format.writer import ProofDirectoryError, ProofWriter
 from lightning_pol.prover.background import BackgroundWriter
+from lightning_pol.prover.snapshots import SnapshotPool
 from lightning_pol.runtime.installed_code import installed_code, named_classes
 from lightning_pol.runtime.update_norms import update_norms
 
@@ -45,7 +46,9 @@ class ProofSession:
       of the last commit, and in a tiered proof the last checkpoint's model
       (``_last``: the update norms of the next checkpoint start from it).
       (The training thread reads ``total_bytes`` for the progress bar; the
-      running total is one int.)
+      running total is one int.) A checkpoint's copy of the state
+      (:class:`~lightning_pol.prover.snapshots.SnapshotPool`) is taken on the
+      training thread and given back by the job that wrote it.
 
     A checkpoint's file is written when it is taken; a commit (the index-log
     chunk of the steps handed over since the last one, the directories'
@@ -63,6 +66,7 @@ class ProofSession:
         self.checkpoints_taken = 0
         self._writer: ProofWriter | None = None
         self._jobs: BackgroundWriter | None = None
+        self._snapshots: SnapshotPool | None = None  # the copies of the state handed to the writer (from start)
         self._fitting = False
         self._write_failed = False
         self._unfiled: Steps = []
@@ -127,23 +131,31 @@ class ProofSession:
         self.checkpoints_taken = len(self._writer.manifest.checkpoints)
         if self.background:
             self._jobs = BackgroundWriter(self.max_pending)
+        self._snapshots = SnapshotPool(self.max_pending, failed=lambda: self._jobs.error if self._jobs is not None else None,
+                                       copy_host=self.background)
         if first_commit:
             self._run(lambda: self._commit(force=True))
 
     # ---------------------------------------------------------------- writing (training thread: each queues a job)
-    def write_checkpoint(self, steps: Steps, state: dict[str, Any], ready: Any, step: int, epoch: int,
+    def write_checkpoint(self, steps: Steps, state: dict[str, Any], step: int, epoch: int,
                          sample_epochs: list[list[int]], final: bool) -> None:
-        """Hand over ``steps`` and write the checkpoint of ``step`` (the state snapshot, ``ready`` its CUDA event).
-        ``final``: training ended at ``step``, and the proof is completed in the same commit."""
+        """Hand over ``steps`` and write the checkpoint of ``step`` from the live training ``state``: it is copied here
+        (:class:`~lightning_pol.prover.snapshots.SnapshotPool`, waiting while every copy is with the writer), and
+        the copy is written on the writer thread. ``final``: training ended at ``step``, and the proof is completed
+        in the same commit."""
+        assert self._snapshots is not None
+        snapshot = self._snapshots.take(state)
 
         def job() -> None:
-            if final:
-                self._complete(steps, sample_epochs, step)
-            else:
-                self._unfiled.extend(steps)
-            if ready is not None:
-                ready.synchronize()  # the non-blocking copies from the GPU have landed
-            self._add_checkpoint(state, step, epoch, final)
+            try:
+                if final:
+                    self._complete(steps, sample_epochs, step)
+                else:
+                    self._unfiled.extend(steps)
+                snapshot.wait()
+                self._add_checkpoint(snapshot.state, step, epoch, final)
+            finally:
+                snapshot.release()
             self._writer.manifest.set_sample_epochs(sample_epochs)  # type: ignore[union-attr]
             self._commit(force=final)
 
@@ -219,20 +231,21 @@ class ProofSession:
         """List the checkpoint of ``step``: its file; in a tiered proof, its file compressed where a full state is due,
         else only its digest, either with the update norms from the last checkpoint."""
         m = self._writer.manifest  # type: ignore[union-attr]
-        data = checkpoint_bytes(state)
+        parts = checkpoint_parts(state)  # views of the snapshot's tensors: no second copy of the state
         norms = update_norms(self._last[1], state["model"]) if m.tiered and self._last is not None else None
         if not m.tiered:
             rel = layout.checkpoint_path(step)
-            self._writer.put(rel, data)  # type: ignore[union-attr]
+            self._writer.put(rel, parts)  # type: ignore[union-attr]
             m.add_checkpoint(step, epoch, rel)
         elif final or m.full_state_due(step):  # a tiered proof's rare full states, compressed (format.compression)
             rel = layout.checkpoint_path(step, compressed=True)
+            data = b"".join(parts)
             self._writer.put(rel, compress_checkpoint(data))  # type: ignore[union-attr]
             m.add_checkpoint(step, epoch, rel, layout.sha256_bytes(data), norms)
         else:
-            m.add_checkpoint(step, epoch, None, layout.sha256_bytes(data), norms)
-        if m.tiered:
-            self._last = (step, state["model"])
+            m.add_checkpoint(step, epoch, None, layout.sha256_parts(parts)[0], norms)
+        if m.tiered:  # the snapshot's buffers are reused: the next update norms start from a copy of the model
+            self._last = (step, {k: v.clone() for k, v in state["model"].items()})
 
     def _commit(self, force: bool = False) -> None:
         """Commit the manifest if ``commit_every_s`` passed since the last commit, or if ``force``.
