@@ -39,13 +39,27 @@ def _installed() -> dict[str, Any]:
         "numpy": np.__version__,
         "safetensors": safetensors.__version__,
         "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cudnn": _cudnn_version(cuda),
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "gpus": tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) if cuda else (),
     }
+
+
+def _cudnn_version(cuda: bool) -> int | None:
+    """cuDNN's version as ``torch.backends.cudnn.version()`` gives it. Asking for it loads the library (53 MB of
+    memory, on a machine with no GPU too): without a GPU, which cannot use it, the version torch was built with."""
+    if not torch.backends.cudnn.is_available():
+        return None
+    if cuda:
+        return torch.backends.cudnn.version()
+    try:
+        major, minor, patch = torch._C._cudnn.getCompileVersion()
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return None
+    return major * 10000 + minor * 100 + patch if major >= 9 else major * 1000 + minor * 100 + patch
 
 
 def environment() -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,17 @@ from lightning_pol.runtime.recreation import (
 
 def plain_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """hparams as plain containers (Hydra's DictConfig/ListConfig converted)."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
+    to_container: Any = None
+    if "omegaconf" in sys.modules:  # else no value is a DictConfig, and a fit's start need not import omegaconf
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        def to_container(v: Any) -> Any:
+            return OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else None
 
     def conv(v: Any) -> Any:
-        if isinstance(v, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(v, resolve=True)
+        converted = to_container(v) if to_container is not None else None
+        if converted is not None:
+            return converted
         if isinstance(v, Mapping):
             return {k: conv(x) for k, x in v.items()}
         if isinstance(v, list):
@@ -147,11 +154,15 @@ def hydra_config_node(cls: type, role: str, key: str | None) -> dict[str, Any] |
 
     The job's config is the one Hydra saved in ``<output_dir>/<output_subdir>/config.yaml`` before the task
     ran; its interpolations resolve here, in the job's process."""
+    setting = f"{'module' if role == 'LightningModule' else 'datamodule'}_config"
+    if "hydra" not in sys.modules:  # not a Hydra app (and a fit's start does not import Hydra: 80 ms)
+        if key is not None:
+            raise NotRecreatableError(f"ProofOfLearning({setting}={key!r}) names a Hydra config node, but this run is not a Hydra app")
+        return None
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    setting = f"{'module' if role == 'LightningModule' else 'datamodule'}_config"
     if not HydraConfig.initialized():
         if key is not None:
             raise NotRecreatableError(f"ProofOfLearning({setting}={key!r}) names a Hydra config node, but this run is not a Hydra app")
