@@ -27,6 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from benchmarks import breakdown
 from benchmarks.baseline import TorchSaveEveryK
 from lightning_pol import ProofOfLearning, ProofReader, verify_proof
 from lightning_pol.format.compression import compress_checkpoint, decompress_checkpoint
@@ -84,8 +85,8 @@ class Workload:
         return time.perf_counter() - t, clock.epochs
 
 
-def digits(epochs: int = 3) -> Workload:
-    return Workload("digits CNN (width 32)", lambda: DigitsCNN(width=32),
+def digits(epochs: int = 3, width: int = 32) -> Workload:
+    return Workload(f"digits CNN (width {width})", lambda: DigitsCNN(width=width),
                     lambda: DigitsDataModule(batch_size=32, augment=True, num_workers=2), 45, max_epochs=epochs)
 
 
@@ -368,6 +369,8 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {k} | {r['lightning_pol']:.3f}x | {spread} | {epochs[0]} | {epochs[1]} | {r['torch_save_baseline']:.3f}x | "
                          f"{r['plain_seconds']:.2f} | {r.get('repeats', res['repeats'])} |")
         lines.append("")
+    if "breakdown" in res:
+        lines += breakdown.markdown(res["breakdown"])
     if "replay" in res:  # each section only where it ran (--sections)
         r = res["replay"]
         lines += [f"**Replay** (digits, k={r['k']}): full replay / training = {r['full_replay_over_training']:.2f}x; "
@@ -407,7 +410,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 #: What ``--sections`` may name: each measure, and ``resnet20`` for the ResNet-20 overhead alone (as ``overhead``).
-SECTIONS = ("overhead", "resnet20", "replay", "tiers", "storage", "commitment", "compression", "multirun")
+SECTIONS = ("overhead", "resnet20", "breakdown", "replay", "tiers", "storage", "commitment", "compression", "multirun")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -437,21 +440,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
 
     try:
-        work = digits(1 if args.quick else 3)
+        work = digits(1 if args.quick else 6)
+        wide = digits(1 if args.quick else 4, width=64)
         steps = 8 if args.quick else 64  # two epochs of 32 steps: the first (commitment) apart from the second
         net = resnet20(steps)
         net_repeats = 1 if args.quick else repeats + repeats % 2  # even: as many plain-first as plain-last repetitions
-        digit_ks = [1, 16, work.steps_per_epoch * (1 if args.quick else 3)]
+        digit_ks = [1, 16, work.steps_per_epoch * (1 if args.quick else 6)]
         # A digits run takes 2 s and single ratios scatter by +-0.05 on 2 shared cores: 3x the repeats,
         # 5x for k=16, the row the acceptance bar (issue 8) is read from.
         digit_repeats = {k: repeats * (1 if args.quick else 5 if k == 16 else 3) for k in digit_ks}
         section("overhead", lambda: {
             work.name: callback_overhead(work, digit_ks, digit_repeats, tmp),
+            wide.name: callback_overhead(wide, [16], repeats * (1 if args.quick else 3), tmp),
             f"{net.name}, {steps} steps": callback_overhead(net, [1, 16, steps], net_repeats, tmp),
         })
         section("resnet20", lambda: {f"{net.name}, {steps} steps": callback_overhead(net, [1, 16, steps], net_repeats, tmp)}, key="overhead")
+        section("breakdown", lambda: {"prover": breakdown.prover(work, 16, repeats, tmp), "workers": breakdown.workers(),
+                                      "replay": breakdown.replay(work, 16, tmp)})
         section("replay", lambda: replay_costs(work, 16, repeats, tmp))
-        section("tiers", lambda: tiers(work, 8, [1, 4, 8], repeats, tmp))
+        section("tiers", lambda: tiers(work if args.quick else digits(3), 8, [1, 4, 8], repeats, tmp))  # as docs/performance.md measured it
         section("storage", lambda: storage([1, 16] if args.quick else [1, 16, 45], [8, 32] if args.quick else [8, 32, 128], tmp))
         section("commitment", lambda: commitment_throughput(500 if args.quick else 10000))
         section("compression", lambda: compression(compression_states(tmp, args.quick), tmp))
