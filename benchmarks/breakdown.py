@@ -32,7 +32,7 @@ PROVER_PARTS = [
     ("callback hooks per batch, in all", "step", "lightning_pol.prover.callback", "ProofOfLearning.on_after_backward"),
     ("callback hooks per batch, in all", "step", "lightning_pol.prover.callback", "ProofOfLearning.on_train_batch_end"),
     ("state capture (state_dicts, RNG)", "checkpoint", "lightning_pol.prover.callback", "capture_training_state"),
-    ("state snapshot (copy into reused buffers)", "checkpoint", "lightning_pol.prover.snapshots", "SnapshotPool.take"),
+    ("state snapshot (copy into reused buffers)", "checkpoint", "lightning_pol.runtime.snapshots", "SnapshotPool.take"),
     ("hand-off to the writer (queue, backpressure)", "checkpoint", "lightning_pol.prover.background", "BackgroundWriter.submit"),
     ("fit start: recreation record, callback plan", "fit", "lightning_pol.prover.callback", "recreation_record"),
     ("fit start: rehearsal, module twin (meta)", "fit", "lightning_pol.prover.rehearsal", "Rehearsal.check_module"),

@@ -222,3 +222,18 @@ def test_a_reexported_class_is_identified_by_the_file_that_defines_it(path):
     source = installed_code([path]).classes[path]
     assert (source.file, source.sha256) == ("torch/optim/adam.py", sha(adam))
     assert source.distribution == "torch"
+
+
+@pytest.mark.parametrize("path", ["lightning.pytorch.callbacks:ModelCheckpoint", "torchvision.datasets:FakeData",
+                                  "omegaconf:DictConfig", "hydra.utils:instantiate", "torch.optim:SGD"])
+def test_an_installed_class_names_the_distribution_that_installed_it(path):
+    """Asked first by the package's own name (``lightning``: its top_level.txt; ``torch``: its file list), else by the
+    scan of every distribution (``hydra``, installed by ``hydra-core``): the answer is importlib.metadata's."""
+    import importlib.metadata
+
+    from lightning_pol.runtime.installed_code import installed_code
+
+    top = path.split(".")[0].split(":")[0]
+    name = importlib.metadata.packages_distributions()[top][0]
+    source = installed_code([path]).classes[path]
+    assert (source.distribution, source.version) == (name, importlib.metadata.version(name))

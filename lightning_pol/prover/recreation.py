@@ -39,17 +39,15 @@ from lightning_pol.runtime.recreation import (
 
 def plain_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """hparams as plain containers (Hydra's DictConfig/ListConfig converted)."""
-    to_container: Any = None
+    configs: tuple[type, ...] = ()
     if "omegaconf" in sys.modules:  # else no value is a DictConfig, and a fit's start need not import omegaconf
         from omegaconf import DictConfig, ListConfig, OmegaConf
 
-        def to_container(v: Any) -> Any:
-            return OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else None
+        configs = (DictConfig, ListConfig)
 
     def conv(v: Any) -> Any:
-        converted = to_container(v) if to_container is not None else None
-        if converted is not None:
-            return converted
+        if configs and isinstance(v, configs):
+            return OmegaConf.to_container(v, resolve=True)
         if isinstance(v, Mapping):
             return {k: conv(x) for k, x in v.items()}
         if isinstance(v, list):
@@ -148,6 +146,12 @@ def local_paths(config: Any, where: str = "") -> list[str]:
     return []
 
 
+def _hydra_running() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized()
+
+
 def hydra_config_node(cls: type, role: str, key: str | None) -> dict[str, Any] | None:
     """The resolved node of this Hydra job's config that built ``cls``: at ``key``, or the one whose ``_target_``
     names ``cls``. None outside a Hydra app, or when no node names it and no ``key`` was given.
@@ -155,7 +159,7 @@ def hydra_config_node(cls: type, role: str, key: str | None) -> dict[str, Any] |
     The job's config is the one Hydra saved in ``<output_dir>/<output_subdir>/config.yaml`` before the task
     ran; its interpolations resolve here, in the job's process."""
     setting = f"{'module' if role == 'LightningModule' else 'datamodule'}_config"
-    if "hydra" not in sys.modules:  # not a Hydra app (and a fit's start does not import Hydra: 80 ms)
+    if "hydra" not in sys.modules or not _hydra_running():  # outside a Hydra app, Hydra is not imported (80 ms)
         if key is not None:
             raise NotRecreatableError(f"ProofOfLearning({setting}={key!r}) names a Hydra config node, but this run is not a Hydra app")
         return None
@@ -163,10 +167,6 @@ def hydra_config_node(cls: type, role: str, key: str | None) -> dict[str, Any] |
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    if not HydraConfig.initialized():
-        if key is not None:
-            raise NotRecreatableError(f"ProofOfLearning({setting}={key!r}) names a Hydra config node, but this run is not a Hydra app")
-        return None
     hc = HydraConfig.get()
     if hc.output_subdir is None:
         raise NotRecreatableError(f"{role} {cls.__name__} was built from a Hydra config, and hydra.output_subdir is null, so the "

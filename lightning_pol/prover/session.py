@@ -20,7 +20,7 @@ from lightning_pol.format.manifest import Manifest, MonitoredValue
 from lightning_pol.format.samples import leaves_file_bytes, root_of
 from lightning_pol.format.writer import ProofDirectoryError, ProofWriter
 from lightning_pol.prover.background import BackgroundWriter
-from lightning_pol.prover.snapshots import SnapshotPool
+from lightning_pol.runtime.snapshots import SnapshotPool
 from lightning_pol.runtime.installed_code import installed_code, named_classes
 from lightning_pol.runtime.update_norms import update_norms
 
@@ -47,7 +47,7 @@ class ProofSession:
       (``_last``: the update norms of the next checkpoint start from it).
       (The training thread reads ``total_bytes`` for the progress bar; the
       running total is one int.) A checkpoint's copy of the state
-      (:class:`~lightning_pol.prover.snapshots.SnapshotPool`) is taken on the
+      (:class:`~lightning_pol.runtime.snapshots.SnapshotPool`) is taken on the
       training thread and given back by the job that wrote it.
 
     A checkpoint's file is written when it is taken; a commit (the index-log
@@ -140,7 +140,7 @@ class ProofSession:
     def write_checkpoint(self, steps: Steps, state: dict[str, Any], step: int, epoch: int,
                          sample_epochs: list[list[int]], final: bool) -> None:
         """Hand over ``steps`` and write the checkpoint of ``step`` from the live training ``state``: it is copied here
-        (:class:`~lightning_pol.prover.snapshots.SnapshotPool`, waiting while every copy is with the writer), and
+        (:class:`~lightning_pol.runtime.snapshots.SnapshotPool`, waiting while every copy is with the writer), and
         the copy is written on the writer thread. ``final``: training ended at ``step``, and the proof is completed
         in the same commit."""
         assert self._snapshots is not None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from typing import Any
 
@@ -93,39 +92,6 @@ def capture_training_state(
     if callbacks:
         state["callbacks"] = callbacks
     return state
-
-
-def snapshot_state(state: Any) -> tuple[Any, Any]:
-    """A copy of ``state`` that training cannot change, with tensors in CPU memory.
-
-    GPU tensors are copied non-blocking into pinned memory; the returned CUDA
-    event (None without GPU tensors) must be synchronized before the copy is read.
-    """
-    event = None
-
-    def copy_of(obj: Any) -> Any:
-        nonlocal event
-        if isinstance(obj, torch.Tensor):
-            t = obj.detach()
-            if t.is_cuda:
-                out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                out.copy_(t, non_blocking=True)
-                event = event or torch.cuda.Event()
-                return out
-            return t.clone()
-        if isinstance(obj, dict):
-            items = {k: copy_of(v) for k, v in obj.items()}
-            return type(obj)(items) if isinstance(obj, OrderedDict) else items
-        if isinstance(obj, list):
-            return [copy_of(v) for v in obj]
-        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-            return tuple(copy_of(v) for v in obj)
-        return copy.deepcopy(obj)
-
-    out = copy_of(state)
-    if event is not None:
-        event.record()
-    return out, event
 
 
 #: The suffixes ``torch.nn.utils.prune`` gives a pruned tensor's parameter and mask.

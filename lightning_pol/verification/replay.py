@@ -35,6 +35,7 @@ from lightning_pol.runtime.replayed_callbacks import (
 )
 from lightning_pol.runtime.rng import TrainingStream, restore_refusal
 from lightning_pol.runtime.seeded_data import SeededDataset
+from lightning_pol.runtime.snapshots import snapshot_state
 from lightning_pol.runtime.training_state import (
     capture_training_state,
     compiled_submodules,
@@ -42,7 +43,6 @@ from lightning_pol.runtime.training_state import (
     load_under_live_keys,
     proof_step,
     prune_on_load,
-    snapshot_state,
 )
 from lightning_pol.verification.gate import declared_classes
 

@@ -1,4 +1,4 @@
-"""Host copies of the training state for the writer thread: the one copy of the state a proof adds to memory.
+"""Host copies of the training state: the one copy a proof adds to memory, and the replay's states at its boundaries.
 
 The training thread copies the state of a checkpoint into buffers that the
 writer thread then hashes and writes; training goes on meanwhile. The buffers
@@ -11,6 +11,7 @@ the writer waits for one: that wait is the backpressure that bounds memory.
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -61,12 +62,11 @@ class SnapshotPool:
         self._failed = failed
         self._free: list[dict[tuple[Any, ...], torch.Tensor]] = [{} for _ in range(slots)]
         self._cond = threading.Condition()
-        self._stream: Any = None  # the side stream of the copies from a GPU, made on first use
 
     def take(self, state: Any) -> Snapshot:
         """A copy of ``state`` that training cannot change (waits for a free slot)."""
         buffers = self._acquire()
-        copier = _Copier(buffers, self.copy_host, self._side_stream)
+        copier = _Copier(buffers, self.copy_host)
         try:
             out = copier.copy(state, ())
         except BaseException:
@@ -95,17 +95,27 @@ class SnapshotPool:
             self._free.append(buffers)
             self._cond.notify()
 
-    def _side_stream(self) -> Any:
-        if self._stream is None:
-            self._stream = torch.cuda.Stream()
-        return self._stream
+
+
+def snapshot_state(state: Any) -> tuple[Any, Any]:
+    """A one-off copy of ``state`` in fresh host memory (the replay's state at a boundary, kept for judging), and the
+    CUDA event to synchronize before reading it (None without GPU tensors)."""
+    copier = _Copier({}, copy_host=True)
+    out = copier.copy(state, ())
+    return out, copier.finish()
+
+
+@functools.lru_cache(maxsize=None)
+def _side_stream(device: torch.device) -> Any:
+    """The stream the copies from ``device`` run on, made on first use."""
+    return torch.cuda.Stream(device)
 
 
 class _Copier:
     """One snapshot's copy of a state tree into a slot's buffers."""
 
-    def __init__(self, buffers: dict[tuple[Any, ...], torch.Tensor], copy_host: bool, side_stream: Callable[[], Any]) -> None:
-        self.buffers, self.copy_host, self.side_stream = buffers, copy_host, side_stream
+    def __init__(self, buffers: dict[tuple[Any, ...], torch.Tensor], copy_host: bool) -> None:
+        self.buffers, self.copy_host = buffers, copy_host
         self.used: set[tuple[Any, ...]] = set()
         self.stream: Any = None
 
@@ -137,7 +147,7 @@ class _Copier:
             buf.copy_(t)
             return buf
         if self.stream is None:
-            self.stream = self.side_stream()
+            self.stream = _side_stream(t.device)
             self.stream.wait_stream(torch.cuda.current_stream(t.device))  # the copies see every kernel queued so far
         with torch.cuda.stream(self.stream):
             buf.copy_(t, non_blocking=True)
