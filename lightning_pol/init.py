@@ -49,6 +49,14 @@ ConvTranspose weight of shape ``(in, out/groups, *k)`` that is torch's own rule,
 * ``orthogonal``: gain 1 on the weight viewed as (rows, cols) =
   (size(0), numel/size(0)) (embedding with padding: the non-padding rows).
 * ``normal``: N(mean, std), ``mean=0.0``, ``std=0.02`` by default.
+* ``transformers``: what transformers' ``_init_weights`` draws, for the tensors of each ``PreTrainedModel``
+  the module holds (:mod:`lightning_pol.transformers_init`): ``nn.Linear``, ``nn.Conv{1,2,3}d``,
+  ``nn.ConvTranspose{1,2}d`` and ``nn.Embedding`` weights ~ N(0, std) with ``std`` the model config's
+  ``initializer_range``, their biases 0; normalization layers (also models' own ``...LayerNorm`` and
+  ``...RMSNorm`` classes) 1 and 0; the few tensors a model class sets itself
+  (:data:`~lightning_pol.transformers_init.EXTRA_CONSTANTS`); other layers as torch draws them. Every
+  other tensor follows ``rest`` (``pytorch_default``). ``models`` (``{prefix: {"class", "std"}}``) is found in
+  the module; a proof declares it, and a check against other models than the module holds fails.
 
 Every strategy but ``pytorch_default`` sets dense biases to exactly 0.
 Optional ``**params`` override the defaults: ``a``, ``mode``, ``nonlinearity``
@@ -91,8 +99,11 @@ from torch import nn
 from torch.nn import init as tinit
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
+from lightning_pol import transformers_init as hf
 from lightning_pol.errors import PoLError
 from lightning_pol.format.manifest import INIT_STRATEGIES
+from lightning_pol.peft_init import draw as draw_lora
+from lightning_pol.peft_init import lora_rules
 
 #: The strategies a fresh start may declare: the format's public list, less ``warm_start`` (checked through
 #: its parent proof, not by a statistical test) and ``pretrained`` (published weights, and a fresh strategy
@@ -107,7 +118,13 @@ _PARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     "xavier_uniform": {"gain": 1.0},
     "orthogonal": {"gain": 1.0},
     "normal": {"mean": 0.0, "std": 0.02},
+    "transformers": {"models": None, "rest": "pytorch_default"},
 }
+
+#: The strategy name :func:`_rules` gives a tensor of a transformers model (the ``transformers`` strategy's own part).
+_HF = "transformers model"
+#: ... and a LoRA adapter's A or B, whatever the strategy.
+_LORA = "LoRA adapter"
 
 _DENSE = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
 _EMBEDDING = (nn.Embedding, nn.EmbeddingBag)
@@ -183,7 +200,79 @@ def _resolve(name: str, params: dict[str, Any]) -> dict[str, Any]:
         raise PoLError(f"kaiming nonlinearity must be one of {list(_NONLINEARITIES)}, not {str(resolved['nonlinearity'])[:40]!r}")
     if name == "normal" and not float(resolved["std"]) > 0:
         raise PoLError(f"normal std must be > 0, not {resolved['std']!r}")
+    if name == "transformers":
+        if resolved["rest"] not in STRATEGIES or resolved["rest"] == "transformers":
+            raise PoLError(f"transformers rest must be one of {[s for s in STRATEGIES if s != 'transformers']}, not {str(resolved['rest'])[:40]!r}")
+        if resolved["models"] is not None:
+            try:
+                hf.check_declared_models(resolved["models"])
+            except ValueError as e:
+                raise PoLError(str(e)) from None
     return resolved
+
+
+def resolve_auto(module: nn.Module) -> tuple[str, dict[str, Any]]:
+    """``auto``: the strategy the module's own constructors drew with. transformers' for the ``PreTrainedModel``s it
+    holds and torch's for the rest (``transformers``), or torch's alone (``pytorch_default``)."""
+    models = hf.declared_models(module)
+    return ("transformers", {"models": models, "rest": "pytorch_default"}) if models else ("pytorch_default", {})
+
+
+def check_parameters(name: str, params: dict[str, Any]) -> None:
+    """A fresh strategy's declared parameters, before there is a module: PoLError for anything it cannot take.
+    (``auto`` takes none; ``transformers`` finds its models in the module, and takes only ``rest``.)"""
+    if name == "auto" and params:
+        raise PoLError(f"strategy 'auto' takes no parameters (it was given {sorted(params)}); name the strategy they belong to")
+    if name == "transformers" and "models" in params:
+        raise PoLError("strategy 'transformers' finds the models in the module; its parameters may only name the strategy of the rest")
+    if name != "auto":
+        _resolve(name, params)
+
+
+def resolve_strategy(module: nn.Module, name: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A declared fresh strategy as a proof records it: ``auto`` resolved (:func:`resolve_auto`), the transformers
+    models of ``transformers`` found in ``module``."""
+    check_parameters(name, params)
+    if name == "auto":
+        return resolve_auto(module)
+    if name == "transformers":
+        models = hf.declared_models(module)
+        if not models:
+            raise PoLError("strategy 'transformers' but the module holds no transformers PreTrainedModel; declare the strategy its layers were drawn with")
+        return name, _resolve(name, {**params, "models": models})
+    return name, dict(params)
+
+
+def _transformers_models(module: nn.Module, declared: dict[str, Any] | None) -> dict[str, Any]:
+    """The transformers models of ``module``; PoLError where they are not the ``declared`` ones."""
+    found = hf.declared_models(module)
+    if declared is not None and declared != found:
+        raise PoLError(f"the transformers models declared ({_models_text(declared)}) are not the module's ({_models_text(found)})")
+    return found
+
+
+def _models_text(models: dict[str, Any]) -> str:
+    return ", ".join(f"{m['class']} at {prefix or 'the top'} with std {m['std']:g}" for prefix, m in models.items()) or "none"
+
+
+def _grouping(module: nn.Module, name: str, p: dict[str, Any]) -> Callable[[str], tuple[str, dict[str, Any]]]:
+    """The strategy and parameters each tensor (by state_dict key) of ``module`` is drawn with under ``name``: LoRA's
+    adapters by their own rule under every strategy (:mod:`lightning_pol.peft_init`)."""
+    lora = lora_rules(module)
+    if name != "transformers":
+        return lambda key: (_LORA, {"rule": lora[key]}) if key in lora else (name, p)
+    models, rest = _transformers_models(module, p["models"]), p["rest"]
+    rest_p, scaled = _resolve(rest, {}), hf.scaled_weights(module, models)
+
+    def group(key: str) -> tuple[str, dict[str, Any]]:
+        if key in lora:
+            return _LORA, {"rule": lora[key]}
+        owner = hf.model_of(key, models)
+        if owner is None:
+            return rest, rest_p
+        return _HF, {"mean": 0.0, "std": scaled.get(key, float(models[owner]["std"]))}
+
+    return group
 
 
 def declared_parameters(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -249,6 +338,17 @@ def _rules(
         return [("", ("constant", 0), tensor)]
     if tensor.is_complex():
         return f"complex tensor on {type(module).__name__}"
+    if name == _LORA:
+        return [("", p["rule"], tensor)]
+    if name == _HF:  # transformers' generic rules, then N(mean, std) as ``normal`` draws, or torch's own
+        extra = hf.EXTRA_CONSTANTS.get((type(module).__name__, local))
+        if extra is not None:
+            return [("", ("constant", extra), tensor)]
+        if hf.is_norm(module) and local in _NORM_CONSTANTS:
+            return [("", ("constant", _NORM_CONSTANTS[local]), tensor)]
+        if hf.is_dense(module) and local in ("weight", "bias"):
+            return [("", ("normal", (0.0, p["std"])) if local == "weight" else ("constant", 0.0), tensor)]
+        name, p = ("normal", p) if isinstance(module, nn.Embedding) else ("pytorch_default", {})
     if isinstance(module, _DENSE):
         if local == "weight":
             return [("", _weight_rule(module, tensor, name, p), tensor)]
@@ -323,22 +423,52 @@ def initialize(module: nn.Module, name: str, **params: Any) -> nn.Module:
     so a seed fixes W_0. Tensors without a rule are left untouched (and
     :func:`check_initialization` will reject them). Returns ``module``.
     """
-    p = _resolve(name, params)
+    group = _grouping(module, name, _resolve(name, params))
+    drawn: set[int] = set()  # a transformers model's tied weights (embeddings and LM head) are drawn once, as there
     with torch.no_grad():
-        for mod in module.modules():
-            if not isinstance(mod, _DENSE + _EMBEDDING + _NORM):
-                continue
-            if name == "pytorch_default" or isinstance(mod, _NORM):
-                mod.reset_parameters()  # exactly what the constructor did
-                continue
-            weight = mod.weight
-            if isinstance(weight, UninitializedParameter):
-                continue
-            _draw_weight(weight, name, p, getattr(mod, "padding_idx", None))
-            bias = getattr(mod, "bias", None)
-            if isinstance(bias, torch.Tensor) and not isinstance(bias, UninitializedParameter):
-                bias.zero_()
+        for path, mod in module.named_modules():
+            _initialize_layer(mod, *group(f"{path}.weight" if path else "weight"), drawn)
     return module
+
+
+def _initialize_layer(mod: nn.Module, name: str, p: dict[str, Any], drawn: set[int]) -> None:
+    if name == _LORA:  # A or B of an adapter: ``p`` is its weight's rule, and a bias of B is zero
+        draw_lora(mod.weight, p["rule"])
+        if isinstance(getattr(mod, "bias", None), torch.Tensor):
+            mod.bias.zero_()
+        return
+    if name == _HF:
+        weight = getattr(mod, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            if id(weight) in drawn:
+                return
+            drawn.add(id(weight))
+        for (cls, local), value in hf.EXTRA_CONSTANTS.items():
+            if type(mod).__name__ == cls and isinstance(getattr(mod, local, None), torch.Tensor):
+                getattr(mod, local).fill_(value)
+        if hf.is_norm(mod) and not isinstance(mod, _NORM):  # a model's own LayerNorm or RMSNorm class
+            for local, value in _NORM_CONSTANTS.items():
+                if isinstance(getattr(mod, local, None), torch.Tensor):
+                    getattr(mod, local).fill_(value)
+            return
+        if hf.is_dense(mod):
+            tinit.normal_(mod.weight, mean=0.0, std=p["std"])
+            if isinstance(mod.bias, torch.Tensor):
+                mod.bias.zero_()
+            return
+        name, p = ("normal", p) if isinstance(mod, nn.Embedding) else ("pytorch_default", {})
+    if not isinstance(mod, _DENSE + _EMBEDDING + _NORM):
+        return
+    if name == "pytorch_default" or isinstance(mod, _NORM):
+        mod.reset_parameters()  # exactly what the constructor did
+        return
+    weight = mod.weight
+    if isinstance(weight, UninitializedParameter):
+        return
+    _draw_weight(weight, name, p, getattr(mod, "padding_idx", None))
+    bias = getattr(mod, "bias", None)
+    if isinstance(bias, torch.Tensor) and not isinstance(bias, UninitializedParameter):
+        bias.zero_()
 
 
 # ----------------------------------------------------------------- check
@@ -430,7 +560,7 @@ def check_initialization(
     Deterministic (no RNG is consumed). See the module docstring for the rules. ``only``: the state_dict
     names tested (a pretrained start's fresh tensors; Bonferroni then counts those tests only).
     """
-    p = _resolve(name, params)
+    group = _grouping(module, name, _resolve(name, params))
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise PoLError(f"alpha must be in (0, 1), not {alpha!r}")
     layers: list[LayerCheck] = []
@@ -449,7 +579,7 @@ def check_initialization(
     for key, local, mod, tensor in _direct_tensors(module):
         if only is not None and key not in only:
             continue
-        pieces = _rules(mod, local, tensor, name, p)
+        pieces = _rules(mod, local, tensor, *group(key))
         if isinstance(pieces, str):
             layers.append(LayerCheck(key, "unsupported", None, None, False, pieces))
             continue

@@ -43,7 +43,8 @@ def family(tmp_path_factory):
     pl.seed_everything(2, verbose=False)
     thief = DigitsCNN()
     thief.load_state_dict(parent_model.state_dict())
-    stolen = train(base / "stolen", thief, 1)  # claims pytorch_default and no parent
+    # Claims a fresh start and no parent; the callback's own fit-start test of W_0 would stop it, so the thief skips it.
+    stolen = train(base / "stolen", thief, 1, check_recreation=False)
     return base, parent, child, stolen
 
 
@@ -86,6 +87,15 @@ def test_stolen_weights_claiming_a_fresh_start_are_rejected(family, tmp_path):
     assert done.returncode == 1
     report = json.loads((tmp_path / "v" / "verification.json").read_text())
     assert report["checks"]["initialization"]["passed"] is False
+
+
+def test_stolen_weights_declared_fresh_are_refused_at_fit_start(family, tmp_path):
+    base, parent, _, _ = family
+    thief = DigitsCNN()
+    thief.load_state_dict(ProofReader(parent).load_checkpoint(ProofReader(parent).checkpoints[-1])["model"])
+    with pytest.raises(PoLError, match=r"^W_0 is not a fresh pytorch_default draw, so the verifier would reject this proof \(features"):
+        train(tmp_path, thief, 1)
+    assert not (tmp_path / "proof").exists()
 
 
 def test_parent_weights_plus_noise_are_rejected(family, tmp_path):

@@ -145,12 +145,15 @@ def train_with_proof(
     callbacks: list[Callback] | None = None,
     trainer_overrides: Mapping[str, Any] | None = None,
 ) -> pl.LightningModule:
-    """Train under ProofOfLearning into ``proof_dir`` (replacing what is there); returns the trained module."""
+    """Train under ProofOfLearning into ``proof_dir`` (replacing what is there); returns the trained module.
+
+    The prover's own fit-start checks are off (``check_recreation=False``): an attacker does not ask the callback
+    whether the verifier would accept a W_0 it chose (a stolen one), it writes the proof and lets the verifier decide."""
     pl.seed_everything(seed, workers=True, verbose=False)
     model = model if model is not None else setup.fresh_model(seed)
     pol = ProofOfLearning(
         proof_dir, every_n_steps=setup.every_n_steps, full_every_n_steps=setup.full_every_n_steps, init_strategy=setup.init_strategy,
-        init_params=setup.init_params, seed=seed, overwrite=True, fsync=False,
+        init_params=setup.init_params, seed=seed, overwrite=True, fsync=False, check_recreation=False,
     )
     kwargs = {**setup.trainer, **dict(trainer_overrides or {})}
     kwargs.update(callbacks=[*(callbacks or []), pol], logger=False, enable_checkpointing=False,

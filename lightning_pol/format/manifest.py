@@ -40,6 +40,7 @@ INIT_STRATEGIES = (
     "xavier_uniform",
     "orthogonal",
     "normal",
+    "transformers",
     "warm_start",
     "pretrained",
 )

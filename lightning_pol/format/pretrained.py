@@ -77,11 +77,72 @@ def layouts(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
     return {k: layout(v) for k, v in tensors.items()}
 
 
-def declared_root(params: Mapping[str, Any]) -> tuple[str, str, dict[str, str]]:
-    """(root digest, key prefix, {W_0 key: tensor digest}) of a ``pretrained`` declaration, checked for form."""
-    root, tensors, prefix = params.get("root"), params.get("tensors"), params.get("prefix", "")
+def declared_root(params: Mapping[str, Any]) -> tuple[str, RootKeys, dict[str, str]]:
+    """(root digest, how W_0's keys map to the root's, {W_0 key: tensor digest}) of a ``pretrained`` declaration,
+    checked for form."""
+    root, tensors, prefix, peft = params.get("root"), params.get("tensors"), params.get("prefix", ""), params.get("peft", [])
     digest = root.get("sha256") if isinstance(root, Mapping) else None
     if not (isinstance(digest, str) and len(digest) == 64 and isinstance(prefix, str) and isinstance(tensors, Mapping)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in tensors.items())):
-        raise WeightsFileError("the proof's pretrained declaration is malformed (root.sha256, prefix, tensors)")
-    return digest, prefix, dict(tensors)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in tensors.items())
+            and isinstance(peft, list) and all(isinstance(p, str) for p in peft)):
+        raise WeightsFileError("the proof's pretrained declaration is malformed (root.sha256, prefix, peft, tensors)")
+    return digest, RootKeys(prefix, tuple(peft)), dict(tensors)
+
+
+#: PEFT's renames of a tensor it wraps, undone: (infix in the key, what it stands for).
+_PEFT_RENAMES = (".base_layer.", ".original_module.")
+#: Key segments of tensors that PEFT adds (LoRA's own, DoRA's magnitudes): no root has them.
+_PEFT_OWN = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+
+
+class RootKeys:
+    """How a key of W_0 names a tensor of the root: strip ``prefix`` (where the module holds the published model,
+    ``"model."``) after undoing PEFT's renames under each of ``peft`` (where the module holds a PEFT model).
+
+    The writer finds both (:func:`RootKeys.find`) and records them in ``init.params``; the verifier maps with them."""
+
+    def __init__(self, prefix: str = "", peft: tuple[str, ...] = ()) -> None:
+        self.prefix, self.peft = prefix, peft
+
+    def root_key(self, key: str) -> str | None:
+        """The root's key for W_0's ``key``; None for a key outside ``prefix`` or a tensor PEFT adds."""
+        for outer in self.peft:
+            if key.startswith(outer):
+                rest = _peft_unwrapped(key[len(outer):])
+                if not rest:
+                    return None
+                key = outer + rest
+                break
+        if not key or not key.startswith(self.prefix):
+            return None
+        return key[len(self.prefix):]
+
+    @classmethod
+    def find(cls, state_layouts: Mapping[str, str], root_layouts: Mapping[str, str], peft: tuple[str, ...]) -> RootKeys:
+        """The prefix under which most of W_0's tensors are the root's of the same layout ("" when none is)."""
+        unwrapped = cls("", peft)
+        votes: dict[str, int] = {}
+        for key, lay in state_layouts.items():
+            name = unwrapped.root_key(key)
+            if name is None:
+                continue
+            cuts = [0] + [i + 1 for i, c in enumerate(name) if c == "."]
+            for cut in cuts:
+                if root_layouts.get(name[cut:]) == lay:
+                    votes[name[:cut]] = votes.get(name[:cut], 0) + 1
+        best = max(votes.items(), key=lambda item: (item[1], -len(item[0])))[0] if votes else ""
+        return cls(best, peft)
+
+
+def _peft_unwrapped(rest: str) -> str:
+    """A key under a PEFT model with its renames undone; "" for a tensor PEFT adds."""
+    rest = rest.removeprefix("base_model.model.")
+    parts = rest.split(".")
+    if any(p in _PEFT_OWN for p in parts):
+        return ""
+    for infix in _PEFT_RENAMES:
+        rest = rest.replace(infix, ".")
+    if ".modules_to_save." in rest:  # a trained copy of a module: ``<module>.modules_to_save.<adapter>.<tensor>``
+        head, _, tail = rest.partition(".modules_to_save.")
+        rest = head + "." + tail.partition(".")[2]
+    return rest

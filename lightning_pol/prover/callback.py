@@ -30,7 +30,6 @@ from typing_extensions import override
 
 from lightning_pol.errors import PoLError
 from lightning_pol.format import layout
-from lightning_pol.format.manifest import INIT_STRATEGIES
 from lightning_pol.prover.distributed import (
     broadcast_from_zero,
     check_ddp_recordable,
@@ -42,7 +41,7 @@ from lightning_pol.prover.instrumentation import LoaderInstrumentation
 from lightning_pol.prover.ledger import StepLedger
 from lightning_pol.prover.monitored import MonitoredValues
 from lightning_pol.prover.other_callbacks import CallbackPlan
-from lightning_pol.prover.pretrained import check_params, pretrained_declaration
+from lightning_pol.prover.initialization import check_declaration, declare_initialization
 from lightning_pol.prover.recreation import recreation_record
 from lightning_pol.prover.rehearsal import Rehearsal
 from lightning_pol.prover.run_record import new_manifest, training_settings
@@ -81,7 +80,10 @@ class ProofOfLearning(Callback):
         full_every_n_steps: K, a multiple of k: a *tiered* proof stores the full state only at step 0, every K
             steps and at the end, and the other checkpoints as their digests with update norms (about k/K of
             the bytes; a replay then starts from the nearest full state). None: K = k, every checkpoint in full.
-        init_strategy: the declared initialization, one of :data:`lightning_pol.INIT_STRATEGIES`.
+        init_strategy: the declared initialization, one of :data:`lightning_pol.INIT_STRATEGIES`, or ``auto``: what
+            the module's constructors drew (``transformers`` for the transformers models it holds and ``pytorch_default``
+            for the rest; the manifest records what was found). At fit start W_0 is tested as the verifier will
+            (with ``check_recreation``), and a W_0 that fails is refused before anything is written.
         init_params: parameters of the strategy (``{"std": 0.02}`` for ``normal``; ``weights``, ``prefix``, ``fresh`` for ``pretrained``).
         seed: the proof seed of the batches' randomness; by default
             ``torch.initial_seed()``, so ``seed_everything`` makes runs repeatable.
@@ -112,7 +114,7 @@ class ProofOfLearning(Callback):
         dirpath: str | os.PathLike[str],
         every_n_steps: int = 100,
         full_every_n_steps: int | None = None,
-        init_strategy: str = "pytorch_default",
+        init_strategy: str = "auto",
         init_params: dict[str, Any] | None = None,
         seed: int | None = None,
         overwrite: bool = False,
@@ -368,7 +370,7 @@ def _open_session(pol: ProofOfLearning, trainer: pl.Trainer, pl_module: pl.Light
     elif size:
         sample_leaf(dataset, 0)  # a sample that cannot be hashed stops the run here, not in a worker
     run = {"seed": pol._proof_seed(), "every_n_steps": pol.every_n_steps, "full_every_n_steps": pol.full_every_n_steps,
-           "init_strategy": pol.init_strategy, "init_params": _declared_params(pol.init_strategy, pol.init_params, pl_module)}
+           **_declared_init(pol, pl_module)}
     training = training_settings(trainer, pl_module, loader.loader, loader.recorder, size, pol._plan)
     specs = pol._specs
     manifest = new_manifest(run, specs["module"], specs["datamodule"], specs["parent"], training, size, pol._plan.specs)
@@ -412,16 +414,15 @@ def _validate_positive_int(name: str, value: Any) -> None:
         raise PoLError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _declared_params(init_strategy: str, init_params: dict[str, Any], pl_module: pl.LightningModule) -> dict[str, Any]:
-    """The manifest's ``init.params``: as given, or for a pretrained start what W_0 takes from the weights (:mod:`.pretrained`)."""
-    return pretrained_declaration(pl_module, init_params) if init_strategy == "pretrained" else init_params
+def _declared_init(pol: ProofOfLearning, pl_module: pl.LightningModule) -> dict[str, Any]:
+    """The manifest's ``init``: ``auto`` resolved, a pretrained start's tensors named (:mod:`.initialization`), and W_0
+    tested as the verifier will unless the rehearsal is off."""
+    strategy, params = declare_initialization(pl_module, pol.init_strategy, pol.init_params, pol.check_recreation)
+    return {"init_strategy": strategy, "init_params": params}
 
 
 def _validate_init(init_strategy: str, parent: Any, init_params: dict[str, Any] | None = None) -> None:
-    if init_strategy not in INIT_STRATEGIES:
-        raise PoLError(f"unknown init_strategy {init_strategy!r}; choose one of {list(INIT_STRATEGIES)}")
-    if init_strategy == "pretrained":
-        check_params(init_params or {})
+    check_declaration(init_strategy, init_params or {})
     if (init_strategy == "warm_start") != (parent is not None):
         raise PoLError(
             "a warm start names the proof of its weights: pass parent=PARENT_PROOF_DIR with init_strategy='warm_start'"

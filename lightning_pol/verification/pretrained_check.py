@@ -17,6 +17,7 @@ from lightning_pol.format.pretrained import (
     read_weights,
     tensor_digest,
 )
+from lightning_pol.peft_init import peft_models
 from lightning_pol.runtime.training_state import model_state
 from lightning_pol.verification.registry import Registry
 from lightning_pol.verification.replay import PoLVerifierModule, prover_code
@@ -39,7 +40,7 @@ def check_pretrained(verifier: PoLVerifierModule, w0: dict[str, Any], registry: 
                      roots: str | os.PathLike[str] | None) -> tuple[bool, str, dict[str, Any]]:
     """(passed, summary, details) of W_0 against its pretrained declaration."""
     params = verifier.manifest.init.arguments()
-    digest, prefix, claimed = declared_root(params)
+    digest, keys, claimed = declared_root(params)
     fresh, fresh_params = params.get("fresh", "pytorch_default"), params.get("fresh_params") or {}
     if fresh not in strategies.STRATEGIES or not isinstance(fresh_params, dict):
         raise PoLError(f"the proof's pretrained start declares fresh strategy {str(fresh)[:40]!r}, not one of {list(strategies.STRATEGIES)}")
@@ -52,16 +53,19 @@ def check_pretrained(verifier: PoLVerifierModule, w0: dict[str, Any], registry: 
     for key, want in claimed.items():
         if key not in model:
             return False, f"the proof claims W_0's {key} from the root, and W_0 has no {key}", details
-        if tensor_digest(model[key]) != want or not key.startswith(prefix) or root["tensors"].get(key[len(prefix):]) != want:
-            return False, f"W_0's {key} is not the root's {key[len(prefix):]!r} ({root['name']}) bit for bit", details
+        name = keys.root_key(key)
+        if tensor_digest(model[key]) != want or name is None or root["tensors"].get(name) != want:
+            return False, f"W_0's {key} is not the root's {name!r} ({root['name']}) bit for bit", details
     redraw = params.get("redraw") or []
     if not isinstance(redraw, list) or not all(isinstance(r, str) and r for r in redraw):
         raise PoLError("the proof's pretrained start has a malformed redraw list")
     for key, value in model.items():  # a tensor the root has, of its layout, is the root's unless declared redrawn
-        theirs = key[len(prefix):] if key.startswith(prefix) else None
+        theirs = keys.root_key(key)
         if key not in claimed and not key.startswith(tuple(redraw)) and theirs in root["layouts"] and root["layouts"][theirs] == layout(value):
             return False, f"W_0's {key} is not the root's {theirs!r} ({root['name']}), which has its shape, and a root's tensor is never fresh", details
     module = verifier.make_module()
+    if list(keys.peft) != peft_models(module):
+        return False, f"the proof maps W_0 to the root through PEFT models at {list(keys.peft)}; the module holds them at {peft_models(module)}", details
     with prover_code("the proof's module, loading W_0,"):
         module.load_state_dict(model)
     fresh_keys = set(model_state(module)) - set(claimed)
