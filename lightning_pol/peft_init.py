@@ -28,14 +28,14 @@ from lightning_pol.errors import PoLError
 Rule = tuple[str, Any]
 
 
-def _peft_class(name: str) -> type | None:
-    peft = sys.modules.get("peft")
-    return getattr(peft, name, None) if peft is not None else None
+def _peft_class(module: str, name: str) -> type | None:
+    """``name`` from peft's ``module`` if that module was imported (looked up there, never imported)."""
+    return getattr(sys.modules.get(module), name, None)
 
 
 def peft_models(module: nn.Module) -> list[str]:
     """The ``state_dict`` prefixes of the outermost PEFT models (``PeftModel``) in ``module`` (``"model."``)."""
-    base = _peft_class("PeftModel")
+    base = _peft_class("peft.peft_model", "PeftModel")
     if base is None:
         return []
     found: list[str] = []
@@ -48,8 +48,7 @@ def peft_models(module: nn.Module) -> list[str]:
 
 def lora_rules(module: nn.Module) -> dict[str, Rule]:
     """``{state_dict key: rule}`` of every LoRA A and B in ``module``; PoLError for an initialization without one."""
-    peft = sys.modules.get("peft")
-    layer_type = getattr(getattr(getattr(peft, "tuners", None), "lora", None), "LoraLayer", None) if peft is not None else None
+    layer_type = _peft_class("peft.tuners.lora.layer", "LoraLayer")
     if layer_type is None:
         return {}
     configs = _adapter_configs(module)

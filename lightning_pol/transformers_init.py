@@ -12,8 +12,8 @@ Rules a model class adds to the generic ones are listed in :data:`EXTRA_CONSTANT
 covers fails the check (a model whose own ``_init_weights`` draws otherwise, GPT-2's scaled projections for one,
 is refused at fit start, not proved and then rejected).
 
-transformers is never imported here: a module can hold a ``PreTrainedModel`` only if transformers was imported
-to build it.
+transformers is never imported here: a module can hold a ``PreTrainedModel`` only if transformers'
+``modeling_utils`` was imported to build it.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def is_norm(module: nn.Module) -> bool:
 def pretrained_models(module: nn.Module) -> dict[str, nn.Module]:
     """The outermost transformers ``PreTrainedModel``s in ``module``, keyed by their ``state_dict`` prefix
     (``"model."``; ``""`` when ``module`` is one)."""
-    transformers = sys.modules.get("transformers")
-    base = getattr(transformers, "PreTrainedModel", None) if transformers is not None else None
+    # The module that defines it, not the package: asking transformers' lazy package for it would import
+    # transformers' model code (tens of MB) into any process that merely has transformers installed.
+    base = getattr(sys.modules.get("transformers.modeling_utils"), "PreTrainedModel", None)
     if base is None:
         return {}
     found: dict[str, nn.Module] = {}

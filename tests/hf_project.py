@@ -32,12 +32,14 @@ class TinyBertClassifier(SequenceClassifierSteps):
     """A 2-layer BERT (hidden 64) for sequence classification, as transformers initializes it."""
 
     def __init__(self, hidden: int = 64, layers: int = 2, vocab: int = 125, lr: float = 5e-4, warmup_steps: int = 4,
-                 total_steps: int = 40, weight_decay: float = 0.01) -> None:
+                 total_steps: int = 40, weight_decay: float = 0.01, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                             intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=2)
         self.model = BertForSequenceClassification(config)
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
 
     def configure_optimizers(self):  # type: ignore[override]
         no_decay = ("bias", "LayerNorm.weight")

@@ -173,3 +173,52 @@ def test_a_base_tensor_one_value_off_the_root_is_refused_at_fit_start(lora):
         module.model.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer.weight[2, 3] += 1e-3
     with pytest.raises(PoLError, match=r"base_layer\.weight is not the weights' 'encoder\.layer\.0\.attention\.self\.query\.weight'"):
         declare_initialization(module, "pretrained", {"weights": weights}, check=True)
+
+
+def test_bf16_mixed_with_gradient_checkpointing_verifies_bit_exact(tmp_path):
+    """Acceptance 4: the recomputed forward passes of gradient checkpointing draw dropout again; torch's
+    checkpoint restores the RNG for them, and the replay reruns them alike."""
+    proof, module, _ = train_with_proof(tmp_path, lambda: TinyBertClassifier(gradient_checkpointing=True), SentenceClassesData(),
+                                        every_n_steps=4, max_epochs=2, precision="bf16-mixed")
+    assert module.model.bert.gradient_checkpointing
+    assert ProofReader(proof).manifest.training["precision"] == "bf16-mixed"
+    report = verify_proof(proof, q=0)
+    assert report.valid, report.reasons
+    assert len(report.segments) == 3 and all(s.bit_exact for s in report.segments)
+
+
+@pytest.mark.parametrize("lie", ["lora_b_not_zero", "base_one_value_off"])
+def test_a_forged_lora_w0_is_rejected(lora, tmp_path, lie):
+    """Acceptance 5's first two lies, written into the proof itself (the callback would have refused them)."""
+    import shutil
+
+    from tests.conftest import write_checkpoint
+
+    _, weights, proof = lora
+    forged = tmp_path / "forged"
+    shutil.copytree(proof, forged)
+    reader = ProofReader(forged)
+    entry = reader.checkpoints[0]
+    state = reader.load_checkpoint(entry)
+    prefix = "model.base_model.model.bert.encoder.layer.1.attention.self.value."
+    key = prefix + ("lora_B.default.weight" if lie == "lora_b_not_zero" else "base_layer.weight")
+    state["model"][key] = state["model"][key].clone()
+    state["model"][key][0, 0] += 1e-3
+    write_checkpoint(forged, entry.path, state)
+    report = verify_proof(forged, q=0, roots=weights)
+    assert not report.valid and report.checks["initialization"].passed is False
+    want = "fresh tensors do not look drawn" if lie == "lora_b_not_zero" else "is not the root's 'encoder.layer.1.attention.self.value.weight'"
+    assert want in report.checks["initialization"].summary, report.checks["initialization"].summary
+
+
+def test_a_declared_peft_layout_other_than_the_modules_is_rejected(lora, tmp_path):
+    import shutil
+
+    from lightning_pol.attacks.toolkit import rewrite_claims
+
+    _, weights, proof = lora
+    forged = tmp_path / "forged"
+    shutil.copytree(proof, forged)
+    rewrite_claims(forged, lambda m: m["init"]["params"].update(peft=["model.", "model.base_model."]))
+    report = verify_proof(forged, q=0, roots=weights)
+    assert not report.valid and "through PEFT models at ['model.', 'model.base_model.']" in report.checks["initialization"].summary
