@@ -112,16 +112,6 @@ def test_declaring_torch_defaults_for_a_transformer_is_refused_before_anything_i
     assert not proof.exists()
 
 
-def app(name: str, *args: str):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[1]
-    return subprocess.run([sys.executable, "-m", f"lightning_pol.{name}", *args], capture_output=True, text=True, timeout=600,
-                          env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
-
-
 @pytest.fixture(scope="module")
 def lora(tmp_path_factory):
     """Acceptance 2's run: LoRA r = 8 on query and value, the classifier in ``modules_to_save``, the base BERT
@@ -148,8 +138,8 @@ def test_a_lora_fine_tune_of_a_published_bert_verifies_against_its_root_with_no_
     assert report.valid, report.reasons
     assert all(s.bit_exact for s in report.segments) and len(report.segments) == 3
     assert "12 fresh from transformers" in report.checks["initialization"].summary
-    untrusted = app("verify", f"proof_dir={proof}", "verifier.q=0", f"registry={tmp_path / 'roots.sqlite'}", f"report={tmp_path / 'r.json'}")
-    assert untrusted.returncode == 1 and params["root"]["sha256"] in untrusted.stdout + untrusted.stderr
+    untrusted = verify_proof(proof, q=0, registry=tmp_path / "roots.sqlite")  # the app's exit 1: tests/test_pretrained.py
+    assert not untrusted.valid and params["root"]["sha256"] in untrusted.reasons[0]
 
 
 def test_lora_b_not_zero_at_w0_is_refused_at_fit_start(lora, tmp_path):
