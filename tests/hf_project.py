@@ -98,7 +98,7 @@ class LoraBertClassifier(SequenceClassifierSteps):
         self.save_hyperparameters()
         from peft import LoraConfig, get_peft_model
 
-        model = BertForSequenceClassification.from_pretrained(base, num_labels=2)
+        model = BertForSequenceClassification.from_pretrained(base, num_labels=2).train()  # loaded in eval mode: dropout on
         adapters = LoraConfig(r=r, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"], modules_to_save=["classifier"])
         self.model = get_peft_model(model, adapters)
 

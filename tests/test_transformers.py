@@ -122,11 +122,12 @@ def lora(tmp_path_factory):
     weights = publish_base(str(root / "base"))
     proof, module, _ = train_with_proof(root, lambda: LoraBertClassifier(str(root / "base")), SentenceClassesData(), every_n_steps=4,
                                         max_epochs=2, pol_kwargs={"init_strategy": "pretrained", "init_params": {"weights": weights}})
-    return root, weights, proof
+    return root, weights, proof, module
 
 
 def test_a_lora_fine_tune_of_a_published_bert_verifies_against_its_root_with_no_key_map(lora, tmp_path):
-    _, weights, proof = lora
+    _, weights, proof, module = lora
+    assert module.model.training and all(m.training for m in module.modules())  # dropout on: the base's and LoRA's
     reader = ProofReader(proof)
     params = reader.manifest.init.arguments()
     assert (params["prefix"], params["peft"], params["fresh"]) == ("model.bert.", ["model."], "transformers")
@@ -145,7 +146,7 @@ def test_a_lora_fine_tune_of_a_published_bert_verifies_against_its_root_with_no_
 def test_lora_b_not_zero_at_w0_is_refused_at_fit_start(lora, tmp_path):
     from tests.hf_project import LoraBertClassifier
 
-    root, weights, _ = lora
+    root, weights, _, _ = lora
     module = LoraBertClassifier(str(root / "base"))
     b = module.model.base_model.model.bert.encoder.layer[1].attention.self.value.lora_B.default.weight
     with torch.no_grad():
@@ -157,7 +158,7 @@ def test_lora_b_not_zero_at_w0_is_refused_at_fit_start(lora, tmp_path):
 def test_a_base_tensor_one_value_off_the_root_is_refused_at_fit_start(lora):
     from tests.hf_project import LoraBertClassifier
 
-    root, weights, _ = lora
+    root, weights, _, _ = lora
     module = LoraBertClassifier(str(root / "base"))
     with torch.no_grad():
         module.model.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer.weight[2, 3] += 1e-3
@@ -184,7 +185,7 @@ def test_a_forged_lora_w0_is_rejected(lora, tmp_path, lie):
 
     from tests.conftest import write_checkpoint
 
-    _, weights, proof = lora
+    _, weights, proof, _ = lora
     forged = tmp_path / "forged"
     shutil.copytree(proof, forged)
     reader = ProofReader(forged)
@@ -206,7 +207,7 @@ def test_a_declared_peft_layout_other_than_the_modules_is_rejected(lora, tmp_pat
 
     from lightning_pol.attacks.toolkit import rewrite_claims
 
-    _, weights, proof = lora
+    _, weights, proof, _ = lora
     forged = tmp_path / "forged"
     shutil.copytree(proof, forged)
     rewrite_claims(forged, lambda m: m["init"]["params"].update(peft=["model.", "model.base_model."]))
