@@ -440,8 +440,8 @@ def _initialize_layer(mod: nn.Module, name: str, p: dict[str, Any], drawn: set[i
     if name == _HF:
         weight = getattr(mod, "weight", None)
         if isinstance(weight, torch.Tensor):
-            if id(weight) in drawn:
-                return
+            if id(weight) in drawn:  # an LM head tied to its embedding: drawn there; a head's own bias (BERT's) is
+                return  # the prediction head's parameter, which its own rule sets (transformers_init.EXTRA_CONSTANTS)
             drawn.add(id(weight))
         for (cls, local), value in hf.EXTRA_CONSTANTS.items():
             if type(mod).__name__ == cls and isinstance(getattr(mod, local, None), torch.Tensor):
@@ -540,10 +540,10 @@ def _ks_test(t: torch.Tensor, cdf: Callable[[np.ndarray], np.ndarray]) -> tuple[
     of real size, before its first checkpoint (a proof adds one copy of the state to memory, no more).
     Half-precision values are spread over their rounding intervals first (:func:`_dequantize`).
     """
-    flat = t.detach().cpu().reshape(-1)
     if torch.finfo(t.dtype).eps > 2.0**-20:
         values = np.sort(_dequantize(_to_numpy(t), t.dtype))
     else:
+        flat = t.detach().cpu().reshape(-1)
         values = np.sort(flat.numpy() if flat.dtype in (torch.float32, torch.float64) else flat.double().numpy())
     n = values.size
     if not (np.isfinite(values[0]) and np.isfinite(values[-1])):  # sorted: infinities at the ends, NaNs last
