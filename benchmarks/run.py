@@ -27,7 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from benchmarks import breakdown
+from benchmarks import breakdown, lora
 from benchmarks.baseline import TorchSaveEveryK
 from lightning_pol import ProofOfLearning, ProofReader, verify_proof
 from lightning_pol.format.compression import compress_checkpoint, decompress_checkpoint
@@ -402,6 +402,8 @@ def markdown(res: dict[str, Any]) -> str:
                   f"{r['shuffle_zstd3']['compress_mb_s']:.0f} / {r['shuffle_zstd3']['decompress_mb_s']:.0f} | {r['shuffle_zlib1']['ratio']:.3f} | "
                   f"{r['shuffle_zlib1']['compress_mb_s']:.0f} / {r['shuffle_zlib1']['decompress_mb_s']:.0f} | {r['write_fsync_mb_s']:.0f} |"
                   for n, r in res["compression"].items()]
+    if "lora" in res:
+        lines += ["", *lora.markdown(res["lora"])]
     if "multirun" in res:
         mr = res["multirun"]
         lines += ["", f"**Multirun** (full replay as `python -m lightning_pol.verify`): 1 job {mr['single_seconds']:.1f} s, "
@@ -410,7 +412,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 #: What ``--sections`` may name: each measure, and ``resnet20`` for the ResNet-20 overhead alone (as ``overhead``).
-SECTIONS = ("overhead", "resnet20", "breakdown", "replay", "tiers", "storage", "commitment", "compression", "multirun")
+SECTIONS = ("overhead", "resnet20", "breakdown", "replay", "tiers", "storage", "commitment", "compression", "multirun", "lora")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -464,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         section("compression", lambda: compression(compression_states(tmp, args.quick), tmp))
         if not args.quick and "replay" in res:
             section("multirun", lambda: multirun_scaling(tmp / "replay-0", tmp))
+        section("lora", lambda: lora.lora_gpt2(tmp / "lora", args.quick))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text = markdown(res)

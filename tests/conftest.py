@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +58,46 @@ def seeded():
 
 
 def relist(proof: Path, rel: str) -> None:
-    """Update the manifest's digest of ``rel``, as a prover who controls every file would."""
+    """Update the manifest's digest of ``rel``, as a prover who controls every file would: a checkpoint entry gets
+    the digest of the state its file resolves to (docs/proof-format.md, "References")."""
     import json
 
     from lightning_pol.format import layout as pf
     from lightning_pol.format.manifest import manifest_bytes
 
-    m = json.loads((proof / pf.MANIFEST).read_text())
     data = (proof / rel).read_bytes()
+    state_digest = _state_digest(proof, rel, data)
+    m = json.loads((proof / pf.MANIFEST).read_text())
     m["files"][rel] = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
     for c in m["checkpoints"]:
         if c["path"] == rel:
-            c["sha256"] = m["files"][rel]["sha256"]
+            c["sha256"] = state_digest
     (proof / pf.MANIFEST).write_bytes(manifest_bytes(m))
+
+
+def _state_digest(proof: Path, rel: str, data: bytes) -> str:
+    """The digest of the full file of the state checkpoint file ``rel`` holds, its references resolved against the
+    proof as it is; the file's own digest when it holds none (or cannot be decoded: a test's malformed state)."""
+    import functools
+    import json
+
+    from lightning_pol.format import layout as pf
+    from lightning_pol.format.checkpoint import checkpoint_digest
+    from lightning_pol.format.reader import ProofReader
+    from lightning_pol.format.safetensors_io import load_safetensors
+    from lightning_pol.format.state_codec import decode_state
+    from lightning_pol.format.tensor_refs import resolve_refs
+
+    try:
+        reader = ProofReader(proof)
+        entry = next(c for c in reader.checkpoints if c.path == rel)
+        tensors, metadata = load_safetensors(data, rel)
+        tree = json.loads(metadata[pf.CHECKPOINT_STATE_KEY])
+        if resolve_refs(tree, tensors, functools.partial(reader._referenced, entry)):
+            return checkpoint_digest(decode_state(tensors, tree))
+    except Exception:  # noqa: BLE001 - a state a test broke on purpose: its file's digest, as before
+        pass
+    return pf.sha256_bytes(data)
 
 
 def write_checkpoint(proof: Path, rel: str, state: dict[str, Any]) -> None:
@@ -78,6 +106,29 @@ def write_checkpoint(proof: Path, rel: str, state: dict[str, Any]) -> None:
 
     (proof / rel).write_bytes(checkpoint_bytes(state))
     relist(proof, rel)
+
+
+def forge_checkpoint(proof: Path, index: int, edit: Callable[[dict[str, Any]], Any], roots: Path | str | None = None) -> Any:
+    """Rewrite the state of the proof's checkpoint ``index`` with ``edit`` (a prover controls every file): read
+    (through the pretrained root ``roots`` where its tensors are referenced), edited in place, written whole and
+    re-signed. Returns its checkpoint entry."""
+    reader = read_proof(proof, roots)
+    entry = reader.checkpoints[index]
+    state = reader.load_checkpoint(entry)
+    edit(state)
+    write_checkpoint(proof, entry.path, state)
+    return entry
+
+
+def read_proof(proof: Path, roots: Path | str | None = None) -> Any:
+    """A reader of ``proof`` that resolves references to the pretrained root in the weights file ``roots``."""
+    from lightning_pol.format.reader import ProofReader
+    from lightning_pol.verification.pretrained_check import use_trusted_root
+
+    reader = ProofReader(proof)
+    if roots is not None:
+        use_trusted_root(reader, None, roots)
+    return reader
 
 
 class _Boom:

@@ -19,7 +19,10 @@ def test_quick_benchmarks_run_and_report_every_measure(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "results.json").read_text())
-    assert set(res) >= {"machine", "overhead", "breakdown", "replay", "tiers", "storage", "commitment", "compression"}
+    assert set(res) >= {"machine", "overhead", "breakdown", "replay", "tiers", "storage", "commitment", "compression", "lora"}
+    lora = res["lora"]  # a tiny GPT-2 here: its tied LM head and frozen base are references to the root, W_0 included
+    assert lora["valid"] and lora["bit_exact"] and lora["smaller"] > 1
+    assert all(size <= lora["checkpoint_bound"] for size in lora["checkpoint_bytes"]), lora
     rows = res["tiers"]["rows"]  # K = k, 4k, 8k of one training: fewer full states, fewer bytes
     assert [r["K"] for r in rows.values()] == [8, 32, 64] and rows["8"]["bytes_over_flat"] == 1
     assert rows["8"]["full_states"] > rows["32"]["full_states"] >= rows["64"]["full_states"]

@@ -18,7 +18,7 @@ from lightning_pol import PoLError, ProofOfLearning, ProofReader, verify_proof
 from lightning_pol.format import layout as pf
 from lightning_pol.verification.registry import Registry
 from lightning_pol.zoo import DigitsCNN, DigitsDataModule
-from tests.conftest import make_trainer, write_checkpoint
+from tests.conftest import forge_checkpoint, make_trainer, write_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,12 +102,9 @@ def test_parent_weights_plus_noise_are_rejected(family, tmp_path):
     base, _, child, _ = family
     forged = tmp_path / "forged"
     shutil.copytree(child, forged)
-    reader = ProofReader(forged)
-    entry = reader.checkpoints[0]
-    state = reader.load_checkpoint(entry)
     torch.manual_seed(0)
-    state["model"] = {k: v + 1e-3 * torch.randn_like(v) if v.is_floating_point() else v for k, v in state["model"].items()}
-    write_checkpoint(forged, entry.path, state)
+    forge_checkpoint(forged, 0, lambda state: state.update(
+        model={k: v + 1e-3 * torch.randn_like(v) if v.is_floating_point() else v for k, v in state["model"].items()}))
     done = cli(f"proof_dir={forged}", "verifier.q=1", f"hydra.run.dir={tmp_path / 'v'}", f"registry={tmp_path / 'r.sqlite'}")
     assert done.returncode == 1
     report = json.loads((tmp_path / "v" / "verification.json").read_text())

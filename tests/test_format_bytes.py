@@ -1,7 +1,9 @@
 """A proof of a fixed seed is the same bytes from one version of the code to the next.
 
 ``tests/golden/digits_proof.json`` holds the digests of a proof written by the
-code before the refactor of issue 17 (commit c8c6d84). Refactors must not
+code before the refactor of issue 17 (commit c8c6d84), regenerated for format
+version 3 (tensor references, issue 31: the checkpoints after W_0 reference the
+Python and numpy RNG states that training leaves alone). Refactors must not
 change what a proof is: its checkpoint files, its index log and its manifest.
 
 Tensor payloads depend on the machine's floating-point kernels, so the full

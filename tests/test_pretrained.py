@@ -25,7 +25,7 @@ from lightning_pol.verification.verifier import verify_proof
 from lightning_pol.zoo.classification import ClassificationSteps
 from lightning_pol.zoo.digits_cnn import DigitsCNN
 from lightning_pol.zoo.digits_data import DigitsDataModule
-from tests.conftest import make_trainer, pickle_bomb, write_checkpoint
+from tests.conftest import forge_checkpoint, make_trainer, pickle_bomb, read_proof
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,8 @@ def digits(tmp_path_factory):
 def test_a_fine_tuned_digits_cnn_verifies_with_its_root_trusted_and_not_without(digits, tmp_path):
     _, weights, proof = digits
     params = ProofReader(proof).manifest.init.arguments()
-    assert sorted(k for k in ProofReader(proof).load_checkpoint(ProofReader(proof).checkpoints[0])["model"] if k not in params["tensors"]) \
+    reader = read_proof(proof, weights)  # W_0's backbone: references to the root's tensors
+    assert sorted(k for k in reader.load_checkpoint(reader.checkpoints[0])["model"] if k not in params["tensors"]) \
         == ["head.2.bias", "head.2.weight"]  # the fresh head; everything else is the root's
     registry = tmp_path / "roots.sqlite"
     untrusted = app("verify", f"proof_dir={proof}", "verifier.q=0", f"registry={registry}", f"report={tmp_path / 'r1.json'}")
@@ -145,15 +146,12 @@ def _file(weights: Path) -> tuple[list[str], list[torch.Tensor]]:
     return list(tensors), list(tensors.values())
 
 
-def _forge_w0(proof: Path, edit, claims: str = "resealed") -> None:
-    """Rewrite W_0 (a prover controls every file). ``claims``: the manifest's claimed digests ``resealed`` to the
-    forged tensors, ``left`` at the root's, or with ``features.0.weight`` ``dropped`` (claimed fresh)."""
-    reader = ProofReader(proof)
-    entry = reader.checkpoints[0]
-    state = reader.load_checkpoint(entry)
-    edit(state["model"])
-    write_checkpoint(proof, entry.path, state)
-    model = state["model"]
+def _forge_w0(proof: Path, edit, claims: str, roots: Path) -> None:
+    """Rewrite W_0 (a prover controls every file; its references resolved through ``roots``). ``claims``: the manifest's
+    claimed digests ``resealed`` to the forged tensors, ``left`` at the root's, or with ``features.0.weight`` ``dropped``
+    (claimed fresh)."""
+    model: dict = {}
+    entry = forge_checkpoint(proof, 0, lambda state: (edit(state["model"]), model.update(state["model"])), roots)
 
     def claim(m: dict) -> None:
         tensors = m["init"]["params"]["tensors"]
@@ -199,7 +197,7 @@ def test_a_forged_w0_is_rejected_by_the_initialization_check(digits, tmp_path, f
     proof = tmp_path / "proof"
     shutil.copytree(honest, proof)
     edit, claims, expected = FORGERIES[forgery]
-    _forge_w0(proof, edit, claims)
+    _forge_w0(proof, edit, claims, weights)
     report = verify_proof(proof, q=0, roots=weights)
     init = report.checks["initialization"]
     assert not report.valid and init.passed is False and expected in init.summary, init.summary

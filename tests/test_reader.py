@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import sys
@@ -559,3 +560,58 @@ def test_optimizer_steps_must_count_at_least_the_steps_and_none_at_0(gan, tmp_pa
     reader = ProofReader(proof)
     with pytest.raises(ProofFormatError, match="its optimizer steps are not a count of at least its steps"):
         reader.load_checkpoint(reader.manifest.checkpoint_at(step))
+
+
+def test_the_pristine_proof_references_what_training_left_alone(proof):
+    """The checkpoints after W_0 name Python's and numpy's RNG states (training draws from neither) by reference,
+    and each entry's digest is the state's full file, which the reader checks after resolving them."""
+    reader = ProofReader(proof)
+    for c in reader.checkpoints[1:]:
+        tree = json.loads(_header(proof, c.path)["__metadata__"][pf.CHECKPOINT_STATE_KEY])
+        assert tree["rng"]["python"]["state"] == {"__same__": "rng.python.state", "step": 0, "sha256": tree["rng"]["python"]["state"]["sha256"]}
+        assert reader.manifest.files[c.path].sha256 != c.sha256
+        reader.load_checkpoint(c)
+
+
+REFERENCE_LIES = {  # the reference to rng.python.state in step 4's file, changed; what the reader says
+    "later step": (lambda ref: ref.update(step=8), "which is not an earlier checkpoint file of this proof"),
+    "its own step": (lambda ref: ref.update(step=4), "which is not an earlier checkpoint file of this proof"),
+    "no such step": (lambda ref: ref.update(step=3), "which is not an earlier checkpoint file of this proof"),
+    "a name not stored there": (lambda ref: ref.update(__same__="rng.python.statex"), "which that checkpoint file does not store"),
+    "another digest": (lambda ref: ref.update(sha256="0" * 64), "with a digest that tensor does not have"),
+    "a root in a proof without one": (lambda ref: (ref.clear(), ref.update(__root__="0" * 64)), "refers to a tensor of a pretrained root, and the proof declares no pretrained start"),
+    "an extra key": (lambda ref: ref.update(extra=1), "a __same__ reference is"),
+    "a step that is a bool": (lambda ref: ref.update(step=False), "a __same__ reference is"),
+}
+
+
+@pytest.mark.parametrize("lie", list(REFERENCE_LIES))
+def test_a_reference_that_does_not_resolve_is_refused_in_one_line(proof, lie):
+    edit, message = REFERENCE_LIES[lie]
+
+    def lie_in(tree: dict) -> None:
+        edit(tree["rng"]["python"]["state"])
+
+    edit_state(proof, 4, lie_in)
+    reader = ProofReader(proof)
+    with pytest.raises(ProofFormatError, match=re.escape(message)) as e:
+        reader.load_checkpoint(reader.checkpoints[1])
+    assert "\n" not in str(e.value)
+
+
+def test_references_in_a_version_2_proof_are_refused(proof):
+    """Version 2 lists a file under its state's digest: resealed so, its references are still refused."""
+    def as_version_2(m: dict) -> None:
+        m["format_version"] = 2
+        for c in m["checkpoints"]:
+            c["sha256"] = m["files"][c["path"]]["sha256"]
+
+    edit_manifest(proof, as_version_2)
+    reader = ProofReader(proof)
+    with pytest.raises(ProofFormatError, match="holds tensor references, which format version 2 does not have"):
+        reader.load_checkpoint(reader.checkpoints[1])
+
+
+def _header(proof, rel):
+    data = (proof / rel).read_bytes()
+    return json.loads(data[8 : 8 + struct.unpack("<Q", data[:8])[0]])

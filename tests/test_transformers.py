@@ -4,6 +4,8 @@ bit for bit."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 transformers = pytest.importorskip("transformers")
@@ -11,11 +13,14 @@ transformers = pytest.importorskip("transformers")
 import torch  # noqa: E402
 
 from lightning_pol import ProofOfLearning, verify_proof  # noqa: E402
+from lightning_pol.apps.roots import run as roots_app  # noqa: E402
 from lightning_pol.errors import PoLError  # noqa: E402
+from lightning_pol.format import layout  # noqa: E402
+from lightning_pol.format.writer import rewrite_manifest_json  # noqa: E402
 from lightning_pol.format.reader import ProofReader  # noqa: E402
 from lightning_pol.init import check_initialization, initialize  # noqa: E402
 from lightning_pol.prover.initialization import declare_initialization  # noqa: E402
-from tests.conftest import make_trainer, train_with_proof  # noqa: E402
+from tests.conftest import make_trainer, read_proof, train_with_proof  # noqa: E402
 from tests.hf_project import SentenceClassesData, TinyBertClassifier  # noqa: E402
 
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100)
@@ -128,19 +133,71 @@ def lora(tmp_path_factory):
 def test_a_lora_fine_tune_of_a_published_bert_verifies_against_its_root_with_no_key_map(lora, tmp_path):
     _, weights, proof, module = lora
     assert module.model.training and all(m.training for m in module.modules())  # dropout on: the base's and LoRA's
-    reader = ProofReader(proof)
+    reader = read_proof(proof, weights)  # W_0's base tensors are references to the root's
     params = reader.manifest.init.arguments()
     assert (params["prefix"], params["peft"], params["fresh"]) == ("model.bert.", ["model."], "transformers")
     w0 = reader.load_checkpoint(reader.checkpoints[0])["model"]
     fresh = sorted(k for k in w0 if k not in params["tensors"])
     assert len(fresh) == 2 * 2 * 2 + 4  # A and B of query and value in 2 layers; the classifier and its trained copy
     assert all(".lora_A." in k or ".lora_B." in k or ".classifier." in k for k in fresh)
-    report = verify_proof(proof, q=0, roots=weights)
+    untrusted = verify_proof(proof, q=0, registry=tmp_path / "roots.sqlite")  # the app's exit 1: tests/test_pretrained.py
+    assert not untrusted.valid and params["root"]["sha256"] in untrusted.reasons[0]
+    published = tmp_path / "published.safetensors"
+    shutil.copyfile(weights, published)
+    assert roots_app(["add", str(published), "--name", "tiny-bert", "--registry", str(tmp_path / "roots.sqlite")]) == 0
+    report = verify_proof(proof, q=0, registry=tmp_path / "roots.sqlite")  # the root's tensors read from where it was added
     assert report.valid, report.reasons
     assert all(s.bit_exact for s in report.segments) and len(report.segments) == 3
     assert "12 fresh from transformers" in report.checks["initialization"].summary
-    untrusted = verify_proof(proof, q=0, registry=tmp_path / "roots.sqlite")  # the app's exit 1: tests/test_pretrained.py
-    assert not untrusted.valid and params["root"]["sha256"] in untrusted.reasons[0]
+    published.unlink()
+    moved = verify_proof(proof, q=0, registry=tmp_path / "roots.sqlite")
+    assert not moved.valid and f"the trusted root tiny-bert: cannot read weights file {published}" in moved.reasons[0], moved.reasons
+
+
+def test_a_lora_checkpoint_holds_what_trains_and_references_the_rest(lora):
+    """Acceptance 3: W_0's base tensors are references to the root, and every later checkpoint holds little more than
+    the trainable tensors and their Adam moments (the frozen base: references to the root)."""
+    _, _, proof, module = lora
+    reader = ProofReader(proof)
+    trained = 3 * sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
+    sizes = {c.step: reader.manifest.files[c.path].bytes for c in reader.checkpoints}
+    assert all(size <= 1.5 * trained + 16 * 1024 for size in sizes.values()), (sizes, trained)
+    assert all(reader.manifest.files[c.path].sha256 != c.sha256 for c in reader.checkpoints)  # files with references
+
+
+LORA_A = "model.model.base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight"
+
+
+@pytest.mark.parametrize("lie", ["digest_nothing_holds", "changed_claimed_same", "changed_claimed_same_resealed"])
+def test_lying_references_are_rejected(lora, tmp_path, lie):
+    """Acceptance 5's reference lies, in the checkpoint of step 8: a root tensor no root holds; a LoRA weight that
+    trained, claimed to be its copy of step 4 (the entry's digest kept, or resealed to the state the lie resolves to)."""
+    from lightning_pol.format.checkpoint import checkpoint_bytes
+    from lightning_pol.format.tensor_refs import tensor_digest
+    from tests.conftest import relist
+
+    _, weights, proof, _ = lora
+    forged = tmp_path / "forged"
+    shutil.copytree(proof, forged)
+    reader = read_proof(forged, weights)
+    before, entry = reader.checkpoints[1], reader.checkpoints[2]
+    state, old = reader.load_checkpoint(entry), reader.load_checkpoint(before)["model"][LORA_A[len("model."):]]
+    if lie == "digest_nothing_holds":
+        ref = {"__root__": tensor_digest(old)}
+    else:
+        ref = {"__same__": LORA_A, "step": before.step, "sha256": tensor_digest(old)}
+    (forged / entry.path).write_bytes(checkpoint_bytes(state, lambda name, tensor: ref if name == LORA_A else None))
+    if lie == "changed_claimed_same_resealed":
+        relist(forged, entry.path)  # the entry's digest: the state with step 4's LoRA weight, as a liar would seal it
+    else:
+        rewrite_manifest_json(forged, lambda m: m["files"].update({entry.path: {
+            "sha256": layout.sha256_file(forged / entry.path), "bytes": (forged / entry.path).stat().st_size}}))
+    report = verify_proof(forged, q=0, roots=weights)
+    assert not report.valid
+    want = {"digest_nothing_holds": "refers to a tensor of SHA-256 " + tensor_digest(old) + " that its pretrained root does not hold",
+            "changed_claimed_same": "with its references resolved is not the state its checkpoint entry records",
+            "changed_claimed_same_resealed": "segment 4->8 does not replay"}[lie]
+    assert any(want in r for r in report.reasons), report.reasons
 
 
 def test_lora_b_not_zero_at_w0_is_refused_at_fit_start(lora, tmp_path):
@@ -181,21 +238,19 @@ def test_bf16_mixed_with_gradient_checkpointing_verifies_bit_exact(tmp_path):
 @pytest.mark.parametrize("lie", ["lora_b_not_zero", "base_one_value_off"])
 def test_a_forged_lora_w0_is_rejected(lora, tmp_path, lie):
     """Acceptance 5's first two lies, written into the proof itself (the callback would have refused them)."""
-    import shutil
-
-    from tests.conftest import write_checkpoint
+    from tests.conftest import forge_checkpoint
 
     _, weights, proof, _ = lora
     forged = tmp_path / "forged"
     shutil.copytree(proof, forged)
-    reader = ProofReader(forged)
-    entry = reader.checkpoints[0]
-    state = reader.load_checkpoint(entry)
     prefix = "model.base_model.model.bert.encoder.layer.1.attention.self.value."
     key = prefix + ("lora_B.default.weight" if lie == "lora_b_not_zero" else "base_layer.weight")
-    state["model"][key] = state["model"][key].clone()
-    state["model"][key][0, 0] += 1e-3
-    write_checkpoint(forged, entry.path, state)
+
+    def one_value_off(state: dict) -> None:
+        state["model"][key] = state["model"][key].clone()
+        state["model"][key][0, 0] += 1e-3
+
+    forge_checkpoint(forged, 0, one_value_off, weights)
     report = verify_proof(forged, q=0, roots=weights)
     assert not report.valid and report.checks["initialization"].passed is False
     want = "fresh tensors do not look drawn" if lie == "lora_b_not_zero" else "is not the root's 'encoder.layer.1.attention.self.value.weight'"
@@ -203,8 +258,6 @@ def test_a_forged_lora_w0_is_rejected(lora, tmp_path, lie):
 
 
 def test_a_declared_peft_layout_other_than_the_modules_is_rejected(lora, tmp_path):
-    import shutil
-
     from lightning_pol.attacks.toolkit import rewrite_claims
 
     _, weights, proof, _ = lora
@@ -213,3 +266,19 @@ def test_a_declared_peft_layout_other_than_the_modules_is_rejected(lora, tmp_pat
     rewrite_claims(forged, lambda m: m["init"]["params"].update(peft=["model.", "model.base_model."]))
     report = verify_proof(forged, q=0, roots=weights)
     assert not report.valid and "through PEFT models at ['model.', 'model.base_model.']" in report.checks["initialization"].summary
+
+
+def test_a_tied_lm_head_the_root_saved_once_is_claimed_from_the_root(tmp_path):
+    """GPT-2's ``lm_head.weight`` is its ``wte.weight``, which ``save_pretrained`` writes once: W_0's head is the
+    root's all the same, claimed with that tensor's digest, not KS-tested as a fresh draw (the verifier's side:
+    the LoRA row of the quick benchmarks, tests/test_benchmarks.py, verifies such a proof)."""
+    from safetensors.torch import load_file
+
+    from benchmarks.lora import LoraGpt2, publish_gpt2
+    from lightning_pol.prover.pretrained import pretrained_declaration
+
+    weights, _ = publish_gpt2(tmp_path / "gpt2", quick=True)
+    assert "lm_head.weight" not in load_file(weights)
+    params = pretrained_declaration(LoraGpt2(str(tmp_path / "gpt2")), {"weights": weights})
+    tensors = params["tensors"]
+    assert tensors["model.base_model.model.lm_head.weight"] == tensors["model.base_model.model.transformer.wte.weight"]

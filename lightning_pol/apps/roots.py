@@ -14,6 +14,7 @@ with one ``error:`` line.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from lightning_pol.apps import EXIT_VALID, exit_code
@@ -41,15 +42,16 @@ def run(argv: list[str]) -> int:
     registry = Registry(args.registry)
     if args.command == "add":
         digest, tensors = read_weights(args.file)
-        registry.add_root(args.name, digest, digests(tensors), layouts(tensors))
-        print(f"trusted root {args.name}: sha256 {digest}, {len(tensors)} tensors")
+        path = os.path.abspath(args.file)  # where a verifier reads the tensors a proof references (checked against the digest)
+        registry.add_root(args.name, digest, digests(tensors), layouts(tensors), path)
+        print(f"trusted root {args.name}: sha256 {digest}, {len(tensors)} tensors, read from {path}")
     elif args.command == "remove":
         if not registry.remove_root(args.name):
             raise PoLError(f"registry {args.registry} has no root named {args.name!r}")
         print(f"removed root {args.name}")
     else:
         for root in registry.roots():
-            print(f"{root['name']}\t{root['sha256']}\t{len(root['tensors'])} tensors")
+            print(f"{root['name']}\t{root['sha256']}\t{len(root['tensors'])} tensors\t{root['path'] or '-'}")
     return EXIT_VALID
 
 

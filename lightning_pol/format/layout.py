@@ -16,8 +16,8 @@ from typing import Any, BinaryIO
 
 FORMAT_NAME = "lightning-pol/proof"
 #: Raised on every incompatible change; the reader lists the versions it reads.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (2,)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 
 MANIFEST = "manifest.json"
 CHECKPOINT_DIR = "checkpoints"

@@ -67,9 +67,10 @@ class FileEntry:
 class CheckpointEntry:
     """The checkpoint of the state at the start of optimizer step ``step`` (the final one: at the end of training).
 
-    ``sha256``: the SHA-256 of the checkpoint file of the state. ``path`` None: a digest-only entry of a tiered
-    proof; a path ending in ``.zlib``: a tiered proof's full state in compressed form (``format.compression``),
-    ``sha256`` still the digest of the file it decompresses to.
+    ``sha256``: the SHA-256 of the full checkpoint file of the state (every tensor stored). The file at ``path``
+    may hold references to tensors stored earlier instead (``format.tensor_refs``), and then has another digest.
+    ``path`` None: a digest-only entry of a tiered proof; a path ending in ``.zlib``: a tiered proof's full state
+    in compressed form (``format.compression``).
     ``norms``: in a tiered proof, the update norms per tensor group from the previous checkpoint to this one.
     """
 
@@ -377,7 +378,7 @@ class Manifest:
             if not is_int(m.get(key), 1 if key == "every_n_steps" else 0):
                 raise ProofFormatError(f"manifest field {key} is missing or invalid")
         full_every = _full_every(m)
-        checkpoints = _checkpoints(m.get("checkpoints"), files, full_every is not None)
+        checkpoints = _checkpoints(m.get("checkpoints"), files, full_every is not None, m["format_version"])
         index_log = _index_log(m.get("index_log"), files)
         status = m.get("status")
         if status not in (layout.STATUS_IN_PROGRESS, layout.STATUS_COMPLETE):
@@ -457,7 +458,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 MAX_NORM_GROUPS = 10_000
 
 
-def _checkpoints(ckpts: Any, files: dict[str, FileEntry], tiered: bool) -> list[CheckpointEntry]:
+def _checkpoints(ckpts: Any, files: dict[str, FileEntry], tiered: bool, version: int) -> list[CheckpointEntry]:
     if not isinstance(ckpts, list):
         raise ProofFormatError("manifest has no checkpoint list")
     out: list[CheckpointEntry] = []
@@ -478,9 +479,11 @@ def _checkpoints(ckpts: Any, files: dict[str, FileEntry], tiered: bool) -> list[
         compressed = isinstance(path, str) and path.endswith(layout.COMPRESSED_SUFFIX)
         if compressed and not tiered:
             raise ProofFormatError(f"checkpoint at step {c['step']} is compressed, which only a tiered proof's full states are")
-        if path is not None and (path not in files or (files[path].sha256 != c.get("sha256") and not compressed)):
+        # A plain file is the state's full file (same digest) unless it holds tensor references, which the reader resolves
+        # and checks against this digest (format.tensor_refs): a version-2 proof has none.
+        if path is not None and (path not in files or (files[path].sha256 != c.get("sha256") and not compressed and version < 3)):
             raise ProofFormatError(f"checkpoint at step {c['step']} is not listed with a matching digest")
-        if (path is None or compressed) and not (isinstance(c.get("sha256"), str) and _HEX64.fullmatch(c["sha256"])):
+        if not (isinstance(c.get("sha256"), str) and _HEX64.fullmatch(c["sha256"])):
             raise ProofFormatError(f"checkpoint at step {c['step']} has no SHA-256 digest of its state")
         out.append(CheckpointEntry(c["step"], c["epoch"], path, c["sha256"], _norms(c, tiered)))
     return out

@@ -20,6 +20,7 @@ import torch
 
 from lightning_pol.errors import PoLError, one_line
 from lightning_pol.format.safetensors_io import load_safetensors
+from lightning_pol.format.tensor_refs import tensor_digest
 
 #: Suffixes read with ``torch.load(weights_only=True)``; ``.safetensors`` is read as safetensors.
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -27,14 +28,6 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 class WeightsFileError(PoLError):
     """A file is not weights this package reads (or not at all)."""
-
-
-def tensor_digest(t: torch.Tensor) -> str:
-    """SHA-256 of ``dtype|shape|`` and the tensor's bytes in C order: equal digests, equal tensors bit for bit."""
-    t = t.detach().to("cpu").contiguous()
-    head = f"{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode()
-    body = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-    return hashlib.sha256(head + body).hexdigest()
 
 
 def read_weights(path: str | os.PathLike[str]) -> tuple[str, dict[str, torch.Tensor]]:

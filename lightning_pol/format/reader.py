@@ -10,9 +10,11 @@ checkpoints, the index log, the leaves). Every problem becomes a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from lightning_pol.format.safetensors_io import load_safetensors
 from lightning_pol.format.samples import leaves_from_tensors
 from lightning_pol.format.state_codec import decode_state
 from lightning_pol.format.strict_json import ProofFormatError, is_int
+from lightning_pol.format.tensor_refs import Ref, tensor_digest
 
 #: Lightning's callbacks that make steps of more micro-batches than the Trainer's factor (by import path).
 _ACCUMULATION_SCHEDULER = "lightning.pytorch.callbacks.gradient_accumulation_scheduler:GradientAccumulationScheduler"
@@ -91,6 +94,9 @@ class ProofReader:
         #: SHA-256 of ``manifest.json``: the proof's identity.
         self.identity = layout.sha256_bytes(raw)
         self.manifest: Manifest = Manifest.parse(raw)
+        self._root: dict[str, torch.Tensor] | None = None  # the pretrained root's tensors by digest (use_root)
+        self._load_root: Callable[[], Mapping[str, torch.Tensor]] | None = None
+        self._stored: dict[str, dict[str, torch.Tensor]] = {}  # checkpoint files that references point into
 
     @property
     def checkpoints(self) -> list[CheckpointEntry]:
@@ -199,16 +205,65 @@ class ProofReader:
 
     # -- typed content ---------------------------------------------------------------
     def load_checkpoint(self, entry: CheckpointEntry) -> dict[str, Any]:
-        """Decoded training state of one checkpoint entry of :attr:`checkpoints` (a full one: a digest-only entry has no state to load)."""
+        """Decoded training state of one checkpoint entry of :attr:`checkpoints` (a full one: a digest-only entry has no
+        state to load), its tensor references resolved (:meth:`use_root` for the pretrained root's) and checked."""
         if entry.path is None:
             raise ProofFormatError(f"the checkpoint of step {entry.step} is digest-only: the proof holds no state to load there")
-        data = self.read_file(entry.path)
-        if entry.path.endswith(layout.COMPRESSED_SUFFIX):
-            data = decompress_checkpoint(data, entry.path, MAX_FILE_BYTES)
-            if layout.sha256_bytes(data) != entry.sha256:
-                raise ProofFormatError(f"digest mismatch: {entry.path} does not decompress to the state its checkpoint entry records")
+        data, file_digest = self._checkpoint_file(entry.path)
         tensors, metadata = load_safetensors(data, entry.path)
-        return parse_checkpoint(tensors, metadata, entry, self.manifest)
+        del data
+        return parse_checkpoint(tensors, metadata, entry, self.manifest, functools.partial(self._referenced, entry), file_digest)
+
+    def use_root(self, load: Callable[[], Mapping[str, torch.Tensor]]) -> None:
+        """How to get the tensors of the proof's pretrained root by tensor digest (from the file a verifier trusts,
+        raising a :class:`ProofFormatError` that says why it cannot): what a checkpoint's ``__root__`` references
+        name (format.tensor_refs). Called when a checkpoint first needs them."""
+        self._root, self._load_root = None, load
+
+    def _checkpoint_file(self, rel: str) -> tuple[bytes, str]:
+        """A checkpoint file's bytes as stored (decompressed) and their digest."""
+        data = self.read_file(rel)
+        if not rel.endswith(layout.COMPRESSED_SUFFIX):
+            return data, self.manifest.files[rel].sha256
+        data = decompress_checkpoint(data, rel, MAX_FILE_BYTES)
+        return data, layout.sha256_bytes(data)
+
+    def _referenced(self, entry: CheckpointEntry, ref: Ref) -> torch.Tensor:
+        """The tensor ``ref`` names from the checkpoint of ``entry``: stored in an earlier checkpoint file, or the root's."""
+        rel = entry.path
+        if ref.step is None:
+            if self._root is None and self._load_root is not None:
+                self._root = dict(self._load_root())
+            if self.manifest.init.strategy != "pretrained":
+                raise ProofFormatError(f"{rel} refers to a tensor of a pretrained root, and the proof declares no pretrained start")
+            if self._root is None:
+                root = self.manifest.init.arguments().get("root")
+                digest = root.get("sha256") if isinstance(root, dict) else None
+                raise ProofFormatError(f"{rel} refers to tensors of its pretrained root (SHA-256 {str(digest)[:64]}), which this reader "
+                                       f"was not given (a verifier reads them from a root it trusts: roots=FILE, or `python -m lightning_pol.roots add`)")
+            tensor = self._root.get(ref.sha256)
+            if tensor is None:
+                raise ProofFormatError(f"{rel} refers to a tensor of SHA-256 {ref.sha256} that its pretrained root does not hold")
+            return tensor
+        target = self.manifest.checkpoint_at(ref.step)
+        if target is None or target.path is None or ref.step >= entry.step:
+            raise ProofFormatError(f"{rel} refers to {str(ref)[:200]}, which is not an earlier checkpoint file of this proof")
+        tensor = self._stored_tensors(target.path).get(str(ref.name))
+        if tensor is None:
+            raise ProofFormatError(f"{rel} refers to {str(ref)[:200]}, which that checkpoint file does not store")
+        if tensor_digest(tensor) != ref.sha256:
+            raise ProofFormatError(f"digest mismatch: {rel} refers to {str(ref)[:200]} with a digest that tensor does not have")
+        return tensor
+
+    def _stored_tensors(self, rel: str) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint file stores (not its references), the last two files kept: consecutive checkpoints
+        refer to the same earlier one."""
+        if rel not in self._stored:
+            data, _ = self._checkpoint_file(rel)
+            self._stored[rel] = load_safetensors(data, rel)[0]
+            while len(self._stored) > 2:
+                self._stored.pop(next(iter(self._stored)))
+        return self._stored[rel]
 
     def index_log(self) -> IndexLog:
         """The whole index log; step t used ``log.step(t)``."""

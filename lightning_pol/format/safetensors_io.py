@@ -40,7 +40,7 @@ def safetensors_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     (docs/performance.md, "Memory"). The bytes are those of ``safetensors.torch.save`` (tested): the
     library orders tensors by dtype, then by name, and we ask it for that order on one-element stand-ins.
     """
-    views = {k: _byte_view(t) for k, t in tensors.items()}
+    views = {k: byte_view(t) for k, t in tensors.items()}
     order = _library_order({k: t.dtype for k, t in tensors.items()})
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     at = 0
@@ -58,7 +58,8 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     return b"".join(safetensors_parts(tensors, metadata))
 
 
-def _byte_view(t: torch.Tensor) -> memoryview:
+def byte_view(t: torch.Tensor) -> memoryview:
+    """The bytes of ``t`` in C order: a view of its own memory when it is a contiguous CPU tensor."""
     if t.dtype not in _DTYPE_NAMES:
         raise TypeError(f"a proof cannot store a tensor of dtype {t.dtype}")
     t = t.detach()

@@ -11,7 +11,7 @@ specified in ``docs/proof-format.md`` ("Typed JSON").
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,11 @@ DICT = "__dict__"
 FLOAT = "__float__"
 NPSCALAR = "__npscalar__"
 DTYPE = "__torch_dtype__"
-MARKERS = frozenset({TENSOR, NDARRAY, TUPLE, DICT, FLOAT, NPSCALAR, DTYPE})
+#: References to a tensor stored elsewhere (format.tensor_refs): resolved by the reader before decoding.
+SAME, ROOT = "__same__", "__root__"
+MARKERS = frozenset({TENSOR, NDARRAY, TUPLE, DICT, FLOAT, NPSCALAR, DTYPE, SAME, ROOT})
+#: ``refer(name, tensor)``: a reference object to write instead of storing the tensor, or None to store it.
+Refer = Callable[[str, torch.Tensor], "dict[str, Any] | None"]
 
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 #: numpy scalar kinds ``_encode`` can write (bool, int, uint, float, str: their ``item()`` is JSON).
@@ -41,15 +45,34 @@ class StateEncodingError(PoLError, ValueError):
     """A value in the training state has no pickle-free representation."""
 
 
-def encode_state(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def encode_state(state: Mapping[str, Any], refer: Refer | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split ``state`` into named CPU tensors and a JSON-ready tree that refers to them.
 
     A tensor's name is its path in the tree joined with dots, so the module's
     ``state_dict`` stored under ``"model"`` lands at ``model.<state_dict key>``.
+    ``refer`` may name a tensor by a reference instead (format.tensor_refs); its
+    name is then taken all the same, so every other tensor keeps its name.
     """
-    tensors: dict[str, torch.Tensor] = {}
-    tree = {str(k): _encode(v, str(k), tensors) for k, v in state.items()}
-    return tensors, tree
+    out = _Encoding(refer)
+    tree = {str(k): _encode(v, str(k), out) for k, v in state.items()}
+    return out.tensors, tree
+
+
+class _Encoding:
+    """The tensors stored so far, the names taken (stored or referenced), and the writer's ``refer``."""
+
+    def __init__(self, refer: Refer | None) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.taken: set[str] = set()
+        self.refer = refer
+
+    def name(self, path: str) -> str:
+        name, n = path, 0
+        while name in self.taken:
+            n += 1
+            name = f"{path}#{n}"
+        self.taken.add(name)
+        return name
 
 
 def decode_state(tensors: Mapping[str, torch.Tensor], tree: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,20 +102,11 @@ def tensor_refs(tree: Any) -> set[str]:
     return refs
 
 
-def _name(path: str, tensors: Mapping[str, Any]) -> str:
-    if path not in tensors:
-        return path
-    n = 1
-    while f"{path}#{n}" in tensors:
-        n += 1
-    return f"{path}#{n}"
-
-
 def _plain_key(k: Any) -> bool:
     return isinstance(k, str) and not k.startswith("__")
 
 
-def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+def _encode(obj: Any, path: str, out: _Encoding) -> Any:
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if isinstance(obj, int):
@@ -104,30 +118,34 @@ def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
         if obj.is_sparse or obj.device.type == "meta" or obj.is_complex() or obj.is_quantized:
             raise StateEncodingError(f"cannot store tensor at {path!r} ({obj.dtype}, {obj.layout}, {obj.device})")
-        name = _name(path, tensors)
-        tensors[name] = obj.detach().cpu()  # not copied: the file is written from the tensor's own memory
+        name = out.name(path)
+        tensor = obj.detach().cpu()  # not copied: the file is written from the tensor's own memory
+        ref = out.refer(name, tensor) if out.refer is not None else None
+        if ref is not None:
+            return ref
+        out.tensors[name] = tensor
         return {TENSOR: name}
     if isinstance(obj, np.ndarray):
         if obj.dtype.hasobject:
             raise StateEncodingError(f"cannot store object array at {path!r}")
-        name = _name(path, tensors)
+        name = out.name(path)
         raw = np.ascontiguousarray(obj)
-        tensors[name] = torch.frombuffer(bytearray(raw.tobytes()), dtype=torch.uint8) if raw.nbytes else torch.empty(0, dtype=torch.uint8)
+        out.tensors[name] = torch.frombuffer(bytearray(raw.tobytes()), dtype=torch.uint8) if raw.nbytes else torch.empty(0, dtype=torch.uint8)
         return {NDARRAY: name, "dtype": raw.dtype.str, "shape": list(raw.shape)}
     if isinstance(obj, np.generic):
         if isinstance(obj, np.object_):
             raise StateEncodingError(f"cannot store numpy object at {path!r}")
-        return {NPSCALAR: obj.dtype.str, "value": _encode(obj.item(), path, tensors)}
+        return {NPSCALAR: obj.dtype.str, "value": _encode(obj.item(), path, out)}
     if isinstance(obj, torch.dtype):
         return {DTYPE: str(obj).removeprefix("torch.")}
     if isinstance(obj, tuple):
-        return {TUPLE: [_encode(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]}
+        return {TUPLE: [_encode(v, f"{path}.{i}", out) for i, v in enumerate(obj)]}
     if isinstance(obj, list):
-        return [_encode(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]
+        return [_encode(v, f"{path}.{i}", out) for i, v in enumerate(obj)]
     if isinstance(obj, Mapping):
         if all(_plain_key(k) for k in obj):
-            return {k: _encode(v, f"{path}.{k}", tensors) for k, v in obj.items()}
-        return {DICT: [[_encode(k, f"{path}.key{i}", tensors), _encode(v, f"{path}.{k}", tensors)]
+            return {k: _encode(v, f"{path}.{k}", out) for k, v in obj.items()}
+        return {DICT: [[_encode(k, f"{path}.key{i}", out), _encode(v, f"{path}.{k}", out)]
                        for i, (k, v) in enumerate(obj.items())]}
     raise StateEncodingError(
         f"cannot store {type(obj).__module__}.{type(obj).__qualname__} at {path!r} without pickle"
@@ -148,6 +166,8 @@ def _decode(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
         return {k: _decode(v, tensors) for k, v in obj.items()}
     if marker == TENSOR:
         return _tensor(obj, TENSOR, tensors, {TENSOR})
+    if marker in (SAME, ROOT):
+        raise ValueError("a tensor reference left unresolved (references are resolved by the proof reader)")
     if marker == NDARRAY:
         raw = _tensor(obj, NDARRAY, tensors, {NDARRAY, "dtype", "shape"})
         if raw.dtype != torch.uint8 or raw.dim() != 1:

@@ -96,6 +96,9 @@ class ProofOfLearning(Callback):
             by default the one node whose ``_target_`` is the class.
         strict_callbacks: refuse, not only warn about and record, another callback that can change
             training and that the replay cannot re-create (:mod:`.other_callbacks`).
+        references: store a tensor whose bytes equal its copy stored last (a frozen weight, an optimizer state that
+            did not move) or a pretrained root's tensor as a reference to that copy, so a checkpoint costs what
+            changed (docs/proof-format.md, "References"). Off: every checkpoint file holds the whole state.
         parent: for ``init_strategy="warm_start"``, the proof whose final
             weights W_0 is; fit refuses to start unless W_0 equals them bit for bit.
         background: serialize, hash and write checkpoints on a background thread; the training thread
@@ -127,6 +130,7 @@ class ProofOfLearning(Callback):
         module_config: str | None = None,
         datamodule_config: str | None = None,
         strict_callbacks: bool = False,
+        references: bool = True,
     ) -> None:
         _validate_arguments(every_n_steps, init_strategy, parent, seed, max_pending, commit_every_s, init_params)
         _validate_tiers(every_n_steps, full_every_n_steps)
@@ -145,6 +149,7 @@ class ProofOfLearning(Callback):
         self.commit_every_s = float(commit_every_s)
         self.config_keys = {"module": module_config, "datamodule": datamodule_config}
         self.strict_callbacks = strict_callbacks
+        self.references = bool(references)
         self._state_key = self._generate_state_key(dirpath=str(self.dirpath), every_n_steps=self.every_n_steps)
         self._reset_run_state()
 
@@ -356,7 +361,7 @@ class ProofOfLearning(Callback):
 def _open_session(pol: ProofOfLearning, trainer: pl.Trainer, pl_module: pl.LightningModule, size: int) -> ProofSession:
     """The callback's proof, opened on the rank that writes it: reopened after a resume (checking the data against
     the commitment, one pass), or created with a new manifest."""
-    session = ProofSession(pol.dirpath, pol.fsync, pol.background, pol.max_pending, pol.commit_every_s)
+    session = ProofSession(pol.dirpath, pol.fsync, pol.background, pol.max_pending, pol.commit_every_s, pol.references)
     loader = pol._loader
     dataset, workers = loader.dataset, loader.loader.num_workers
     if pol._resume is not None:

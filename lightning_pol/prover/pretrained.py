@@ -20,7 +20,7 @@ import torch
 
 from lightning_pol import init as strategies
 from lightning_pol.errors import PoLError
-from lightning_pol.format.pretrained import RootKeys, layouts, read_weights, tensor_digest
+from lightning_pol.format.pretrained import RootKeys, layout, layouts, read_weights, tensor_digest
 from lightning_pol.peft_init import peft_models
 from lightning_pol.runtime.training_state import model_state
 
@@ -50,7 +50,8 @@ def pretrained_declaration(module: torch.nn.Module, params: Mapping[str, Any]) -
 
     A tensor the weights have with the same dtype and shape must be the weights' tensor bit for bit, unless its
     key starts with one of ``redraw`` (a head replaced by one of the same shape); one they lack (or have with
-    another shape: a new head of other classes) must look freshly drawn. Where the module holds the published
+    another shape: a new head of other classes) must look freshly drawn, unless it is one of their tensors bit for
+    bit (a tied weight they saved once). Where the module holds the published
     model (``prefix``) is found when not given, and PEFT's renames of the model it wraps are undone
     (:class:`~lightning_pol.format.pretrained.RootKeys`)."""
     check_params(params)
@@ -62,10 +63,19 @@ def pretrained_declaration(module: torch.nn.Module, params: Mapping[str, Any]) -
     peft = tuple(peft_models(module))
     keys = RootKeys(params["prefix"], peft) if "prefix" in params else RootKeys.find(layouts(state), layouts(tensors), peft)
     claimed = {}
+    by_layout: dict[str, list[torch.Tensor]] = {}
+    for t in tensors.values():
+        by_layout.setdefault(layout(t), []).append(t)
     for key, value in state.items():
         name = keys.root_key(key)
         published = tensors.get(name) if name is not None else None
-        if published is None or not isinstance(value, torch.Tensor) or key.startswith(tuple(redraw)):
+        if not isinstance(value, torch.Tensor) or key.startswith(tuple(redraw)):
+            continue
+        if published is None:
+            # A key the weights lack, holding one of their tensors bit for bit: a tied weight saved once (GPT-2's
+            # lm_head is its wte), the root's all the same.
+            if name is not None and any(torch.equal(value.detach().cpu(), t) for t in by_layout.get(layout(value), ())):
+                claimed[key] = tensor_digest(value)
             continue
         if published.dtype != value.dtype or published.shape != value.shape:
             continue  # a tensor of another layout (a new head of other classes): fresh

@@ -20,6 +20,7 @@ from lightning_pol.format.manifest import Manifest, MonitoredValue
 from lightning_pol.format.samples import leaves_file_bytes, root_of
 from lightning_pol.format.writer import ProofDirectoryError, ProofWriter
 from lightning_pol.prover.background import BackgroundWriter
+from lightning_pol.prover.stored_tensors import StoredTensors
 from lightning_pol.runtime.snapshots import SnapshotPool
 from lightning_pol.runtime.installed_code import installed_code, named_classes
 from lightning_pol.runtime.update_norms import update_norms
@@ -43,8 +44,10 @@ class ProofSession:
       :class:`~lightning_pol.format.writer.ProofWriter` and its manifest once
       :meth:`start` has run, and the writer-side state: the steps handed over
       and not yet in an index-log file (``_unfiled``, ``_filed``), the time
-      of the last commit, and in a tiered proof the last checkpoint's model
-      (``_last``: the update norms of the next checkpoint start from it).
+      of the last commit, where each tensor was last stored (``_stored``: a
+      tensor unchanged since is written as a reference), and in a tiered proof
+      the last checkpoint's model (``_last``: the update norms of the next
+      checkpoint start from it).
       (The training thread reads ``total_bytes`` for the progress bar; the
       running total is one int.) A checkpoint's copy of the state
       (:class:`~lightning_pol.runtime.snapshots.SnapshotPool`) is taken on the
@@ -57,8 +60,10 @@ class ProofSession:
     the commit order, and with it crash consistency.
     """
 
-    def __init__(self, dirpath: Path, fsync: bool, background: bool, max_pending: int, commit_every_s: float) -> None:
+    def __init__(self, dirpath: Path, fsync: bool, background: bool, max_pending: int, commit_every_s: float,
+                 references: bool = True) -> None:
         self.dirpath = dirpath
+        self.references = references
         self.fsync = fsync
         self.background = background
         self.max_pending = max_pending
@@ -73,6 +78,7 @@ class ProofSession:
         self._filed = 0
         self._committed_at = -math.inf
         self._last: tuple[int, dict[str, torch.Tensor]] | None = None  # tiered proofs: (step, model) of the last checkpoint
+        self._stored: StoredTensors | None = None  # with references: where each tensor was last stored (from start)
 
     # ---------------------------------------------------------------- opening (training thread, no writer thread yet)
     def create(self, manifest: Manifest, overwrite: bool, leaves: torch.Tensor | None) -> None:
@@ -128,7 +134,10 @@ class ProofSession:
         first manifest (a reopened one was committed when reopened)."""
         assert self._writer is not None
         self._fitting = True
-        self.checkpoints_taken = len(self._writer.manifest.checkpoints)
+        m = self._writer.manifest
+        self.checkpoints_taken = len(m.checkpoints)
+        if self.references:  # a resumed run names the root's tensors; what it stores first is whole
+            self._stored = StoredTensors.of_pretrained(m.init.arguments()) if m.init.strategy == "pretrained" else StoredTensors()
         if self.background:
             self._jobs = BackgroundWriter(self.max_pending)
         self._snapshots = SnapshotPool(self.max_pending, failed=lambda: self._jobs.error if self._jobs is not None else None,
@@ -229,21 +238,29 @@ class ProofSession:
 
     def _add_checkpoint(self, state: dict[str, Any], step: int, epoch: int, final: bool) -> None:
         """List the checkpoint of ``step``: its file; in a tiered proof, its file compressed where a full state is due,
-        else only its digest, either with the update norms from the last checkpoint."""
+        else only its digest, either with the update norms from the last checkpoint. A stored file references the
+        tensors stored before as they are now (:class:`~lightning_pol.prover.stored_tensors.StoredTensors`); the entry
+        keeps the digest of the full file, which replay compares."""
         m = self._writer.manifest  # type: ignore[union-attr]
-        parts = checkpoint_parts(state)  # views of the snapshot's tensors: no second copy of the state
         norms = update_norms(self._last[1], state["model"]) if m.tiered and self._last is not None else None
-        if not m.tiered:
-            rel = layout.checkpoint_path(step)
-            self._writer.put(rel, parts)  # type: ignore[union-attr]
-            m.add_checkpoint(step, epoch, rel)
-        elif final or m.full_state_due(step):  # a tiered proof's rare full states, compressed (format.compression)
-            rel = layout.checkpoint_path(step, compressed=True)
-            data = b"".join(parts)
-            self._writer.put(rel, compress_checkpoint(data))  # type: ignore[union-attr]
-            m.add_checkpoint(step, epoch, rel, layout.sha256_bytes(data), norms)
+        stored = self._stored
+        if m.tiered and not (final or m.full_state_due(step)):
+            m.add_checkpoint(step, epoch, None, layout.sha256_parts(checkpoint_parts(state))[0], norms)
         else:
-            m.add_checkpoint(step, epoch, None, layout.sha256_parts(parts)[0], norms)
+            parts = checkpoint_parts(state, stored.referrer(step) if stored is not None else None)  # views: no second copy
+            referenced = stored is not None and stored.referenced > 0
+            full = layout.sha256_parts(checkpoint_parts(state))[0] if referenced else None
+            if not m.tiered:
+                rel = layout.checkpoint_path(step)
+                self._writer.put(rel, parts)  # type: ignore[union-attr]
+                m.add_checkpoint(step, epoch, rel, full)
+            else:  # a tiered proof's rare full states, compressed (format.compression)
+                rel = layout.checkpoint_path(step, compressed=True)
+                data = b"".join(parts)
+                self._writer.put(rel, compress_checkpoint(data))  # type: ignore[union-attr]
+                m.add_checkpoint(step, epoch, rel, full or layout.sha256_bytes(data), norms)
+            if stored is not None:
+                stored.stored()
         if m.tiered:  # the snapshot's buffers are reused: the next update norms start from a copy of the model
             self._last = (step, {k: v.clone() for k, v in state["model"].items()})
 

@@ -10,6 +10,7 @@ from lightning_pol.format import layout
 from lightning_pol.format.lineage import same_weights
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.format.strict_json import ProofFormatError
+from lightning_pol.verification.pretrained_check import use_trusted_root
 from lightning_pol.verification.registry import Registry
 from lightning_pol.verification.report import ChainCheck, InitializationCheck, Report
 
@@ -87,6 +88,7 @@ def _follow(reader: ProofReader, preader: ProofReader, check: ChainCheck, proble
     if final.sha256 != parent.get("final_checkpoint_sha256"):
         problems.append("the parent's final checkpoint is not the one the proof names")
     w0 = reader.load_checkpoint(reader.checkpoints[0])["model"]
+    use_trusted_root(preader, registry, None)  # a pretrained parent's final state may name its root's tensors
     differ = same_weights(w0, preader.load_checkpoint(final)["model"])
     if differ:
         problems.append(f"W_0 is not the parent's final state ({len(differ)} tensors differ, e.g. {differ[0]})")

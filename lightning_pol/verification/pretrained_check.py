@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from lightning_pol import init as strategies
-from lightning_pol.errors import PoLError
+import torch
+
+from lightning_pol.errors import PoLError, one_line
 from lightning_pol.format.pretrained import (
+    WeightsFileError,
     declared_root,
     digests,
     layout,
@@ -17,6 +20,8 @@ from lightning_pol.format.pretrained import (
     read_weights,
     tensor_digest,
 )
+from lightning_pol.format.reader import ProofReader
+from lightning_pol.format.strict_json import ProofFormatError
 from lightning_pol.peft_init import peft_models
 from lightning_pol.runtime.training_state import model_state
 from lightning_pol.verification.registry import Registry
@@ -27,13 +32,52 @@ ADD_ROOT = "python -m lightning_pol.roots add FILE --name NAME --registry PATH"
 
 
 def trusted_root(digest: str, registry: Registry | None, roots: str | os.PathLike[str] | None) -> dict[str, Any] | None:
-    """``{"name", "sha256", "tensors"}`` of the trusted root with file digest ``digest``: the file ``roots``
-    given for this run, or one the registry trusts; None when neither is it."""
+    """``{"name", "sha256", "tensors", "layouts", "path"}`` of the trusted root with file digest ``digest``: the file
+    ``roots`` given for this run (with its ``weights`` read), or one the registry trusts (``path``: where ``roots add``
+    found it; None for a root added before roots recorded paths); None when neither is it."""
     if roots is not None:
         got, tensors = read_weights(roots)
         if got == digest:
-            return {"name": Path(roots).name, "sha256": got, "tensors": digests(tensors), "layouts": layouts(tensors)}
+            return {"name": Path(roots).name, "sha256": got, "tensors": digests(tensors), "layouts": layouts(tensors),
+                    "path": os.fspath(roots), "weights": tensors}
     return registry.root(digest) if registry is not None else None
+
+
+def untrusted(digest: str) -> str:
+    return (f"W_0 starts from weights of SHA-256 {digest} that this verifier does not trust; review that file, "
+            f"then add it with `{ADD_ROOT}` (or pass roots=FILE)")
+
+
+def use_trusted_root(reader: ProofReader, registry: Registry | None, roots: str | os.PathLike[str] | None) -> None:
+    """Let ``reader`` resolve the references of a pretrained proof to its root's tensors (format.tensor_refs), read
+    when a checkpoint first needs them from the file this verifier trusts: ``roots``, or the registry's record of
+    where the root was added from (its digest checked again). Unavailable, loading that checkpoint says why."""
+    if reader.manifest.init.strategy != "pretrained":
+        return
+
+    def load() -> dict[str, torch.Tensor]:
+        try:
+            digest, _, _ = declared_root(reader.manifest.init.arguments())
+        except WeightsFileError as e:
+            raise ProofFormatError(one_line(e)) from None
+        root = trusted_root(digest, registry, roots)
+        if root is None:
+            raise ProofFormatError(untrusted(digest))
+        weights = root.get("weights")
+        if weights is None:
+            if not root.get("path"):
+                raise ProofFormatError(f"the trusted root {root['name']} was added without recording where its file is, and the proof "
+                                       f"refers to its tensors: pass roots=FILE, or add it again")
+            try:
+                got, weights = read_weights(root["path"])
+            except WeightsFileError as e:
+                raise ProofFormatError(f"the trusted root {root['name']}: {one_line(e)}; pass roots=FILE") from None
+            if got != digest:
+                raise ProofFormatError(f"the file of the trusted root {root['name']} ({root['path']}) has changed since it was added "
+                                       f"(SHA-256 {got[:16]}...): pass roots=FILE with the file that was added")
+        return {root["tensors"][key]: t for key, t in weights.items() if key in root["tensors"]}
+
+    reader.use_root(load)
 
 
 def check_pretrained(verifier: PoLVerifierModule, w0: dict[str, Any], registry: Registry | None,
@@ -47,14 +91,16 @@ def check_pretrained(verifier: PoLVerifierModule, w0: dict[str, Any], registry: 
     root = trusted_root(digest, registry, roots)
     details: dict[str, Any] = {"root": {"sha256": digest, "name": root["name"] if root else None, "from_root": len(claimed)}}
     if root is None:
-        return False, (f"W_0 starts from weights of SHA-256 {digest} that this verifier does not trust; review that file, "
-                       f"then add it with `{ADD_ROOT}` (or pass roots=FILE)"), details
+        return False, untrusted(digest), details
     model = w0["model"]
+    held = set(root["tensors"].values())
     for key, want in claimed.items():
         if key not in model:
             return False, f"the proof claims W_0's {key} from the root, and W_0 has no {key}", details
         name = keys.root_key(key)
-        if tensor_digest(model[key]) != want or name is None or root["tensors"].get(name) != want:
+        theirs = root["tensors"].get(name) if name is not None else None
+        tied = name is not None and theirs is None and want in held  # a key the root lacks, holding one of its tensors
+        if tensor_digest(model[key]) != want or name is None or (theirs != want and not tied):
             return False, f"W_0's {key} is not the root's {name!r} ({root['name']}) bit for bit", details
     redraw = params.get("redraw") or []
     if not isinstance(redraw, list) or not all(isinstance(r, str) and r for r in redraw):

@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS roots (
     added_at REAL NOT NULL
 );
 """
+#: Columns added since: (table, column, its declaration), added to an older registry when it is opened.
+_ADDED_COLUMNS = (("roots", "path", "TEXT"),)
 
 
 class RegistryError(PoLError):
@@ -72,6 +74,9 @@ class Registry:
                 if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
                     db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
+                for table, column, kind in _ADDED_COLUMNS:
+                    if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 return
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or time.monotonic() > deadline:
@@ -129,16 +134,17 @@ class Registry:
 
     # -- trusted roots: published weights this verifier trusts without a proof ------------------
     @_database
-    def add_root(self, name: str, sha256: str, tensors: dict[str, str], layouts: dict[str, str]) -> None:
-        """Trust the weights file of digest ``sha256`` (its tensors' digests and ``dtype[shape]``s) under ``name``."""
+    def add_root(self, name: str, sha256: str, tensors: dict[str, str], layouts: dict[str, str], path: str | None = None) -> None:
+        """Trust the weights file of digest ``sha256`` (its tensors' digests and ``dtype[shape]``s) under ``name``;
+        ``path``: where it is, read when a proof references its tensors (the digest is checked again then)."""
         db = self._connect()
         try:
             db.execute("BEGIN IMMEDIATE")
             if db.execute("SELECT 1 FROM roots WHERE name = ?", (name,)).fetchone():
                 db.execute("ROLLBACK")
                 raise RegistryError(f"registry {self.path}: a root named {name!r} exists; remove it first")
-            db.execute("INSERT INTO roots VALUES (?, ?, ?, ?, ?)",
-                       (name, sha256, json.dumps(tensors, sort_keys=True), json.dumps(layouts, sort_keys=True), time.time()))
+            db.execute("INSERT INTO roots (name, sha256, tensors, layouts, added_at, path) VALUES (?, ?, ?, ?, ?, ?)",
+                       (name, sha256, json.dumps(tensors, sort_keys=True), json.dumps(layouts, sort_keys=True), time.time(), path))
             db.execute("COMMIT")
         finally:
             db.close()
@@ -153,13 +159,14 @@ class Registry:
 
     @_database
     def roots(self) -> list[dict[str, Any]]:
-        """``{"name", "sha256", "tensors", "layouts", "added_at"}`` of every trusted root, by name."""
+        """``{"name", "sha256", "tensors", "layouts", "added_at", "path"}`` of every trusted root, by name."""
         db = self._connect()
         try:
-            rows = db.execute("SELECT name, sha256, tensors, layouts, added_at FROM roots ORDER BY name").fetchall()
+            rows = db.execute("SELECT name, sha256, tensors, layouts, added_at, path FROM roots ORDER BY name").fetchall()
         finally:
             db.close()
-        return [{"name": n, "sha256": d, "tensors": json.loads(t), "layouts": json.loads(lay), "added_at": a} for n, d, t, lay, a in rows]
+        return [{"name": n, "sha256": d, "tensors": json.loads(t), "layouts": json.loads(lay), "added_at": a, "path": p}
+                for n, d, t, lay, a, p in rows]
 
     def root(self, sha256: str) -> dict[str, Any] | None:
         """The trusted root with this file digest, or None."""

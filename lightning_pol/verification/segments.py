@@ -11,7 +11,7 @@ from lightning_pol.errors import PoLError, one_line
 from lightning_pol.format.checkpoint import checkpoint_digest
 from lightning_pol.format.manifest import CheckpointEntry
 from lightning_pol.runtime.update_norms import norms_disagree, update_norms
-from lightning_pol.verification.distances import distances, identical
+from lightning_pol.verification.distances import METRICS, distances, identical
 from lightning_pol.verification.replay import PoLVerifierModule
 from lightning_pol.verification.report import ReplayCheck, Report, Segment
 
@@ -63,10 +63,12 @@ class Judge:
         if target is None:  # only a bit-exact replay can match a digest; the plan sends tolerant replays to full states
             seg.bit_exact = seg.passed = checkpoint_digest(got) == entry.sha256
         else:
-            seg.distances = distances(got["model"], target["model"])
+            seg.bit_exact = identical(comparable(got), comparable(target))
+            # Identical states are at distance 0: the float64 copies of the distances cost more than the replay of a
+            # large model's segment (a GPT-2-sized LoRA: 20 s a segment, docs/performance.md).
+            seg.distances = dict.fromkeys(METRICS, 0.0) if seg.bit_exact else distances(got["model"], target["model"])
             if self.d_ref:
                 seg.normalized = {k: seg.distances[k] / self.d_ref[k] for k in seg.distances if self.d_ref.get(k)}
-            seg.bit_exact = identical(comparable(got), comparable(target))
             seg.passed = seg.bit_exact if self.mode == "exact" else all(seg.distances[k] <= v for k, v in self.delta.items())
         if seg.bit_exact and entry.norms is not None and start_model is not None:
             wrong = norms_disagree(entry.norms, update_norms(start_model, got["model"]))

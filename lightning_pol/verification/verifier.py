@@ -36,6 +36,7 @@ from lightning_pol.verification.hyperparameters import check_hyperparameters
 from lightning_pol.verification.initialization_check import check_initialization
 from lightning_pol.verification.integrity import check_integrity
 from lightning_pol.verification.plateau import check_plateau
+from lightning_pol.verification.pretrained_check import use_trusted_root
 from lightning_pol.verification.registry import Registry
 from lightning_pol.verification.replay import PoLVerifierModule
 from lightning_pol.verification.report import ChainCheck, IntegrityCheck, Report
@@ -80,6 +81,7 @@ def verify_proof(proof_dir: str | os.PathLike[str], settings: VerifierSettings |
 
 def _verify(proof_dir: Path, settings: VerifierSettings, progress: Progress | None, chain: tuple[str, ...]) -> Report:
     reader = ProofReader(proof_dir)
+    use_trusted_root(reader, settings.registry, settings.roots)
     if reader.identity in chain or len(chain) > MAX_CHAIN:
         raise ProofFormatError(f"the chain of parent proofs loops or is deeper than {MAX_CHAIN}")
     report = Report(proof_dir=str(proof_dir), proof_identity=reader.identity, valid=False, settings=settings.to_dict())

@@ -1265,6 +1265,64 @@ def tiers(d: Draw, mu: Mutant) -> str:
     return f"tiers: {variant}"
 
 
+def _with_refs(state: dict[str, Any], refs: dict[str, Any]) -> bytes:
+    """The checkpoint file of ``state`` with the tensors named in ``refs`` written as those reference objects."""
+    return checkpoint_bytes(state, lambda name, tensor: refs.get(name))
+
+
+def references(d: Draw, mu: Mutant) -> str:
+    """Tensor references (docs/proof-format.md, "References") that lie or are malformed, in a later checkpoint's file:
+    a tensor claimed unchanged that changed (the entry's digest kept, or resealed around the lie), a digest that
+    nothing holds, a step that is not an earlier file, a name that file does not store, a reference to a reference,
+    references in a version-2 proof, and broken reference objects. Every one must be rejected."""
+    h, m = mu.honest, mu.m
+    entries = [c for c in m["checkpoints"][1:] if c["path"] is not None]
+    entry = pick(d, entries, "entry")
+    earlier = [c for c in m["checkpoints"] if c["step"] < entry["step"] and c["path"] is not None]
+    source = pick(d, earlier, "source")
+    state, before = h.states[entry["path"]], h.states[source["path"]]
+    changed_keys = sorted(k for k, t in state["model"].items() if t.numel() * t.element_size() >= 128 and not torch.equal(t, before["model"][k]))
+    key = pick(d, changed_keys, "tensor")
+    name = pf.MODEL_PREFIX + key
+    digest = tensor_digest(before["model"][key])
+    variant = pick(d, ["changed", "changed_resealed", "nothing_holds", "root_in_plain", "later_step", "same_step", "no_such_step",
+                       "unstored_name", "ref_to_ref", "version_2", "malformed"], "variant")
+    ref: Any = {"__same__": name, "step": source["step"], "sha256": digest}
+    if variant == "nothing_holds":
+        ref["sha256"] = changed(d, st.text("0123456789abcdef", min_size=64, max_size=64), digest, "sha256")
+    elif variant == "root_in_plain":
+        ref = {"__root__": digest}
+    elif variant == "later_step":
+        ref["step"] = m["checkpoints"][-1]["step"] if entry is not m["checkpoints"][-1] else entry["step"] + 1
+    elif variant == "same_step":
+        ref["step"] = entry["step"]
+    elif variant == "no_such_step":
+        ref["step"] = pick(d, [source["step"] + 1, 10**9, 2**70], "step")
+    elif variant == "unstored_name":
+        ref["__same__"] = pick(d, [name + "x", "rng.torch.0", "", "model." + "a" * 300], "name")
+    elif variant == "ref_to_ref":  # the source file itself names the tensor by a reference: it stores no bytes of it
+        first = m["checkpoints"][0]
+        if first is not source:
+            mu.put(source["path"], _with_refs(before, {name: {"__same__": name, "step": first["step"], "sha256": digest}}), resign=False)
+            mu.m["files"][source["path"]] = {"sha256": pf.sha256_bytes(mu.files[source["path"]]), "bytes": len(mu.files[source["path"]])}
+    elif variant == "version_2":
+        m["format_version"] = 2
+    elif variant == "malformed":
+        ref = pick(d, [{**ref, "extra": 1}, {**ref, "step": True}, {**ref, "step": -1}, {**ref, "step": float(ref["step"])},
+                       {**ref, "sha256": digest.upper()}, {**ref, "sha256": digest[:63]}, {**ref, "__same__": 5},
+                       {"__same__": name, "sha256": digest}, {"__root__": digest, "step": 0}, {"__root__": None},
+                       {"__root__": digest, "__same__": name, "step": 0, "sha256": digest}, {"__same__": {"__tensor__": name}, "step": 0, "sha256": digest}],
+                   "ref")
+    data = _with_refs(state, {name: ref})
+    mu.put(entry["path"], data, resign=False)
+    mu.m["files"][entry["path"]] = {"sha256": pf.sha256_bytes(data), "bytes": len(data)}
+    if variant == "changed_resealed":  # the entry's digest is the state the lie resolves to: the replay must catch it
+        lie = dict(state)
+        lie["model"] = {**state["model"], key: before["model"][key]}
+        entry["sha256"] = pf.sha256_bytes(checkpoint_bytes(lie))
+    return f"references: {variant} ({name} at step {entry['step']})"
+
+
 CLASSES: dict[str, Callable[[Draw, Mutant], str]] = {
     "tensor_size": tensor_size,
     "offsets": offsets,
@@ -1278,4 +1336,5 @@ CLASSES: dict[str, Callable[[Draw, Mutant], str]] = {
     "canary": canary,
     "semantic": semantic,
     "tiers": tiers,
+    "references": references,
 }
