@@ -615,3 +615,12 @@ def test_references_in_a_version_2_proof_are_refused(proof):
 def _header(proof, rel):
     data = (proof / rel).read_bytes()
     return json.loads(data[8 : 8 + struct.unpack("<Q", data[:8])[0]])
+
+
+def test_a_file_without_references_must_be_the_state_its_entry_names(proof):
+    """Version 3 lets an entry's digest differ from its file's (the file may hold references): a file that holds
+    none must still be the full file of the state the entry names."""
+    edit_manifest(proof, lambda m: m["checkpoints"][0].update(sha256="0" * 64))
+    reader = ProofReader(proof)
+    with pytest.raises(ProofFormatError, match=r"^digest mismatch: checkpoints/step-000000000.safetensors is not the state its checkpoint entry records$"):
+        reader.load_checkpoint(reader.checkpoints[0])
