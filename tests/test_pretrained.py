@@ -214,3 +214,14 @@ def test_the_train_app_starts_from_published_weights_with_init_pretrained(digits
     assert ProofReader(proof).manifest.init.arguments()["redraw"] == ["head.2."]
     report = verify_proof(proof, q=0, roots=weights)
     assert report.valid and all(s.bit_exact for s in report.segments), report.reasons
+
+
+def test_the_reproducibility_study_reads_the_root_a_pretrained_proof_references(digits):
+    """``reproduce`` measures its own proof: a pretrained one references its root, which the study reads."""
+    from lightning_pol import ProofFormatError
+    from lightning_pol.verification.reproducibility import reproduction_errors
+
+    _, weights, proof = digits
+    with pytest.raises(ProofFormatError, match="that this verifier does not trust"):
+        reproduction_errors(proof, [4], max_segments=1)
+    assert set(reproduction_errors(proof, [4], max_segments=1, roots=weights)) == {4}

@@ -68,13 +68,15 @@ def _study(cfg: DictConfig, out: Path, show: ReplayProgress) -> dict[str, Any]:
     total = ProofReader(proof).manifest.final_step
     assert total is not None
     ks = sorted(set(powers_of_two(total)) | {int(r.calibrate_k)} & set(range(1, total + 1)))
-    eps = reproduction_errors(proof, ks, noise=str(r.noise), noise_threads=int(r.noise_threads), max_segments=int(r.max_segments), progress=show.say)
+    roots = params.get("weights") if str(cfg.init.strategy) == "pretrained" else None  # the prover's own root, which its checkpoints reference
+    eps = reproduction_errors(proof, ks, noise=str(r.noise), noise_threads=int(r.noise_threads), max_segments=int(r.max_segments),
+                              progress=show.say, roots=roots)
 
     def deterministic(message: str, done: int | None = None, total: int | None = None, steps: tuple[int, int] | None = None) -> None:
         show.say(f"deterministic {message}", done, total, steps)
 
     det = reproduction_errors(proof, [total], noise=str(r.noise), noise_threads=int(r.noise_threads), max_segments=1, deterministic=True,
-                              progress=deterministic)[total]
+                              progress=deterministic, roots=roots)[total]
     rows = {"k=1": eps[1]["max"], "k=E*S": eps[total]["max"], "deterministic": det["max"]}
     table = {
         "normalized": {name: normalize(v, d_ref) for name, v in rows.items()},

@@ -10,6 +10,7 @@ import torch
 
 from lightning_pol import init as strategies
 from lightning_pol.errors import PoLError, one_line
+from lightning_pol.format.pretrained import declared_root
 from lightning_pol.runtime.training_state import model_state
 from lightning_pol.verification.pretrained_check import check_pretrained
 from lightning_pol.verification.registry import Registry
@@ -94,3 +95,15 @@ def not_a_state_of(verifier: PoLVerifierModule, w0: Mapping[str, Any]) -> str | 
     finally:
         torch.set_rng_state(saved)
     return None if canonical else "W_0's torch RNG state is not one torch would write"
+
+
+def root_unavailable(verifier: PoLVerifierModule, report: Report, reason: str) -> None:
+    """A pretrained proof whose checkpoints reference a root this verifier has not: its initialization check fails
+    with ``reason`` (the root untrusted, or its file gone), and the chain ends at that untrusted root."""
+    try:
+        digest, _, claimed = declared_root(verifier.manifest.init.arguments())
+        details: dict[str, Any] = {"root": {"sha256": digest, "name": None, "from_root": len(claimed)}}
+    except PoLError:
+        details = {}
+    report.checks["initialization"] = InitializationCheck(False, reason, strategy=verifier.manifest.init.strategy, **details)
+    report.reasons.append(reason)

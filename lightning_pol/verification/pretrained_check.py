@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lightning_pol import init as strategies
 import torch
 
+from lightning_pol import init as strategies
 from lightning_pol.errors import PoLError, one_line
 from lightning_pol.format.pretrained import (
     WeightsFileError,
@@ -43,6 +43,11 @@ def trusted_root(digest: str, registry: Registry | None, roots: str | os.PathLik
     return registry.root(digest) if registry is not None else None
 
 
+class RootUnavailable(ProofFormatError):
+    """A checkpoint references the pretrained root's tensors, and this verifier has not the root to read them from:
+    the proof is rejected by its initialization check, as one whose root is not trusted."""
+
+
 def untrusted(digest: str) -> str:
     return (f"W_0 starts from weights of SHA-256 {digest} that this verifier does not trust; review that file, "
             f"then add it with `{ADD_ROOT}` (or pass roots=FILE)")
@@ -51,7 +56,8 @@ def untrusted(digest: str) -> str:
 def use_trusted_root(reader: ProofReader, registry: Registry | None, roots: str | os.PathLike[str] | None) -> None:
     """Let ``reader`` resolve the references of a pretrained proof to its root's tensors (format.tensor_refs), read
     when a checkpoint first needs them from the file this verifier trusts: ``roots``, or the registry's record of
-    where the root was added from (its digest checked again). Unavailable, loading that checkpoint says why."""
+    where the root was added from (its digest checked again). Unavailable, loading that checkpoint raises
+    :class:`RootUnavailable`, which says why."""
     if reader.manifest.init.strategy != "pretrained":
         return
 
@@ -59,21 +65,21 @@ def use_trusted_root(reader: ProofReader, registry: Registry | None, roots: str 
         try:
             digest, _, _ = declared_root(reader.manifest.init.arguments())
         except WeightsFileError as e:
-            raise ProofFormatError(one_line(e)) from None
+            raise RootUnavailable(one_line(e)) from None
         root = trusted_root(digest, registry, roots)
         if root is None:
-            raise ProofFormatError(untrusted(digest))
+            raise RootUnavailable(untrusted(digest))
         weights = root.get("weights")
         if weights is None:
             if not root.get("path"):
-                raise ProofFormatError(f"the trusted root {root['name']} was added without recording where its file is, and the proof "
+                raise RootUnavailable(f"the trusted root {root['name']} was added without recording where its file is, and the proof "
                                        f"refers to its tensors: pass roots=FILE, or add it again")
             try:
                 got, weights = read_weights(root["path"])
             except WeightsFileError as e:
-                raise ProofFormatError(f"the trusted root {root['name']}: {one_line(e)}; pass roots=FILE") from None
+                raise RootUnavailable(f"the trusted root {root['name']}: {one_line(e)}; pass roots=FILE") from None
             if got != digest:
-                raise ProofFormatError(f"the file of the trusted root {root['name']} ({root['path']}) has changed since it was added "
+                raise RootUnavailable(f"the file of the trusted root {root['name']} ({root['path']}) has changed since it was added "
                                        f"(SHA-256 {got[:16]}...): pass roots=FILE with the file that was added")
         return {root["tensors"][key]: t for key, t in weights.items() if key in root["tensors"]}
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from lightning_pol.format.reader import ProofReader
+from lightning_pol.verification.pretrained_check import use_trusted_root
 from lightning_pol.verification.distances import METRICS, distances
 from lightning_pol.verification.replay import PoLVerifierModule
 from lightning_pol.verification.segments import takes_steps
@@ -41,18 +42,20 @@ def powers_of_two(total: int) -> list[int]:
 
 def reproduction_errors(
     proof: str | Path, ks: Sequence[int], noise: str = "threads", noise_threads: int = 1, max_segments: int = 8,
-    deterministic: bool | None = None, progress: Callable[..., None] | None = None,
+    deterministic: bool | None = None, progress: Callable[..., None] | None = None, roots: str | Path | None = None,
 ) -> dict[int, dict[str, Any]]:
     """ε_repr(k) per metric (max and mean over up to ``max_segments`` segments of length k, evenly spread).
 
     The proof must hold a checkpoint at every segment boundary (k=1 proofs hold all; a tiered proof only its full
     states, so k = K measures what its tolerant replay judges). ``progress(message)`` is
     called once per k; a hook that declares ``steps`` is also called per segment, as
-    ``progress("k=K", done=i, total=n, steps=(start, end))`` (``done=0`` first).
+    ``progress("k=K", done=i, total=n, steps=(start, end))`` (``done=0`` first). ``roots``: the weights file of a
+    pretrained proof's root, whose tensors its checkpoints reference.
     """
     if noise not in NOISES:
         raise ValueError(f"noise must be one of {NOISES}")
     reader = ProofReader(proof)
+    use_trusted_root(reader, None, roots)
     final = reader.manifest.final_step
     entries = {c.step: c for c in reader.checkpoints if c.full}  # a tiered proof's digests give no state to measure
     verifier = PoLVerifierModule(reader, accelerator="gpu" if noise == "gpu" else "cpu", deterministic=deterministic)

@@ -33,10 +33,10 @@ from lightning_pol.verification.code_check import check_code
 from lightning_pol.verification.coverage import coverage, success_rate
 from lightning_pol.verification.data_check import check_data, declared_batches
 from lightning_pol.verification.hyperparameters import check_hyperparameters
-from lightning_pol.verification.initialization_check import check_initialization
+from lightning_pol.verification.initialization_check import check_initialization, root_unavailable
 from lightning_pol.verification.integrity import check_integrity
 from lightning_pol.verification.plateau import check_plateau
-from lightning_pol.verification.pretrained_check import use_trusted_root
+from lightning_pol.verification.pretrained_check import RootUnavailable, use_trusted_root
 from lightning_pol.verification.registry import Registry
 from lightning_pol.verification.replay import PoLVerifierModule
 from lightning_pol.verification.report import ChainCheck, IntegrityCheck, Report
@@ -181,7 +181,12 @@ def _check_content(verifier: PoLVerifierModule, index_log: IndexLog, report: Rep
     def state(step: int) -> dict[str, Any] | None:
         return reader.load_checkpoint(entries[step]) if entries[step].full else None
 
-    check_initialization(verifier, state(0), report, settings.registry, settings.roots)
+    try:
+        w0 = state(0)
+    except RootUnavailable as e:  # its checkpoints reference a root this verifier does not have: no state can be read
+        root_unavailable(verifier, report, str(e))
+        return
+    check_initialization(verifier, w0, report, settings.registry, settings.roots)
     check_hyperparameters(verifier, [s for s in steps if entries[s].full], state, report)
     check_plateau(verifier, report)
     segments, report.selection = select_segments(
