@@ -112,6 +112,10 @@ def _check_optimization_state(state: dict[str, Any], rel: str) -> None:
     peers = state.get("peer_rng")
     if peers is not None and not (isinstance(peers, list) and all(isinstance(r, dict) for r in peers)):
         raise ProofFormatError(f"{rel}: peer_rng is not a list of RNG states")
+    buffers = state.get("peer_buffers")
+    if buffers is not None and not (isinstance(buffers, list) and all(
+            isinstance(b, dict) and all(isinstance(t, torch.Tensor) for t in b.values()) for b in buffers)):
+        raise ProofFormatError(f"{rel}: peer_buffers is not a list of tensor maps")
 
 
 def _check_progress(progress: Any, entry: CheckpointEntry, manifest: Manifest) -> None:

@@ -286,11 +286,11 @@ class ProofReader:
         world = training.get("world_size") or 1
         if training.get("automatic_optimization") is True and log.steps:
             # Lightning steps once per accumulate_grad_batches micro-batches (fewer at an epoch's end), never on none;
-            # a DDP step holds exactly one micro-batch a rank.
+            # under DDP every rank steps alike, so a step holds as many micro-batches of each rank, rank after rank.
             # Without this, moving a step boundary (step 0 empty, step 2 of three micro-batches) changes nothing a replay sees.
             per_step = torch.searchsorted(log.batch_offsets, log.offsets).diff()
-            low, high = (world, world) if world > 1 else (1, accumulate * self._callbacks_accumulation())
-            if bool((per_step < low).any()) or bool((per_step > high).any()):
+            low, high = world, world * accumulate * self._callbacks_accumulation()
+            if bool((per_step < low).any()) or bool((per_step > high).any()) or bool((per_step % world != 0).any()):
                 raise ProofFormatError(f"index log has steps of {int(per_step.min())} to {int(per_step.max())} micro-batches; "
                                        f"accumulate_grad_batches is {accumulate}, world_size {world}")
         return log

@@ -31,11 +31,11 @@ from typing_extensions import override
 from lightning_pol.errors import PoLError
 from lightning_pol.format import layout
 from lightning_pol.prover.distributed import (
-    broadcast_from_zero,
     check_ddp_recordable,
-    gather_to_zero,
+    gather_rank_parts,
     global_steps,
     on_rank_zero,
+    own_rank_part,
 )
 from lightning_pol.prover.instrumentation import LoaderInstrumentation
 from lightning_pol.prover.ledger import StepLedger
@@ -46,12 +46,14 @@ from lightning_pol.prover.recreation import recreation_record
 from lightning_pol.prover.rehearsal import Rehearsal
 from lightning_pol.prover.run_record import new_manifest, training_settings
 from lightning_pol.prover.session import ProofSession
+from lightning_pol.runtime.collectives import broadcast_from_zero, gather_to_zero
 from lightning_pol.runtime.leaves import compute_leaves, sample_leaf
 from lightning_pol.runtime.loader_hook import UnsupportedDataError
 from lightning_pol.runtime.rng import TrainingStream
 from lightning_pol.runtime.training_state import (
     capture_training_state,
     proof_step,
+    rank_buffers,
 )
 
 log = logging.getLogger(__name__)
@@ -165,7 +167,7 @@ class ProofOfLearning(Callback):
         self._session: ProofSession | None = None  # on the rank that writes the proof, from on_train_start
         self._resume: dict[str, Any] | None = None
         self._opened = False  # on_train_start ran: this rank records (every rank does; rank 0 alone writes)
-        self._logged, self._world = -1, 1
+        self._logged, self._world, self._rank, self._own_buffers = -1, 1, 0, False
 
     @property
     @override
@@ -189,9 +191,10 @@ class ProofOfLearning(Callback):
         if self.check_recreation:
             self._rehearsal = Rehearsal(self._specs, self.dirpath)
             self._rehearsal.check_module(pl_module)
-        self._world = trainer.world_size
+        self._world, self._rank = trainer.world_size, trainer.global_rank
+        # Ranks that keep their own buffers (no broadcast) each send them to rank 0 at a checkpoint.
+        self._own_buffers = self._world > 1 and check_ddp_recordable(trainer, pl_module)
         if self._world > 1:
-            check_ddp_recordable(trainer, pl_module)
             # Rank 0 names the proof seed: every rank must fetch a batch under the seed the proof records.
             self._seed_in_use = broadcast_from_zero(self._proof_seed(), self._world)
         self._loader.attach(trainer, hash_first_epoch=True)
@@ -266,11 +269,12 @@ class ProofOfLearning(Callback):
         steps = global_steps(self._ledger.take(self._ledger.trained if final else step), self._world)
         rng = self._stream.state
         streams = gather_to_zero(rng, self._world) if self._world > 1 else None
+        buffers = gather_to_zero(rank_buffers(pl_module), self._world) if self._own_buffers else None
         self._ledger.checkpoint_taken(step)
         if self._session is None or steps is None:
-            return  # another rank of a DDP run: its indices and RNG stream went to rank 0
-        peers = streams[1:] if streams is not None else None  # the other ranks' streams; ``rng`` is rank 0's
-        state = capture_training_state(trainer, pl_module, rng, step, batch_idx, peers, self._plan.capture(trainer, pl_module))
+            return  # another rank of a DDP run: its indices, RNG stream (and buffers) went to rank 0
+        peers, peer_buffers = (None if r is None else r[1:] for r in (streams, buffers))  # the other ranks'; rank 0's are the state
+        state = capture_training_state(trainer, pl_module, rng, step, batch_idx, peers, self._plan.capture(trainer, pl_module), peer_buffers)
         self._session.write_checkpoint(steps, state, step, trainer.current_epoch, self._ledger.recorded_epochs(), final)
 
     def _commit_data(self) -> None:
@@ -330,21 +334,20 @@ class ProofOfLearning(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        ranks = gather_rank_parts(self._ledger, self._stream, self._world if self._opened else 1)  # a collective: first
         origin = None
         if self._session is not None:  # a Lightning checkpoint must not promise uncommitted steps or files: a resume reopens the proof
             self._session.commit_now()
             origin = self._session.norms_origin()
         return {"format_version": layout.FORMAT_VERSION, "run_id": self._run_id, "seed": self._seed_in_use, **self._ledger.state_dict(),
                 "next_data_epoch": self._loader.next_data_epoch(), "monitored_values": self._monitored.count, **self._stream.state_dict(),
-                **({"norms_origin": origin} if origin is not None else {})}
+                **({"norms_origin": origin} if origin is not None else {}), **ranks}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("run_id") is None:
             return
-        if self._world > 1:  # each rank's RNG stream and unfiled indices are not in rank 0's Lightning checkpoint
-            raise PoLError("ProofOfLearning cannot resume a DDP run in this version: start the proof again")
-        self._resume = dict(state_dict)
+        self._resume = state_dict = own_rank_part(state_dict, self._world, self._rank)
         self._loader.resume_at(state_dict.get("next_data_epoch"))
         self._seed_in_use = int(state_dict["seed"])
         self._ledger.load_state_dict(state_dict)

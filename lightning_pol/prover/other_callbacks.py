@@ -156,10 +156,6 @@ class CallbackPlan:
                      finish: Callable[[pl.Trainer, pl.LightningModule], None]) -> None:
         """Classify, say what the replay will not run (or refuse, when ``strict``), and :meth:`arrange`."""
         self._classify(trainer, pol)
-        if trainer.world_size > 1 and self.replayed:
-            names = ", ".join(type(c).__name__ for c in self.replayed)
-            raise PoLError(f"callbacks {names} change training, and this version replays them in single-process proofs only; "
-                           f"train on one process, or without them")
         self.announce(strict)
         self.arrange(trainer, pol, finish)
 

@@ -15,6 +15,7 @@ import torch
 
 from lightning_pol.format.classes import import_path
 from lightning_pol.format.code_identity import CodeIdentity
+from lightning_pol.format.ddp_record import recorded_arguments
 from lightning_pol.format.environment import environment
 from lightning_pol.format.manifest import (
     ClassSpec,
@@ -74,12 +75,28 @@ def training_settings(trainer: pl.Trainer, pl_module: pl.LightningModule, loader
         "lr_schedulers": [scheduler_config(c) for c in trainer.lr_scheduler_configs],
         "data_source": "datamodule" if trainer.datamodule is not None else "module",
     }
+    if trainer.world_size > 1:  # what a W-process replay needs to reduce as training did; absent: one process
+        settings["ddp"] = ddp_settings(trainer)
     if plan.unreplayed:  # what the replay does not run; absent: the format's first form
         settings["callbacks"] = plan.unreplayed
     compiled = compiled_submodules(pl_module)
     if compiled:  # the replay compiles them too (the module's own setup does); absent: the format's first form
         settings["compiled"] = compiled
     return encode_state(settings)[1]
+
+
+def ddp_settings(trainer: pl.Trainer) -> dict[str, Any]:
+    """How a multi-process run's ranks met: the backend and layout, SyncBatchNorm, and the DDP arguments that
+    decide what is reduced and in which buckets (a W-process replay passes them to Lightning's DDP again)."""
+    strategy = trainer.strategy
+    kwargs = getattr(strategy, "_ddp_kwargs", {}) or {}
+    return {
+        "backend": getattr(strategy, "_process_group_backend", None),
+        "num_nodes": trainer.num_nodes,
+        "devices": trainer.num_devices,
+        "sync_batchnorm": bool(getattr(strategy, "_layer_sync", None)),
+        "kwargs": recorded_arguments(kwargs),
+    }
 
 
 def optimizer_config(opt: torch.optim.Optimizer) -> dict[str, Any]:

@@ -34,6 +34,26 @@ def load_model_state(module: torch.nn.Module, state: dict[str, Any]) -> None:
     module.load_state_dict(OrderedDict((keys.get(k, k), v) for k, v in state.items()))
 
 
+def rank_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """This DDP rank's buffers (BatchNorm statistics) under canonical keys, copied to the CPU: what a rank that
+    keeps its own (``broadcast_buffers=False``) sends rank 0 at a checkpoint."""
+    return {canonical_key(k): b.detach().to("cpu", copy=True) for k, b in module.named_buffers()}
+
+
+def load_rank_buffers(module: torch.nn.Module, buffers: dict[str, Any]) -> None:
+    """Put a rank's own buffers (:func:`rank_buffers`) into ``module``: the same names, shapes and types, or the
+    checkpoint is not this module's."""
+    live = {canonical_key(k): b for k, b in module.named_buffers()}
+    if set(live) != set(buffers):
+        raise ValueError(f"a rank's buffers name {sorted(set(buffers) ^ set(live))[:3]}, which the module's do not")
+    with torch.no_grad():
+        for k, b in live.items():
+            saved = buffers[k]
+            if not isinstance(saved, torch.Tensor) or saved.shape != b.shape or saved.dtype != b.dtype:
+                raise ValueError(f"a rank's buffer {k} is not a {b.dtype} tensor of shape {tuple(b.shape)}")
+            b.copy_(saved)
+
+
 def load_under_live_keys(module: pl.LightningModule) -> None:
     """Make Lightning's checkpoint restore of ``module`` take a canonical state_dict: the module compiles in its
     ``setup``, which runs before the restore, so its keys then carry ``_orig_mod``."""
@@ -67,12 +87,14 @@ def proof_step(trainer: pl.Trainer) -> int:
 def capture_training_state(
     trainer: pl.Trainer, pl_module: pl.LightningModule, rng: dict[str, Any], step: int, batch_idx: int | None,
     peer_rng: list[dict[str, Any]] | None = None, callbacks: list[dict[str, Any]] | None = None,
+    peer_buffers: list[dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Everything needed to replay from this point: see "Checkpoint files" in docs/proof-format.md.
 
     ``rng`` is the training RNG stream (rank 0's under DDP); ``peer_rng`` the
     streams of DDP ranks 1..W-1, stored only for a multi-process run; ``callbacks`` the states of the
-    callbacks the replay runs (:mod:`.replayed_callbacks`), stored only when there are some.
+    callbacks the replay runs (:mod:`.replayed_callbacks`), stored only when there are some; ``peer_buffers`` the
+    buffers of ranks 1..W-1 (:func:`rank_buffers`), stored only for a DDP run whose ranks keep their own.
     """
     scaler = getattr(trainer.precision_plugin, "scaler", None)
     state = {
@@ -91,6 +113,8 @@ def capture_training_state(
         state["peer_rng"] = [portable_rng_states(r) for r in peer_rng]
     if callbacks:
         state["callbacks"] = callbacks
+    if peer_buffers is not None:
+        state["peer_buffers"] = peer_buffers
     return state
 
 
