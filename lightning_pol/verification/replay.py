@@ -18,9 +18,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_pol.errors import PoLError
+from lightning_pol.format.ddp_record import keeps_own_buffers, parse_ddp_record
 from lightning_pol.format.index_log import IndexLog
 from lightning_pol.format.manifest import MonitoredValue
 from lightning_pol.format.reader import ProofReader
+from lightning_pol.runtime.collectives import gather_to_zero
 from lightning_pol.runtime.loader_hook import (
     UnsupportedDataError,
     patch_train_dataloader,
@@ -40,9 +42,11 @@ from lightning_pol.runtime.training_state import (
     capture_training_state,
     compiled_submodules,
     load_model_state,
+    load_rank_buffers,
     load_under_live_keys,
     proof_step,
     prune_on_load,
+    rank_buffers,
 )
 from lightning_pol.verification.gate import declared_classes
 
@@ -185,6 +189,9 @@ class EmulatedRanks:
             for b, saved in zip(buffers, self._step_buffers):
                 b.copy_(saved)
 
+    def restore(self, pl_module: pl.LightningModule) -> None:
+        """Nothing: the emulated ranks' buffers are rank 0's (DDP broadcast them)."""
+
     def after_backward(self) -> None:
         self.streams[self.rank].after_backward()
 
@@ -210,6 +217,55 @@ class EmulatedRanks:
         position = None if batch_idx is None else batch_idx // self.world_size
         states = capture_callbacks(callbacks, trainer, pl_module) if callbacks else None
         return capture_training_state(trainer, pl_module, self.rng, step, position, self.peer_rng, states)
+
+
+class ProcessRank:
+    """This process's rank of a replay run as the prover's W processes, under Lightning's DDP again.
+
+    DDP itself averages the gradients in the backend's order, broadcasts or keeps the buffers, syncs BatchNorm and
+    skips the sync of accumulating micro-batches, exactly as it did in training; the replay adds what DDP does not
+    carry: this rank's RNG stream and, where each rank kept its own buffers (``broadcast_buffers=False``), this
+    rank's buffers. At a capture rank 0 gathers the others' (a collective: every rank captures at the same step).
+    """
+
+    def __init__(self, rank: int, world_size: int, state: dict[str, Any] | None, own_buffers: bool) -> None:
+        streams = None if state is None else [state["rng"], *(state.get("peer_rng") or [])]
+        if streams is not None and len(streams) != world_size:
+            raise ReplayError(f"a checkpoint of a {world_size}-process run holds {len(streams)} RNG streams")
+        buffers = None if state is None or not own_buffers else [None, *(state.get("peer_buffers") or [])]
+        if buffers is not None and len(buffers) != world_size:
+            raise ReplayError(f"a checkpoint of a {world_size}-process run without buffer broadcasts holds "
+                              f"{len(buffers) - 1} other ranks' buffers, not {world_size - 1}")
+        self.rank, self.world_size, self.own_buffers = rank, world_size, own_buffers
+        self.stream = TrainingStream(None if streams is None else streams[rank])
+        self._buffers = None if buffers is None else buffers[rank]  # rank 0's are the model's
+
+    def restore(self, pl_module: pl.LightningModule) -> None:
+        """Put this rank's own buffers back, once the state is loaded and DDP has broadcast rank 0's."""
+        if self._buffers is not None:
+            load_rank_buffers(pl_module, self._buffers)
+            self._buffers = None
+
+    def batch_start(self, pl_module: pl.LightningModule, batch_idx: int) -> None:
+        self.restore(pl_module)
+        self.stream.batch_start()
+
+    def after_backward(self) -> None:
+        self.stream.after_backward()
+
+    def batch_end(self, pl_module: pl.LightningModule) -> None:
+        pass
+
+    def capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, batch_idx: int | None,
+                callbacks: list[Callback] | None = None) -> dict[str, Any]:
+        """Rank 0: the state as the prover's rank 0 captured it; another rank: ``{}`` (it sent rank 0 its part)."""
+        streams = gather_to_zero(self.stream.state, self.world_size)
+        buffers = gather_to_zero(rank_buffers(pl_module), self.world_size) if self.own_buffers else None
+        if streams is None:
+            return {}
+        states = capture_callbacks(callbacks, trainer, pl_module) if callbacks else None
+        return capture_training_state(trainer, pl_module, streams[0], step, batch_idx, streams[1:], states,
+                                      buffers[1:] if buffers is not None else None)
 
 
 class PlateauFeed:
@@ -265,7 +321,7 @@ class _ReplayCallback(Callback):
     def __init__(self, owner: PoLVerifierModule, state: dict[str, Any] | None, end_step: int, final: bool, sampler: ReplaySampler) -> None:
         self.owner = owner
         self.callbacks = owner.make_callbacks()
-        self.ranks = owner.emulated_ranks(state)
+        self.ranks = owner.replay_ranks(state)
         self._restore = state  # what the replayed callbacks' Lightning resume misses: put back as the replay resumes
         self.end_step = end_step
         self.final = final
@@ -316,6 +372,7 @@ class _ReplayCallback(Callback):
             }
             raise _SegmentDone
         self.plateau.attach(trainer, pl_module, proof_step(trainer), self.end_step)
+        self.ranks.restore(pl_module)
         if self._restore is not None and not self._restore["progress"].get("batch_idx"):
             self._restore_callbacks(trainer, pl_module)  # at an epoch start: before its hooks act, as in training
 
@@ -440,7 +497,7 @@ class _ChainCallback(_ReplayCallback):
         if recorded is None:  # a digest-only checkpoint: the replayed state, just handed over, goes on
             return
         _reseat(trainer, pl_module, recorded, step)
-        self.ranks = self.owner.emulated_ranks(recorded)
+        self.ranks = self.owner.replay_ranks(recorded)
         if not epoch_start:  # at an epoch start, the batch's own start restores the stream
             self.ranks.batch_start(pl_module, batch_idx)
 
@@ -496,7 +553,7 @@ class PoLVerifierModule:
 
     def __init__(
         self, reader: ProofReader, accelerator: str = "cpu", deterministic: bool | None = None, index_log: IndexLog | None = None,
-        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None, process_rank: int | None = None,
     ) -> None:
         #: The verifier's ``{"module": {...}, "datamodule": {...}}`` hyperparameters naming local resources.
         self.overrides = {k: dict(v) for k, v in (overrides or {}).items() if v}
@@ -520,27 +577,55 @@ class PoLVerifierModule:
         world = self.training.get("world_size") or 1
         if not isinstance(world, int) or isinstance(world, bool) or world < 1:
             raise ReplayError(f"the proof's world_size {world!r} is not a positive integer")
-        #: Processes of the recorded run; a DDP step is replayed as ``world_size`` micro-batches (:class:`EmulatedRanks`).
+        #: Processes of the recorded run: a DDP step is replayed by as many processes (:class:`ProcessRank`), or for two
+        #: as two micro-batches in one (:class:`EmulatedRanks`).
         self.world_size = world
+        #: How the recorded ranks met (run_record.ddp_settings); checked where a W-process replay uses it.
+        self.ddp: dict[str, Any] = {}
+        if world > 1 and "ddp" in self.training:  # absent: a proof from before the record (replayed by emulation)
+            try:
+                self.ddp = parse_ddp_record(self.training["ddp"])
+            except PoLError as e:
+                raise ReplayError(str(e)) from None
+        #: This process's rank in a W-process replay (lightning_pol.verification.rank_worker); None: one process.
+        self.process_rank = process_rank
+        #: Where a W-process replay runs (:class:`~lightning_pol.verification.rank_processes.RankProcesses`), set by
+        #: the verifier that chose it; None: this process replays.
+        self.processes: Any = None
+        self._one_rank_view = process_rank is not None
+        #: The process-group backend of a W-process replay (the verifier's choice for its device); None: the proof's.
+        self.backend: str | None = None
 
-    def emulated_ranks(self, state: dict[str, Any] | None) -> EmulatedRanks:
-        """The ranks' RNG streams from a checkpoint ``state`` (none: the configure_optimizers probe)."""
+    def replay_ranks(self, state: dict[str, Any] | None) -> EmulatedRanks | ProcessRank:
+        """The ranks' RNG streams from a checkpoint ``state`` (none: the configure_optimizers probe): this process's
+        rank of a W-process replay, or every rank emulated in this process."""
+        if state is not None:
+            for rng in [state["rng"], *(state.get("peer_rng") or [])]:
+                refusal = restore_refusal(rng)
+                if refusal is not None:
+                    raise ReplayError(f"checkpoint {state['progress']['global_step']} holds an RNG state this machine cannot restore ({refusal})")
+        if self.process_rank is not None:
+            return ProcessRank(self.process_rank, self.world_size, state, keeps_own_buffers(self.ddp.get("kwargs") or {}))
         if state is None:
             return EmulatedRanks(self.world_size, None)
-        for rng in [state["rng"], *(state.get("peer_rng") or [])]:
-            refusal = restore_refusal(rng)
-            if refusal is not None:
-                raise ReplayError(f"checkpoint {state['progress']['global_step']} holds an RNG state this machine cannot restore ({refusal})")
         return EmulatedRanks(self.world_size, state["rng"], state.get("peer_rng"))
 
+    def emulation_is_exact(self) -> bool:
+        """Whether one process replaying the ranks as micro-batches (:class:`EmulatedRanks`) sums as DDP did: for two
+        ranks that each ran one micro-batch a step (``a/2 + b/2`` in either order), with nothing DDP does besides."""
+        return (self.world_size == 2 and (self.training.get("accumulate_grad_batches") or 1) == 1
+                and self.training.get("automatic_optimization") is not False and not self.ddp.get("sync_batchnorm")
+                and not keeps_own_buffers(self.ddp.get("kwargs") or {}) and not self.manifest.callbacks)
+
     def epoch_batches(self, loader_length: int) -> int:
-        """Micro-batches per epoch of the replay: the re-created loader's, or W times a rank's under DDP."""
+        """Micro-batches per epoch of the replay: the re-created loader's; under DDP a rank's, or W times a rank's
+        where one process emulates the ranks."""
         if self.world_size == 1:
             return loader_length
         per_rank = self.training.get("num_training_batches")
         if not isinstance(per_rank, int) or isinstance(per_rank, bool) or per_rank < 1:
             raise ReplayError("the DDP proof does not record its batches per epoch (training.num_training_batches)")
-        return per_rank * self.world_size
+        return per_rank if self._one_rank_view else per_rank * self.world_size
 
     def make_module(self) -> pl.LightningModule:
         spec = self.manifest.module
@@ -596,6 +681,9 @@ class PoLVerifierModule:
         for t in range(start, min(last, self.log.steps)):
             epoch = self.step_epoch(t)
             batches = self.log.micro_batches(t)
+            if self.process_rank is not None:  # rank after rank, as many each (format.reader checks it)
+                share = len(batches) // self.world_size
+                batches = batches[self.process_rank * share : (self.process_rank + 1) * share]
             if t == end:
                 batches = batches[:1]
             if epoch != current_epoch:
@@ -611,13 +699,17 @@ class PoLVerifierModule:
 
     def _trainer_kwargs(self) -> dict[str, Any]:
         t = self.training
+        ranks: dict[str, Any] = {"devices": 1}
+        if self.process_rank is not None:  # Lightning's DDP again, as training ran it; this process is one of its ranks
+            ranks = dict(devices=self.world_size, num_nodes=1, strategy=self._ddp_strategy(),
+                         sync_batchnorm=bool(self.ddp.get("sync_batchnorm")), use_distributed_sampler=False)
         return dict(
             accelerator=self.accelerator,
-            devices=1,
+            **ranks,
             precision=t.get("precision", "32-true"),
             gradient_clip_val=t.get("gradient_clip_val"),
             gradient_clip_algorithm=t.get("gradient_clip_algorithm"),
-            accumulate_grad_batches=t.get("accumulate_grad_batches", 1) * self.world_size,
+            accumulate_grad_batches=t.get("accumulate_grad_batches", 1) * (1 if self._one_rank_view else self.world_size),
             max_epochs=t.get("max_epochs"),
             max_steps=t.get("max_steps", -1),
             # Under DDP the epoch length is set by the replay sampler (:meth:`epoch_batches`), a rank's limit included.
@@ -630,6 +722,17 @@ class PoLVerifierModule:
             enable_model_summary=False,
             deterministic=self.deterministic if self.deterministic is not None else (bool(t.get("deterministic")) or None),
         )
+
+    def _ddp_strategy(self) -> Any:
+        """Lightning's DDP with the backend and the arguments the proof records (a bounded, typed few: the proof is
+        hostile input), its ranks this replay's processes (started by the verifier, never by Lightning)."""
+        from lightning.pytorch.plugins.environments import LightningEnvironment
+        from lightning.pytorch.strategies import DDPStrategy
+
+        if not self.ddp:
+            raise ReplayError("the proof does not record how its ranks met (training.ddp): replay it with verifier.ranks=emulate")
+        backend = self.backend or self.ddp["backend"]
+        return DDPStrategy(cluster_environment=LightningEnvironment(), process_group_backend=backend, **self.ddp["kwargs"])
 
     def _loops_state(self, trainer: pl.Trainer, step: int, epoch: int, batch_idx: int, optimizer_steps: int) -> dict[str, Any]:
         """Loop counters as Lightning would have saved them just before ``step``.
@@ -648,7 +751,7 @@ class PoLVerifierModule:
                 if k in progress[part]:
                     progress[part][k] = v
 
-        before = self.log.batches_before(step)
+        before = self.log.batches_before(step) // (self.world_size if self.process_rank is not None else 1)
         ep, bp = sd["epoch_progress"], sd["epoch_loop.batch_progress"]
         started = epoch if batch_idx == 0 else epoch + 1
         done = 0 if batch_idx == 0 else 1
@@ -672,13 +775,17 @@ class PoLVerifierModule:
         ``trainer.estimated_stepping_batches`` gets the size it had in training.
         """
         callback = _ReplayCallback(self, None, -1, False, ReplaySampler([], 0, True))
-        with _quiet_lightning():
-            trainer = self._trainer(callback)
-            try:
-                with prover_code("the proof's configure_optimizers"):
-                    trainer.fit(self.make_module(), datamodule=self.make_datamodule())
-            except _SegmentDone:
-                pass
+        emulating, self._one_rank_view = self._one_rank_view, True  # a rank's epoch and accumulation, as each rank ran
+        try:
+            with _quiet_lightning():
+                trainer = self._trainer(callback)
+                try:
+                    with prover_code("the proof's configure_optimizers"):
+                        trainer.fit(self.make_module(), datamodule=self.make_datamodule())
+                except _SegmentDone:
+                    pass
+        finally:
+            self._one_rank_view = emulating
         if callback.captured is None:
             raise ReplayError("the module's configure_optimizers could not be run")
         return callback.captured
@@ -689,6 +796,8 @@ class PoLVerifierModule:
         ``start_state``: the decoded checkpoint, when the caller has already loaded it.
         """
         final = self._check_range(start, end)
+        if self.processes is not None:
+            return self.processes.replay(start, end)
         state = start_state if start_state is not None else self._load(start)
         callback = _ReplayCallback(self, state, end, final, ReplaySampler(self._portions(start, end, final), 0, True))
         self._fit(callback, start, state)
@@ -715,6 +824,9 @@ class PoLVerifierModule:
             raise ReplayError(f"a chain needs increasing boundaries, got {boundaries}")
         start, end = boundaries[0], boundaries[-1]
         final = self._check_range(start, end)
+        if self.processes is not None:
+            self.processes.replay_chain(boundaries, on_segment)
+            return
         state = recorded(start)
         sampler = ReplaySampler(self._portions(start, end, final), 0, True)
         callback = _ChainCallback(self, state, list(boundaries), final, sampler, recorded, on_segment)
@@ -747,7 +859,8 @@ class PoLVerifierModule:
         batch_idx = progress.get("batch_idx")
         if not isinstance(batch_idx, int) or batch_idx < 0:
             raise ReplayError(f"checkpoint {start} has no batch position to resume from")
-        batch_idx *= self.world_size  # rank 0's batches; the replay runs every rank's
+        if self.process_rank is None:
+            batch_idx *= self.world_size  # rank 0's batches; this process replays every rank's
         epoch = int(progress["epoch"])
         optimizer_steps = progress.get("optimizer_steps", start)
         if not isinstance(optimizer_steps, int) or isinstance(optimizer_steps, bool) or optimizer_steps < start:

@@ -78,7 +78,7 @@ class Judge:
 
 def comparable(state: Mapping[str, Any]) -> dict[str, Any]:
     """What a replay must reproduce: the whole state, its counters (epoch, batch index) included."""
-    return {k: state.get(k) for k in ("model", "optimizers", "lr_schedulers", "grad_scaler", "rng", "peer_rng", "callbacks", "progress")}
+    return {k: state.get(k) for k in ("model", "optimizers", "lr_schedulers", "grad_scaler", "rng", "peer_rng", "peer_buffers", "callbacks", "progress")}
 
 
 def chains(segments: list[Segment], breaks: Callable[[int], bool] = lambda step: False) -> list[list[Segment]]:
@@ -144,7 +144,19 @@ def replay_segments(verifier: PoLVerifierModule, segments: list[Segment], state:
     # A replayed callback keeps state a running fit cannot be re-seated into (param groups it added, SWA's
     # scheduler): a chain of such a proof ends wherever it would re-seat, at each state the proof holds.
     cannot_reseat = bool(verifier.manifest.callbacks)
-    for chain in chains(segments, lambda step: cannot_reseat and entries[step].full):
+    runs = chains(segments, lambda step: cannot_reseat and entries[step].full)
+    if verifier.processes is not None:  # a W-process replay: one start of the processes for every chain
+        verifier.processes.prepare([[seg.start_step for seg in chain] + [chain[-1].end_step] for chain in runs])
+    try:
+        _replay_runs(verifier, runs, state, judged, fail)
+    finally:
+        if verifier.processes is not None:
+            verifier.processes.close()
+
+
+def _replay_runs(verifier: PoLVerifierModule, runs: list[list[Segment]], state: State,
+                 judged: Callable[[Segment, dict[str, Any]], None], fail: Callable[[Segment, PoLError | str], None]) -> None:
+    for chain in runs:
         by_start = {seg.start_step: seg for seg in chain}
         finished: set[int] = set()
 

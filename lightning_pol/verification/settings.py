@@ -16,6 +16,8 @@ MODES = ("auto", "exact", "tolerant")
 CODE_POLICIES = ("match", "report", "pinned")
 #: Where a replay can run: Lightning's accelerator names.
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+#: How a multi-process (DDP) proof's ranks are replayed (docs/verification.md, "DDP proofs").
+RANKS = ("auto", "processes", "emulate")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class VerifierSettings:
       before anything of it runs), ``report`` (replay anyway, report the differences), ``pinned`` (match,
       and every installed file listed in ``trusted_code``, a file of ``python -m lightning_pol.code pin``).
     - ``accelerator``, ``match_threads``: where and with how many CPU threads to replay.
+    - ``ranks``: a DDP proof's W ranks replayed by W ``processes`` under Lightning's DDP on the proof's backend
+      (exact for any W), by one process that ``emulate``\ s them as micro-batches (exact for two plain ranks only),
+      or ``auto``: emulated where that is exact, else processes.
     - ``registry`` (a path, or a :class:`~lightning_pol.verification.registry.Registry`)
       and ``parents`` (a directory to search): the chain of trust. A pretrained start's weights
       must be a root the registry trusts (``python -m lightning_pol.roots add``), or the file ``roots``.
@@ -63,6 +68,7 @@ class VerifierSettings:
     shard: int = 0
     accelerator: str = "cpu"
     match_threads: bool = True
+    ranks: str = "auto"
     registry: Any = None
     parents: str | os.PathLike[str] | None = None
     roots: str | os.PathLike[str] | None = None
@@ -82,6 +88,8 @@ class VerifierSettings:
         if (self.code == "pinned") != (self.trusted_code is not None):
             raise PoLError("verifier.code=pinned needs verifier.trusted_code=PATH (from python -m lightning_pol.code pin), "
                            "and trusted_code only applies to code=pinned")
+        if self.ranks not in RANKS:
+            raise PoLError(f"verifier ranks must be one of {list(RANKS)}, not {self.ranks!r}")
         if self.accelerator not in ACCELERATORS:
             raise PoLError(f"verifier accelerator must be one of {list(ACCELERATORS)}, not {self.accelerator!r}")
         if self.seed is not None and not (_whole(self.seed) and 0 <= self.seed < 2**63):

@@ -38,6 +38,7 @@ from lightning_pol.verification.integrity import check_integrity
 from lightning_pol.verification.plateau import check_plateau
 from lightning_pol.verification.pretrained_check import RootUnavailable, use_trusted_root
 from lightning_pol.verification.registry import Registry
+from lightning_pol.verification.rank_processes import RankProcesses
 from lightning_pol.verification.replay import PoLVerifierModule
 from lightning_pol.verification.report import ChainCheck, IntegrityCheck, Report
 from lightning_pol.verification.segments import Judge, check_replay
@@ -131,11 +132,21 @@ def _compare_environments(manifest: Manifest, settings: VerifierSettings, report
     on_gpu = settings.accelerator != "cpu"
     if (on_gpu or prover.get("gpus")) and bool(prover.get("gpus")) != on_gpu:
         differs["device_type"] = {"proof": "gpu" if prover.get("gpus") else "cpu", "verifier": settings.accelerator}
+    ddp = manifest.training.get("ddp")
+    backend = ddp.get("backend") if isinstance(ddp, dict) else None
+    if backend is not None and backend != replay_backend(settings.accelerator):  # another backend sums in another order
+        differs["ddp_backend"] = {"proof": backend, "verifier": replay_backend(settings.accelerator)}
     mode = settings.mode if settings.mode != "auto" else ("exact" if not differs or not settings.delta else "tolerant")
     report.environment = {"verifier": mine, "proof": prover, "matches": not differs, "differences": differs}
     report.mode = {"requested": settings.mode, "effective": mode, "delta": dict(settings.delta), "d_ref": dict(settings.d_ref or {})}
     if differs and mode == "exact":
         report.reasons.append(f"the verifier's environment differs from the proof's ({', '.join(differs)}); exact replay may fail")
+    if "ddp_backend" in differs and mode == "exact":
+        world = manifest.training.get("world_size")
+        report.reasons.append(f"the proof's {world} ranks summed their gradients with {backend}, and this verifier has only "
+                              f"{differs['ddp_backend']['verifier']}, which sums in another order: no replay here is bit-exact; "
+                              f"verify with verifier.mode=tolerant and a delta calibrated by python -m lightning_pol.reproduce "
+                              f"at world size {world}")
     return mode
 
 
@@ -156,11 +167,39 @@ def _check_proof(reader: ProofReader, report: Report, settings: VerifierSettings
     overrides = {"module": settings.module_overrides, "datamodule": settings.datamodule_overrides}
     verifier = PoLVerifierModule(reader, accelerator=settings.accelerator, index_log=integrity.index_log,
                                  overrides=overrides)  # the class gate
+    _replay_ranks(verifier, settings, report)
     try:
         _check_content(verifier, integrity.index_log, report, settings, mode, progress)
     except ProofFormatError as e:  # a checkpoint that does not parse, or loader settings the proof does not declare
         report.checks["integrity"] = IntegrityCheck(False, str(e), [str(e)])
         report.reasons.append(str(e))
+
+
+def _replay_ranks(verifier: PoLVerifierModule, settings: VerifierSettings, report: Report) -> None:
+    """Replay a DDP proof's W ranks in W processes (exact for any W), or emulate them in this one (exact for two
+    plain ranks), as ``settings.ranks`` says; one note says which."""
+    world = verifier.world_size
+    if world == 1:
+        return
+    how = settings.ranks if settings.ranks != "auto" else (
+        "emulate" if verifier.emulation_is_exact() or not verifier.ddp else "processes")  # no record: a proof from before it
+    if how == "emulate":
+        exact = "" if verifier.emulation_is_exact() else ", which is not the order DDP summed in: only a tolerant replay can pass"
+        report.notes.append(f"the proof's {world} DDP ranks are replayed in this process, as {world} micro-batches a step{exact}")
+        return
+    registry = settings.registry
+    verifier.processes = RankProcesses(world, {
+        "proof_dir": str(verifier.reader.root), "accelerator": settings.accelerator, "deterministic": verifier.deterministic,
+        "overrides": verifier.overrides, "registry": getattr(registry, "path", registry), "roots": str(settings.roots) if settings.roots else None,
+        "threads": torch.get_num_threads(), "backend": replay_backend(settings.accelerator),
+    })
+    report.notes.append(f"the proof's {world} DDP ranks are replayed by {world} processes under Lightning's DDP "
+                        f"({replay_backend(settings.accelerator)}), as training ran them")
+
+
+def replay_backend(accelerator: str) -> str:
+    """The process-group backend a W-process replay on ``accelerator`` uses."""
+    return "gloo" if accelerator == "cpu" else "nccl"
 
 
 def _check_content(verifier: PoLVerifierModule, index_log: IndexLog, report: Report, settings: VerifierSettings, mode: str,
