@@ -19,7 +19,9 @@ def test_quick_benchmarks_run_and_report_every_measure(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "results.json").read_text())
-    assert set(res) >= {"machine", "overhead", "breakdown", "replay", "tiers", "storage", "commitment", "compression", "lora"}
+    assert set(res) >= {"machine", "overhead", "breakdown", "replay", "tiers", "storage", "commitment", "compression", "lora", "ddp"}
+    (ddp,) = res["ddp"]["rows"].values()  # two ranks, one epoch: by two processes, and emulated in one
+    assert ddp["valid"] and ddp["bit_exact"] and ddp["emulate_bit_exact"] and ddp["segments"] >= 2, ddp
     lora = res["lora"]  # a tiny GPT-2 here: its tied LM head and frozen base are references to the root, W_0 included
     assert lora["valid"] and lora["bit_exact"] and lora["smaller"] > 1
     assert all(size <= lora["checkpoint_bound"] for size in lora["checkpoint_bytes"]), lora

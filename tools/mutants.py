@@ -37,6 +37,7 @@ class Mutant:
 
 _P, _C, _T, _K, _R = ("tests/test_pretrained.py::", "tests/test_replayed_callbacks.py::", "tests/test_tiered.py::",
                       "tests/test_code_identity.py::", "tests/test_reader.py::")
+_D = "tests/test_ddp.py::"
 _HOSTILE = _T + "test_hostile_compressed_full_state_is_rejected_in_one_line"
 _TIERS = _T + "test_tiers_other_than_the_declared_ones_are_rejected"
 _NORMS = _T + "test_a_recorded_update_norm_that_lies_is_rejected"
@@ -108,6 +109,19 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("R3", "references: a tied weight the root saved once is the root's", "lightning_pol/prover/pretrained.py",
            "            if name is not None and any(torch.equal(", "            if False and any(torch.equal(",
            ("tests/test_transformers.py::test_a_tied_lm_head_the_root_saved_once_is_claimed_from_the_root",)),
+    Mutant("D1", "DDP: each replayed rank draws from its own RNG stream", "lightning_pol/verification/replay.py",
+           "self.stream = TrainingStream(None if streams is None else streams[rank])",
+           "self.stream = TrainingStream(None if streams is None else streams[0])",
+           (_D + "test_three_ranks_verify_bit_exact",)),
+    Mutant("D2", "DDP: a rank that keeps its own buffers starts from them", "lightning_pol/verification/replay.py",
+           "            load_rank_buffers(pl_module, self._buffers)\n", "",
+           (_D + "test_two_ranks_accumulating_without_buffer_broadcasts_verify_bit_exact",)),
+    Mutant("D3", "DDP: a step holds as many micro-batches of each rank", "lightning_pol/format/reader.py",
+           " or bool((per_step % world != 0).any())", "",
+           (_D + "test_a_ddp_step_must_hold_as_many_micro_batches_of_each_rank",)),
+    Mutant("D4", "DDP: each rank resumes its own indices and stream", "lightning_pol/prover/distributed.py",
+           "{**state, **ranks[rank]} if ranks is not None", "{**state, **ranks[0]} if ranks is not None",
+           (_D + "test_a_two_rank_run_killed_and_resumed_from_last_ckpt_is_one_proof",)),
 )
 
 
