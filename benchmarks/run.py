@@ -27,7 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from benchmarks import breakdown, lora
+from benchmarks import breakdown, ddp, lora
 from benchmarks.baseline import TorchSaveEveryK
 from lightning_pol import ProofOfLearning, ProofReader, verify_proof
 from lightning_pol.format.compression import compress_checkpoint, decompress_checkpoint
@@ -404,6 +404,8 @@ def markdown(res: dict[str, Any]) -> str:
                   for n, r in res["compression"].items()]
     if "lora" in res:
         lines += ["", *lora.markdown(res["lora"])]
+    if "ddp" in res:
+        lines += ["", *ddp.markdown(res["ddp"])]
     if "multirun" in res:
         mr = res["multirun"]
         lines += ["", f"**Multirun** (full replay as `python -m lightning_pol.verify`): 1 job {mr['single_seconds']:.1f} s, "
@@ -412,7 +414,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 #: What ``--sections`` may name: each measure, and ``resnet20`` for the ResNet-20 overhead alone (as ``overhead``).
-SECTIONS = ("overhead", "resnet20", "breakdown", "replay", "tiers", "storage", "commitment", "compression", "multirun", "lora")
+SECTIONS = ("overhead", "resnet20", "breakdown", "replay", "tiers", "storage", "commitment", "compression", "multirun", "lora", "ddp")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -467,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick and "replay" in res:
             section("multirun", lambda: multirun_scaling(tmp / "replay-0", tmp))
         section("lora", lambda: lora.lora_gpt2(tmp / "lora", args.quick))
+        section("ddp", lambda: ddp.ddp_replay(tmp, args.quick))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text = markdown(res)
