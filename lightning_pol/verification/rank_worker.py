@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,9 @@ def run(job_dir: Path) -> int:
     rank = int(os.environ["LOCAL_RANK"])
     job = json.loads((job_dir / JOB).read_text())
     torch.set_num_threads(int(job["threads"]))
+    # The replay's own temporary files (Lightning's resume file) live in the job's directory, which the verifier
+    # removes: a rank killed because another failed leaves nothing behind in the system's temporary directory.
+    tempfile.tempdir = str(job_dir)
     chain = None
     try:
         verifier = _verifier(job, rank)
