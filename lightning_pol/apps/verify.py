@@ -22,7 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_pol.apps import CONF_DIR, exit_code
 from lightning_pol.apps.progress import ReplayProgress
+from lightning_pol.apps.tracker_verdict import log_verdict
 from lightning_pol.errors import PoLError
+from lightning_pol.format.storage import open_store
 from lightning_pol.verification.settings import VerifierSettings
 from lightning_pol.verification.verifier import verify_proof
 
@@ -36,13 +38,16 @@ def verify_with(settings: VerifierSettings, proof_dir: str | Path, out: Path) ->
     return exit_code(lambda: verify_and_report(settings, proof_dir, out), _error_file(out, proof_dir))
 
 
-def verify_and_report(settings: VerifierSettings, proof_dir: str | Path, out: Path) -> int:
-    """The body of :func:`verify_with`: raises what :func:`~lightning_pol.apps.exit_code` turns into exit 2 or 3."""
-    if not Path(proof_dir).is_dir():
+def verify_and_report(settings: VerifierSettings, proof_dir: str | Path, out: Path, storage_options: Any = None,
+                      tracker: Any = None) -> int:
+    """The body of :func:`verify_with`: raises what :func:`~lightning_pol.apps.exit_code` turns into exit 2 or 3.
+    ``tracker``: the app's ``tracker`` config, the run that gets the report and the verdict."""
+    store = open_store(proof_dir, storage_options)
+    if not store.is_container():
         raise PoLError(f"no proof directory at {proof_dir}")
     label = f"shard {settings.shard}/{settings.num_shards}" if settings.num_shards > 1 else ""
     with ReplayProgress("replaying segments", label=label) as progress:
-        report = verify_proof(proof_dir, settings, progress=progress)
+        report = verify_proof(store, settings, progress=progress)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(report.to_json())
@@ -50,6 +55,8 @@ def verify_and_report(settings: VerifierSettings, proof_dir: str | Path, out: Pa
         raise PoLError(f"cannot write the report to {out} ({e.strerror})") from None
     print(report.summary())
     print(f"report: {out}")
+    if tracker is not None:
+        print(f"verdict logged to {log_verdict(tracker, report, out)}")
     return 0 if report.valid else 1
 
 
@@ -83,13 +90,14 @@ def run(cfg: DictConfig) -> int:
             seed_file = Path(hc.sweep.dir) / SHARED_SEED
             if seed_file.exists():
                 settings = settings.replace(seed=int(seed_file.read_text()))
-        return verify_and_report(settings, str(proof_dir), out)
+        storage = OmegaConf.to_container(cfg.storage_options) if cfg.get("storage_options") else None
+        return verify_and_report(settings, str(proof_dir), out, storage, cfg.get("tracker"))
 
     return exit_code(body, _error_file(out, proof_dir))
 
 
 #: Hyperparameter overrides take any key the proof records, so they are added, not only set (Hydra's ``++``).
-OVERRIDE_GROUPS = ("module_overrides.", "datamodule_overrides.")
+OVERRIDE_GROUPS = ("module_overrides.", "datamodule_overrides.", "storage_options.")
 
 
 def open_overrides(argv: list[str]) -> list[str]:

@@ -20,6 +20,9 @@ FORMAT_VERSION = 3
 READABLE_VERSIONS = (2, 3)
 
 MANIFEST = "manifest.json"
+#: Size cap of the manifest, generous for real proofs (about 250 bytes per checkpoint), small enough that
+#: parsing at the cap stays in the low hundreds of MB.
+MAX_MANIFEST_BYTES = 16 << 20
 CHECKPOINT_DIR = "checkpoints"
 INDEX_LOG_DIR = "batches"
 INDEX_LOG_FINAL = "batches.safetensors"

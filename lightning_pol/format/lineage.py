@@ -10,7 +10,6 @@ record; the verifier follows it (:mod:`lightning_pol.verification.chain`).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +28,7 @@ def parent_record(parent_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], d
     record = {
         "identity": reader.identity,
         "final_checkpoint_sha256": final.sha256,
-        "path": str(Path(parent_dir).resolve()),
+        "path": reader.store.location if reader.local_root is None else str(reader.local_root.resolve()),
     }
     return record, state["model"]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from lightning_pol.format.manifest import CheckpointEntry, FileEntry, Manifest
 from lightning_pol.format.safetensors_io import load_safetensors
 from lightning_pol.format.samples import leaves_from_tensors
 from lightning_pol.format.state_codec import decode_state
+from lightning_pol.format.storage import ProofStorageError, ProofStore, open_store
 from lightning_pol.format.strict_json import ProofFormatError, is_int
 from lightning_pol.format.tensor_refs import Ref, tensor_digest
 
@@ -38,10 +38,7 @@ _SWA = "lightning.pytorch.callbacks.stochastic_weight_avg:StochasticWeightAverag
 
 __all__ = ["ProofFormatError", "ProofReader"]
 
-#: Size cap of the manifest, generous for real proofs (about 250 bytes per checkpoint), small enough that
-#: parsing at the cap stays in the low hundreds of MB.
-MAX_MANIFEST_BYTES = 16 << 20
-_HASH_CHUNK = 1 << 20
+MAX_MANIFEST_BYTES = layout.MAX_MANIFEST_BYTES
 
 
 def _physical_memory() -> int:
@@ -56,26 +53,6 @@ def _physical_memory() -> int:
 MAX_FILE_BYTES = _physical_memory() // 2
 
 
-def _open_regular(root: Path, rel: str) -> Path:
-    """Resolve ``rel`` inside ``root`` without following any symlink (checked again on the open file)."""
-    if not layout.is_safe_relative_path(rel):
-        raise ProofFormatError(f"unsafe path in manifest: {rel[:100]!r}")
-    path = root
-    for part in rel.split("/"):
-        path = path / part
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            raise ProofFormatError(f"missing file: {rel}") from None
-        except OSError as e:  # a name too long, a component that is not a directory...
-            raise ProofFormatError(f"cannot open {rel[:200]} ({e.strerror})") from None
-        if stat.S_ISLNK(st.st_mode):
-            raise ProofFormatError(f"symlink in proof: {rel}")
-    if not stat.S_ISREG(st.st_mode):
-        raise ProofFormatError(f"not a regular file: {rel}")
-    return path
-
-
 class ProofReader:
     """Read-only view of a proof directory: its typed :attr:`manifest`, and every file checked as it is read.
 
@@ -86,11 +63,15 @@ class ProofReader:
         state = proof.load_checkpoint(proof.checkpoints[0])
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise ProofFormatError(f"{self.root} is not a directory")
-        raw = self._read_raw(layout.MANIFEST, MAX_MANIFEST_BYTES)
+    def __init__(self, root: str | os.PathLike[str] | ProofStore, storage_options: Mapping[str, Any] | None = None) -> None:
+        try:
+            self.store = open_store(root, storage_options)
+            found = self.store.is_container()
+        except ProofStorageError as e:
+            raise ProofFormatError(str(e)) from None
+        if not found:
+            raise ProofFormatError(f"{self.store.location} is not a directory")
+        raw = self.store.read(layout.MANIFEST, MAX_MANIFEST_BYTES)
         #: SHA-256 of ``manifest.json``: the proof's identity.
         self.identity = layout.sha256_bytes(raw)
         self.manifest: Manifest = Manifest.parse(raw)
@@ -112,44 +93,17 @@ class ProofReader:
         """Number of optimizer steps whose batches the index log holds."""
         return self.manifest.recorded_steps
 
+    @property
+    def root(self) -> str | Path:
+        """The proof's location: its local directory, or its URL."""
+        return self.store.local_root if self.store.local_root is not None else self.store.location
+
+    @property
+    def local_root(self) -> Path | None:
+        """The proof's local directory; None on an object store (whose objects no import can reach)."""
+        return self.store.local_root
+
     # -- files -------------------------------------------------------------------
-    def _open(self, rel: str, limit: int, exact: int | None = None) -> tuple[int, int]:
-        """An open descriptor of the regular file ``rel`` and its size, checked before a byte is read.
-
-        The checks are made on the open file (``fstat``), so a file swapped after the path was checked
-        is caught too; O_NONBLOCK keeps a FIFO from blocking the open. A file with more than one
-        name (a hard link) is refused: its other names may lie outside the proof.
-        """
-        path = _open_regular(self.root, rel)
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(path, flags)
-        except OSError as e:
-            raise ProofFormatError(f"cannot open {rel} ({e.strerror})") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ProofFormatError(f"not a regular file: {rel}")
-            if st.st_nlink != 1:
-                raise ProofFormatError(f"hard link in proof: {rel} has {st.st_nlink} names")
-            if st.st_size > limit:
-                raise ProofFormatError(f"{rel} is larger than allowed ({st.st_size} > {limit} bytes)")
-            if exact is not None and st.st_size != exact:
-                raise ProofFormatError(f"digest mismatch: {rel} ({st.st_size} bytes, the manifest says {exact})")
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, st.st_size
-
-    def _read_raw(self, rel: str, limit: int, exact: int | None = None) -> bytes:
-        """The bytes of ``rel``: the buffer is sized from the file itself, never from a declared number."""
-        fd, size = self._open(rel, limit, exact)
-        with open(fd, "rb", closefd=True) as fh:
-            data = fh.read(size + 1)
-        if len(data) != size:
-            raise ProofFormatError(f"{rel} changed size while being read")
-        return data
-
     def _entry(self, rel: str) -> FileEntry:
         entry = self.manifest.files.get(rel)
         if entry is None:
@@ -161,7 +115,7 @@ class ProofReader:
     def read_file(self, rel: str) -> bytes:
         """The bytes of a listed file, after checking its size and digest."""
         entry = self._entry(rel)
-        data = self._read_raw(rel, entry.bytes, exact=entry.bytes)
+        data = self.store.read(rel, entry.bytes, exact=entry.bytes)
         if layout.sha256_bytes(data) != entry.sha256:
             raise ProofFormatError(f"digest mismatch: {rel}")
         return data
@@ -169,18 +123,9 @@ class ProofReader:
     def check_file(self, rel: str) -> None:
         """Size and digest of a listed file, hashed in chunks: memory stays constant whatever its size."""
         entry = self._entry(rel)
-        fd, size = self._open(rel, entry.bytes, exact=entry.bytes)
         h = hashlib.sha256()
-        with open(fd, "rb", closefd=True) as fh:
-            left = size + 1
-            while left > 0:
-                block = fh.read(min(_HASH_CHUNK, left))
-                if not block:
-                    break
-                h.update(block)
-                left -= len(block)
-        if left != 1:
-            raise ProofFormatError(f"{rel} changed size while being read")
+        for block in self.store.chunks(rel, entry.bytes, exact=entry.bytes):
+            h.update(block)
         if h.hexdigest() != entry.sha256:
             raise ProofFormatError(f"digest mismatch: {rel}")
 
@@ -193,11 +138,11 @@ class ProofReader:
             except ProofFormatError as e:
                 problems.append(str(e))
         listed = set(self.manifest.files) | {layout.MANIFEST}
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
-            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-                rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
-                if rel not in listed:
-                    problems.append(f"unlisted file: {rel}")
+        try:
+            found = self.store.files()
+        except ProofStorageError as e:
+            return [*problems, str(e)]
+        problems.extend(f"unlisted file: {rel}" for rel in found if rel not in listed)
         return problems
 
     def read_tensors(self, rel: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

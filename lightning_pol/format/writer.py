@@ -1,19 +1,19 @@
-"""Crash-safe writing of a proof directory.
+"""Crash-safe writing of a proof, on a local disk or an object store (format.storage).
 
-Every file is written to a temporary name in its final directory, flushed,
-and renamed into place; the manifest is written the same way and always last.
-A crash therefore leaves a directory whose manifest describes a complete,
+Every file is written whole under its final name before the manifest that
+lists it: locally to a temporary name, flushed and renamed into place; on an
+object store as one object (a PUT, or a multipart upload that appears when it
+completes). The manifest is written the same way and always last: it is the
+commit. A crash therefore leaves a proof whose manifest describes a complete,
 consistent proof up to its last recorded checkpoint; files that the manifest
-does not list (temporaries, files written after the last manifest) are removed
-when the proof is reopened.
+does not list (temporaries, objects written after the last manifest) are not
+part of it, and are removed when the proof is reopened or overwritten.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,47 +21,14 @@ from typing import Any
 from lightning_pol.errors import PoLError
 from lightning_pol.format import layout as pf
 from lightning_pol.format.manifest import FileEntry, Manifest, manifest_bytes
+from lightning_pol.format.storage import ProofStore, open_store
+from lightning_pol.format.strict_json import ProofFormatError
+
+Location = str | os.PathLike[str] | ProofStore
 
 
 class ProofDirectoryError(PoLError, ValueError):
     """The proof directory cannot be used as asked (another run's proof, foreign files)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes | Sequence[Any], fsync: bool = True, make_parent: bool = True, sync_dir: bool = True) -> None:
-    """Write ``data`` (bytes, or a sequence of buffers written one after another) to ``path`` so that readers see
-    the old file or the new one, never a torn one.
-
-    With ``sync_dir=False`` the rename is not yet durable: the caller syncs the directory later.
-    """
-    if make_parent:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{pf.TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            for part in (data,) if isinstance(data, bytes) else data:
-                f.write(part)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if fsync and sync_dir:
-        _fsync_dir(path.parent)
 
 
 class ProofWriter:
@@ -75,89 +42,98 @@ class ProofWriter:
     changes to the manifest go through its own operations.
     """
 
-    def __init__(self, root: str | os.PathLike[str], manifest: Manifest, fsync: bool = True) -> None:
-        self.root = Path(root)
+    def __init__(self, store: ProofStore, manifest: Manifest, fsync: bool = True) -> None:
+        self.store = store
         self.manifest = manifest
         self.fsync = fsync
         self._dropped: list[str] = []
-        self._made: set[Path] = set()  # directories this writer created or found: no mkdir per file
-        self._unsynced: set[Path] = set()  # directories of files put since the last commit
+        self._unsynced: list[str] = []  # files put since the last commit, whose names a local commit makes durable
         self._bytes = sum(e.bytes for e in self.manifest.files.values())
+
+    @property
+    def root(self) -> Path | None:
+        """The proof's local directory (None on an object store)."""
+        return self.store.local_root
 
     # -- opening ---------------------------------------------------------------
     @staticmethod
-    def read_manifest(root: Path) -> dict[str, Any] | None:
+    def read_manifest(root: Location) -> dict[str, Any] | None:
         """The raw JSON of ``root``'s manifest, read leniently: what is there to replace or to edit (attacks)."""
-        path = root / pf.MANIFEST
-        if not path.is_file():
-            return None
+        store = open_store(root)
         try:
-            manifest = json.loads(path.read_bytes())
+            data = store.read(pf.MANIFEST, pf.MAX_MANIFEST_BYTES)
+        except ProofFormatError as e:
+            if str(e).startswith("missing file"):
+                return None
+            raise ProofDirectoryError(f"{store.url(pf.MANIFEST)} cannot be read ({e})") from None
+        try:
+            manifest = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
-            raise ProofDirectoryError(f"{path} is not a readable manifest ({e})") from None
+            raise ProofDirectoryError(f"{store.url(pf.MANIFEST)} is not a readable manifest ({e})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != pf.FORMAT_NAME:
-            raise ProofDirectoryError(f"{path} is not a lightning-pol manifest")
+            raise ProofDirectoryError(f"{store.url(pf.MANIFEST)} is not a lightning-pol manifest")
         return manifest
 
     @classmethod
-    def create(cls, root: str | os.PathLike[str], manifest: Manifest, overwrite: bool, fsync: bool = True) -> ProofWriter:
-        """Start a new proof in ``root``; refuse a directory that holds anything unless ``overwrite``."""
-        root = Path(root)
-        if root.exists() and not root.is_dir():
-            raise ProofDirectoryError(f"proof path {root} exists and is not a directory")
-        if root.is_dir() and any(root.iterdir()):
-            old = cls.read_manifest(root)
+    def create(cls, root: Location, manifest: Manifest, overwrite: bool, fsync: bool = True) -> ProofWriter:
+        """Start a new proof in ``root``; refuse one that holds anything unless ``overwrite``."""
+        store = open_store(root)
+        local = store.local_root
+        if local is not None and local.exists() and not local.is_dir():
+            raise ProofDirectoryError(f"proof path {local} exists and is not a directory")
+        found = store.files()
+        if found:
+            old = cls.read_manifest(store)
             if not overwrite:
                 what = f"the proof of run {old.get('run_id')}" if old else "files that are not a proof"
                 raise ProofDirectoryError(
-                    f"{root} already holds {what}; choose another dirpath or pass overwrite=True"
+                    f"{store.location} already holds {what}; choose another dirpath or pass overwrite=True"
                 )
-            cls._remove_proof(root, old)
-        root.mkdir(parents=True, exist_ok=True)
-        return cls(root, manifest, fsync)
+            cls._remove_proof(store, old, found)
+        if local is not None:
+            local.mkdir(parents=True, exist_ok=True)
+        return cls(store, manifest, fsync)
 
     @classmethod
-    def reopen(cls, root: str | os.PathLike[str], run_id: str, fsync: bool = True) -> ProofWriter:
+    def reopen(cls, root: Location, run_id: str, fsync: bool = True) -> ProofWriter:
         """Continue this run's proof after a resume; removes files the manifest does not list."""
-        root = Path(root)
-        raw = cls.read_manifest(root)
+        store = open_store(root)
+        raw = cls.read_manifest(store)
         if raw is None:
-            raise ProofDirectoryError(f"cannot resume: {root} holds no proof manifest")
+            raise ProofDirectoryError(f"cannot resume: {store.location} holds no proof manifest")
         if raw.get("run_id") != run_id:
             raise ProofDirectoryError(
-                f"cannot resume: {root} holds the proof of run {raw.get('run_id')}, not of run {run_id}"
+                f"cannot resume: {store.location} holds the proof of run {raw.get('run_id')}, not of run {run_id}"
             )
-        writer = cls(root, Manifest.from_json(raw), fsync)
+        writer = cls(store, Manifest.from_json(raw), fsync)
         writer.remove_unlisted()
         return writer
 
     @staticmethod
-    def _remove_proof(root: Path, manifest: dict[str, Any] | None) -> None:
+    def _remove_proof(store: ProofStore, manifest: dict[str, Any] | None, found: list[str]) -> None:
+        """Delete an old proof's files, after checking that nothing else is there (nothing else is ever deleted)."""
         if manifest is None:
             raise ProofDirectoryError(
-                f"{root} holds files that are not a lightning-pol proof; overwrite=True only replaces a proof"
+                f"{store.location} holds files that are not a lightning-pol proof; overwrite=True only replaces a proof"
             )
-        for sub in (pf.CHECKPOINT_DIR, pf.INDEX_LOG_DIR, os.path.dirname(pf.LEAVES)):
-            shutil.rmtree(root / sub, ignore_errors=True)
-        for rel in manifest.get("files", {}) if isinstance(manifest.get("files"), dict) else ():
-            if pf.is_safe_relative_path(rel):
-                (root / rel).unlink(missing_ok=True)
-        for name in (pf.MANIFEST, pf.INDEX_LOG_FINAL):
-            (root / name).unlink(missing_ok=True)
-        for p in root.iterdir():
-            if p.name.startswith(pf.TMP_PREFIX):
-                p.unlink(missing_ok=True)
-        left = sorted(p.name for p in root.iterdir())
-        if left:
-            raise ProofDirectoryError(f"{root} holds files that are not part of the old proof: {left[:5]}")
+        listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+        ours = (pf.CHECKPOINT_DIR, pf.INDEX_LOG_DIR, os.path.dirname(pf.LEAVES))
+
+        def part_of_proof(rel: str) -> bool:
+            return (rel in listed or rel in (pf.MANIFEST, pf.INDEX_LOG_FINAL) or rel.split("/")[0] in ours
+                    or any(p.startswith(pf.TMP_PREFIX) for p in rel.split("/")))
+
+        foreign = sorted(rel for rel in found if not part_of_proof(rel))
+        if foreign:
+            raise ProofDirectoryError(f"{store.location} holds files that are not part of the old proof: {foreign[:5]}")
+        for rel in sorted(found, key=lambda r: r == pf.MANIFEST):  # the manifest last: a crash leaves a proof or nothing
+            store.delete(rel)
 
     def remove_unlisted(self) -> None:
         listed = set(self.manifest.files) | {pf.MANIFEST}
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            for name in filenames:
-                rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
-                if rel not in listed:
-                    os.unlink(os.path.join(dirpath, name))
+        for rel in self.store.files():
+            if rel not in listed:
+                self.store.delete(rel)
 
     # -- writing ---------------------------------------------------------------
     def put(self, rel: str, data: bytes | Sequence[Any]) -> FileEntry:
@@ -165,10 +141,8 @@ class ProofWriter:
         sequence of buffers (:func:`~lightning_pol.format.safetensors_io.safetensors_parts`), never joined."""
         if not pf.is_safe_relative_path(rel):
             raise ValueError(f"unsafe proof path {rel!r}")
-        path = self.root / rel
-        atomic_write(path, data, self.fsync, make_parent=path.parent not in self._made, sync_dir=False)
-        self._made.add(path.parent)
-        self._unsynced.add(path.parent)
+        self.store.write(rel, data, self.fsync)
+        self._unsynced.append(rel)
         entry = FileEntry(*pf.sha256_parts(data))
         old = self.manifest.list_file(rel, entry)
         self._bytes += entry.bytes - (old.bytes if old else 0)
@@ -185,14 +159,15 @@ class ProofWriter:
 
     def commit(self) -> str:
         """Write the manifest, then delete dropped files. Returns the proof's identity."""
-        if self.fsync:
-            for directory in sorted(self._unsynced):  # the renames of the files it lists are durable first
-                _fsync_dir(directory)
+        if self.fsync:  # (locally) the renames of the files it lists are durable first
+            self.store.sync(self._unsynced)
         self._unsynced.clear()
         data = self.manifest.to_bytes()
-        atomic_write(self.root / pf.MANIFEST, data, self.fsync, make_parent=False)
+        self.store.write(pf.MANIFEST, data, self.fsync)
+        if self.fsync:
+            self.store.sync([pf.MANIFEST])
         for rel in self._dropped:
-            (self.root / rel).unlink(missing_ok=True)
+            self.store.delete(rel)
         self._dropped.clear()
         return pf.sha256_bytes(data)
 
@@ -202,19 +177,19 @@ class ProofWriter:
         return self._bytes
 
 
-def rewrite_manifest_json(root: str | os.PathLike[str], edit: Callable[[dict[str, Any]], None],
+def rewrite_manifest_json(root: Location, edit: Callable[[dict[str, Any]], None],
                           files: Mapping[str, bytes] | None = None) -> str:
     """The raw-JSON way in, for the red-team suite and the fuzz campaign: write and list ``files``, let ``edit``
     change the manifest's JSON as it will (nothing checks it: judging it is the reader's job), and write it the
     way the writer writes a manifest. Returns the proof's new identity."""
-    root = Path(root)
-    raw = ProofWriter.read_manifest(root)
+    store = open_store(root)
+    raw = ProofWriter.read_manifest(store)
     if raw is None:
-        raise ProofDirectoryError(f"no proof manifest in {root}")
+        raise ProofDirectoryError(f"no proof manifest in {store.location}")
     for rel, data in (files or {}).items():
-        atomic_write(root / rel, data, fsync=False)
+        store.write(rel, data, fsync=False)
         raw["files"][rel] = FileEntry(pf.sha256_bytes(data), len(data)).to_json()
     edit(raw)
     data = manifest_bytes(raw)
-    atomic_write(root / pf.MANIFEST, data, fsync=False, make_parent=False)
+    store.write(pf.MANIFEST, data, fsync=False)
     return pf.sha256_bytes(data)

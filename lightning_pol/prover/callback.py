@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from typing_extensions import override
 
 from lightning_pol.errors import PoLError
 from lightning_pol.format import layout
+from lightning_pol.format.storage import check_location, is_url, open_store
 from lightning_pol.prover.distributed import (
     check_ddp_recordable,
     gather_rank_parts,
@@ -46,6 +48,7 @@ from lightning_pol.prover.recreation import recreation_record
 from lightning_pol.prover.rehearsal import Rehearsal
 from lightning_pol.prover.run_record import new_manifest, training_settings
 from lightning_pol.prover.session import ProofSession
+from lightning_pol.prover.trackers import check_trackers, log_proof_to_trackers
 from lightning_pol.runtime.collectives import broadcast_from_zero, gather_to_zero
 from lightning_pol.runtime.leaves import compute_leaves, sample_leaf
 from lightning_pol.runtime.loader_hook import UnsupportedDataError
@@ -68,16 +71,18 @@ class ProofOfLearning(Callback):
         from lightning_pol import ProofOfLearning
 
         pol = ProofOfLearning("proof/", every_n_steps=8, init_strategy="pytorch_default")
-        trainer = Trainer(max_epochs=3, callbacks=[pol])
-        trainer.fit(model, datamodule=datamodule)   # model and datamodule unchanged
+        Trainer(max_epochs=3, callbacks=[pol]).fit(model, datamodule=datamodule)   # model and datamodule unchanged
 
-    The proof holds W_0, the full training state every ``every_n_steps`` optimizer steps and at the end,
-    the dataset indices of every step, a Merkle commitment to the training data, and what the verifier
-    needs to re-create the module, data and callbacks (docs/proof-format.md). Its hooks are listed in
-    this module's docstring. Under ``strategy="ddp"`` every rank records, and rank 0 gathers and writes.
+    The proof holds W_0, the full training state every ``every_n_steps`` optimizer steps and at the end, the dataset
+    indices of every step, a Merkle commitment to the training data, and what the verifier needs to re-create the module,
+    data and callbacks (docs/proof-format.md). Hooks: this module's docstring. Under DDP, rank 0 gathers and writes.
 
     Args:
-        dirpath: directory of the proof; empty or absent (or this run's proof when resuming with ``ckpt_path``).
+        dirpath: the proof's directory, empty or absent (or this run's proof when resuming with ``ckpt_path``): a local
+            path, or an fsspec URL (``s3://bucket/run/proof``) resolved as Lightning resolves a ``ModelCheckpoint``'s.
+        storage_options: for a URL, the filesystem's arguments that fsspec's configuration (``FSSPEC_S3_*``) lacks.
+        log_proof: give an ``MLFlowLogger``'s or ``WandbLogger``'s run the proof's manifest and identity when fit ends
+            (``"all"``: every file of the proof).
         every_n_steps: k, the checkpoint interval in optimizer steps.
         full_every_n_steps: K, a multiple of k: a *tiered* proof stores the full state only at step 0, every K
             steps and at the end, and the other checkpoints as their digests with update norms (about k/K of
@@ -87,31 +92,25 @@ class ProofOfLearning(Callback):
             for the rest; the manifest records what was found). At fit start W_0 is tested as the verifier will
             (with ``check_recreation``), and a W_0 that fails is refused before anything is written.
         init_params: parameters of the strategy (``{"std": 0.02}`` for ``normal``; ``weights``, ``prefix``, ``fresh`` for ``pretrained``).
-        seed: the proof seed of the batches' randomness; by default
-            ``torch.initial_seed()``, so ``seed_everything`` makes runs repeatable.
+        seed: the proof seed of the batches' randomness; by default ``torch.initial_seed()`` (``seed_everything`` repeats it).
         overwrite: replace a proof already in ``dirpath``.
         fsync: flush files to stable storage before renaming them into place.
-        check_recreation: at fit start, re-create the module and data as the verifier will and refuse
-            a run they differ from (:mod:`.rehearsal`).
-        module_config, datamodule_config: in a Hydra app, the keys of the config
-            nodes that built the module and datamodule (``model``, ``data``);
-            by default the one node whose ``_target_`` is the class.
+        check_recreation: at fit start, re-create the module and data as the verifier will; refuse a difference (:mod:`.rehearsal`).
+        module_config, datamodule_config: in a Hydra app, the keys of the config nodes that built the module and
+            datamodule (``model``, ``data``); by default the one node whose ``_target_`` is the class.
         strict_callbacks: refuse, not only warn about and record, another callback that can change
             training and that the replay cannot re-create (:mod:`.other_callbacks`).
         references: store a tensor whose bytes equal its copy stored last (a frozen weight, an optimizer state that
             did not move) or a pretrained root's tensor as a reference to that copy, so a checkpoint costs what
             changed (docs/proof-format.md, "References"). Off: every checkpoint file holds the whole state.
-        parent: for ``init_strategy="warm_start"``, the proof whose final
-            weights W_0 is; fit refuses to start unless W_0 equals them bit for bit.
+        parent: for ``init_strategy="warm_start"``, the proof whose final weights W_0 must equal bit for bit.
         background: serialize, hash and write checkpoints on a background thread; the training thread
             only copies the state to CPU memory (reused buffers; pinned, non-blocking from a GPU). Off, the
             training thread writes each checkpoint from the live state, with no copy at all.
         max_pending: copies of the state that may wait for the background writer, each one copy of the state
             in memory; a checkpoint due while every copy is still being written waits for one.
-        commit_every_s: the least time between two manifest commits (0: every
-            checkpoint). A Lightning checkpoint, the end of training and an
-            exception always commit. A crash loses at most this much of the
-            proof, never its consistency.
+        commit_every_s: the least time between two manifest commits (0: every checkpoint); a Lightning checkpoint, the
+            end and an exception always commit. A crash loses at most this much of the proof, never its consistency.
     """
 
     def __init__(
@@ -133,10 +132,15 @@ class ProofOfLearning(Callback):
         datamodule_config: str | None = None,
         strict_callbacks: bool = False,
         references: bool = True,
+        storage_options: dict[str, Any] | None = None,
+        log_proof: bool | str = False,
     ) -> None:
         _validate_arguments(every_n_steps, init_strategy, parent, seed, max_pending, commit_every_s, init_params)
         _validate_tiers(every_n_steps, full_every_n_steps)
-        self.dirpath = Path(dirpath)
+        _validate_storage(dirpath, parent, storage_options, log_proof)
+        self.dirpath = _location(dirpath)
+        self.storage_options = dict(storage_options or {})
+        self.log_proof = log_proof
         self.every_n_steps = every_n_steps
         self.full_every_n_steps = None if full_every_n_steps in (None, every_n_steps) else full_every_n_steps
         self.init_strategy = init_strategy
@@ -145,7 +149,7 @@ class ProofOfLearning(Callback):
         self.overwrite = overwrite
         self.fsync = fsync
         self.check_recreation = check_recreation
-        self.parent = None if parent is None else Path(parent)
+        self.parent = None if parent is None else _location(parent)
         self.background = background
         self.max_pending = max_pending
         self.commit_every_s = float(commit_every_s)
@@ -156,16 +160,14 @@ class ProofOfLearning(Callback):
         self._reset_run_state()
 
     def _reset_run_state(self) -> None:
-        self._seed_in_use: int | None = None
-        self._run_id: str | None = None
-        self._specs: dict[str, Any] = {}
+        self._seed_in_use, self._run_id, self._specs = None, None, {}
         self._plan = CallbackPlan()  # the other callbacks: replayed, or said and recorded
         self._rehearsal: Rehearsal | None = None
         self._stream, self._monitored = TrainingStream(), MonitoredValues()  # and the values plateau schedulers consume
         self._ledger = StepLedger(self.every_n_steps)
         self._loader = LoaderInstrumentation(self._proof_seed)
         self._session: ProofSession | None = None  # on the rank that writes the proof, from on_train_start
-        self._resume: dict[str, Any] | None = None
+        self._resume: dict[str, Any] | None = None  # this rank's part of the Lightning checkpoint resumed from
         self._opened = False  # on_train_start ran: this rank records (every rank does; rank 0 alone writes)
         self._logged, self._world, self._rank, self._own_buffers = -1, 1, 0, False
 
@@ -188,8 +190,9 @@ class ProofOfLearning(Callback):
         # verifier could not re-create stops before it costs anything.
         self._specs = recreation_record(pl_module, trainer.datamodule, self.parent, self.config_keys)
         self._plan.at_fit_start(trainer, self, self.strict_callbacks, self._finish)
+        check_trackers(trainer, self.log_proof)
         if self.check_recreation:
-            self._rehearsal = Rehearsal(self._specs, self.dirpath)
+            self._rehearsal = Rehearsal(self._specs, None if is_url(self.dirpath) else self.dirpath)
             self._rehearsal.check_module(pl_module)
         self._world, self._rank = trainer.world_size, trainer.global_rank
         # Ranks that keep their own buffers (no broadcast) each send them to rank 0 at a checkpoint.
@@ -320,7 +323,7 @@ class ProofOfLearning(Callback):
         finally:
             self._end_fit()
         if session is not None and session.is_complete:
-            log.info("proof of learning: %s (%d checkpoints, %.2f MB)", self.dirpath, session.checkpoints, session.total_bytes / 1e6)
+            _completed(self, trainer, session)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -361,10 +364,17 @@ class ProofOfLearning(Callback):
         return self._session.identity()
 
 
+def _completed(pol: ProofOfLearning, trainer: pl.Trainer, session: ProofSession) -> None:
+    """Said, and given to the trackers (``log_proof``), once fit returns with the proof complete."""
+    log.info("proof of learning: %s (%d checkpoints, %.2f MB)", pol.dirpath, session.checkpoints, session.total_bytes / 1e6)
+    if pol.log_proof:
+        log_proof_to_trackers(trainer.loggers, session.store, session.identity(), pol._run_id, pol.log_proof == "all")
+
+
 def _open_session(pol: ProofOfLearning, trainer: pl.Trainer, pl_module: pl.LightningModule, size: int) -> ProofSession:
     """The callback's proof, opened on the rank that writes it: reopened after a resume (checking the data against
     the commitment, one pass), or created with a new manifest."""
-    session = ProofSession(pol.dirpath, pol.fsync, pol.background, pol.max_pending, pol.commit_every_s, pol.references)
+    session = ProofSession(open_store(pol.dirpath, pol.storage_options), pol.fsync, pol.background, pol.max_pending, pol.commit_every_s, pol.references)
     loader = pol._loader
     dataset, workers = loader.dataset, loader.loader.num_workers
     if pol._resume is not None:
@@ -406,6 +416,23 @@ def _validate_arguments(every_n_steps: Any, init_strategy: str, parent: Any, see
     _validate_positive_int("max_pending", max_pending)
     if isinstance(commit_every_s, bool) or not isinstance(commit_every_s, (int, float)) or not commit_every_s >= 0:
         raise PoLError(f"commit_every_s must be a number of seconds >= 0, got {commit_every_s!r}")
+
+
+def _location(path: str | os.PathLike[str]) -> str | Path:
+    """A URL as given (``Path`` would make ``s3://b/p`` the local directory ``s3:/b/p``); a local path as a Path."""
+    return os.fspath(path) if is_url(path) else Path(path)
+
+
+def _validate_storage(dirpath: Any, parent: Any, storage_options: Any, log_proof: Any) -> None:
+    if not isinstance(dirpath, (str, os.PathLike)) or not os.fspath(dirpath):
+        raise PoLError(f"dirpath must be a directory or a URL, got {dirpath!r}")
+    for location in (dirpath, parent):
+        if location is not None:
+            check_location(location)
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise PoLError(f"storage_options must be a mapping of the filesystem's arguments, got {storage_options!r}")
+    if log_proof not in (True, False, "all"):
+        raise PoLError(f"log_proof must be True, False or 'all', got {log_proof!r}")
 
 
 def _validate_tiers(every_n_steps: int, full_every_n_steps: Any) -> None:

@@ -6,11 +6,10 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load
 
 from lightning_pol.format import layout
 from lightning_pol.format.checkpoint import checkpoint_parts
@@ -18,6 +17,7 @@ from lightning_pol.format.compression import compress_checkpoint
 from lightning_pol.format.index_log import IndexLog
 from lightning_pol.format.manifest import Manifest, MonitoredValue
 from lightning_pol.format.samples import leaves_file_bytes, root_of
+from lightning_pol.format.storage import ProofStore
 from lightning_pol.format.writer import ProofDirectoryError, ProofWriter
 from lightning_pol.prover.background import BackgroundWriter
 from lightning_pol.prover.stored_tensors import StoredTensors
@@ -60,9 +60,9 @@ class ProofSession:
     the commit order, and with it crash consistency.
     """
 
-    def __init__(self, dirpath: Path, fsync: bool, background: bool, max_pending: int, commit_every_s: float,
+    def __init__(self, store: ProofStore, fsync: bool, background: bool, max_pending: int, commit_every_s: float,
                  references: bool = True) -> None:
-        self.dirpath = dirpath
+        self.store = store
         self.references = references
         self.fsync = fsync
         self.background = background
@@ -83,7 +83,7 @@ class ProofSession:
     # ---------------------------------------------------------------- opening (training thread, no writer thread yet)
     def create(self, manifest: Manifest, overwrite: bool, leaves: torch.Tensor | None) -> None:
         """Start a new proof (refusing another run's, unless ``overwrite``); ``leaves`` when the data is committed already."""
-        self._writer = ProofWriter.create(self.dirpath, manifest, overwrite, self.fsync)
+        self._writer = ProofWriter.create(self.store, manifest, overwrite, self.fsync)
         if leaves is not None:
             self._put_leaves(leaves)
 
@@ -94,7 +94,7 @@ class ProofSession:
         schedulers consumed (None: a checkpoint that does not say); a tiered proof's ``norms_origin``, what
         :meth:`norms_origin` gave then. What the proof holds beyond that never happened in the resumed run, and is
         dropped; nothing is committed when the resume is refused."""
-        writer = ProofWriter.reopen(self.dirpath, run_id, self.fsync)
+        writer = ProofWriter.reopen(self.store, run_id, self.fsync)
         self._writer = writer
         m = writer.manifest
         if not m.data.committed:  # the run stopped within its first epoch, before committing
@@ -318,8 +318,11 @@ class ProofSession:
 
     def _read_index_log(self) -> IndexLog:
         # This run's own files: trusted, unlike a proof handed to a verifier.
-        root = self._writer.root  # type: ignore[union-attr]
-        return IndexLog.concat([IndexLog.from_tensors(load_file(root / c.path)) for c in self._writer.manifest.index_log])  # type: ignore[union-attr]
+        writer = self._writer
+        assert writer is not None
+        files = writer.manifest.files
+        return IndexLog.concat([IndexLog.from_tensors(load(writer.store.read(c.path, files[c.path].bytes)))
+                                for c in writer.manifest.index_log])
 
     def _put_leaves(self, leaves: torch.Tensor) -> None:
         self._writer.put(layout.LEAVES, leaves_file_bytes(leaves))  # type: ignore[union-attr]
@@ -328,4 +331,4 @@ class ProofSession:
     def identity(self) -> str:
         """SHA-256 of the manifest as committed now."""
         self.commit_now()
-        return layout.sha256_file(self.dirpath / layout.MANIFEST)
+        return layout.sha256_bytes(self.store.read(layout.MANIFEST, layout.MAX_MANIFEST_BYTES))

@@ -9,6 +9,7 @@ from pathlib import Path
 from lightning_pol.format import layout
 from lightning_pol.format.lineage import same_weights
 from lightning_pol.format.reader import ProofReader
+from lightning_pol.format.storage import open_store
 from lightning_pol.format.strict_json import ProofFormatError
 from lightning_pol.verification.pretrained_check import use_trusted_root
 from lightning_pol.verification.registry import Registry
@@ -19,11 +20,16 @@ def find_parent(child: ProofReader, parents_dir: str | os.PathLike[str] | None) 
     """The parent proof with the recorded identity: at its recorded path, or anywhere under ``parents_dir``."""
     parent = child.manifest.parent or {}
     identity = parent.get("identity")
-    candidates: list[Path] = []
+    candidates: list[str] = []
     if isinstance(parent.get("path"), str):
-        candidates.append(Path(parent["path"]))
-    if parents_dir is not None:
-        candidates.extend(p.parent for p in sorted(Path(parents_dir).rglob(layout.MANIFEST)))
+        candidates.append(parent["path"])
+    if parents_dir is not None:  # every proof under it: a local directory or a URL
+        try:
+            found = open_store(parents_dir).files()
+        except OSError:
+            found = []
+        suffix = "/" + layout.MANIFEST
+        candidates.extend(os.path.join(parents_dir, rel.removesuffix(suffix)) for rel in found if rel.endswith(suffix))
     for path in candidates:
         try:
             reader = ProofReader(path)
@@ -35,7 +41,7 @@ def find_parent(child: ProofReader, parents_dir: str | os.PathLike[str] | None) 
 
 
 def check_chain(reader: ProofReader, report: Report, registry: Registry | None, parents: str | os.PathLike[str] | None,
-                verify_parent: Callable[[Path], Report]) -> None:
+                verify_parent: Callable[[str | Path], Report]) -> None:
     """W_0 of a warm start must be its parent's final state, and the parent valid: by a valid record in the
     ``registry`` for its final checkpoint, or else by ``verify_parent`` (the same settings, one level up)."""
     parent = reader.manifest.parent
@@ -80,7 +86,7 @@ def check_chain(reader: ProofReader, report: Report, registry: Registry | None, 
 
 
 def _follow(reader: ProofReader, preader: ProofReader, check: ChainCheck, problems: list[str], registry: Registry | None,
-            verify_parent: Callable[[Path], Report]) -> None:
+            verify_parent: Callable[[str | Path], Report]) -> None:
     parent = reader.manifest.parent or {}
     if not preader.manifest.complete or not preader.checkpoints:
         raise ProofFormatError("the parent proof is not complete")

@@ -61,7 +61,7 @@ def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, A
                 declared.append((key[:-1].replace("lr_", "LR "), entry["class"], base))
     classes: dict[str, type] = {}
     for what, path, base in declared:
-        cls = declared_class(reader.root, path, base, what)
+        cls = declared_class(reader.local_root, path, base, what)
         classes.setdefault(what, cls)
         # Lightning's own rule: a scheduler that is not a torch LRScheduler needs the module's lr_scheduler_step.
         if what == "LR scheduler" and not issubclass(cls, torch.optim.lr_scheduler.LRScheduler) and (
@@ -72,7 +72,7 @@ def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, A
         if spec is not None:
             try:
                 arguments = apply_overrides(_decoded(spec, role), overrides.get(role), role)
-                builder(spec.instantiator, classes[role], arguments, reader.root, role)  # gates every nested target; calls nothing
+                builder(spec.instantiator, classes[role], arguments, reader.local_root, role)  # gates every nested target; calls nothing
             except (RecursionError, TypeError) as e:  # nested past Python's stack, or keys that do not compare
                 raise NotRecreatableError(f"the proof's {role} recipe cannot be read ({type(e).__name__})") from None
             _local_paths_exist(spec, arguments, role)
@@ -84,14 +84,14 @@ def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, A
 def _callback_class(reader: ProofReader, i: int, spec: ClassSpec) -> type:
     """A callback the replay runs (the manifest's ``callbacks``): a Lightning Callback, its recipe's targets gated."""
     what = f"callback {i}"
-    cls = declared_class(reader.root, spec.import_path, Callback, what)
+    cls = declared_class(reader.local_root, spec.import_path, Callback, what)
     if not replayable_callback(cls):
         raise NotRecreatableError(f"the proof's {what} {spec.import_path!r} is not a callback the prover replays (one of "
                                   f"Lightning's that change training, or the project's own); the verifier will not run it")
     if spec.instantiator == "lightning_cli":
         raise NotRecreatableError(f"the proof's {what} names the lightning_cli instantiator, which builds modules only")
     try:
-        builder(spec.instantiator, cls, _decoded(spec, what), reader.root, what)  # gates every nested target; calls nothing
+        builder(spec.instantiator, cls, _decoded(spec, what), reader.local_root, what)  # gates every nested target; calls nothing
     except (RecursionError, TypeError) as e:
         raise NotRecreatableError(f"the proof's {what} recipe cannot be read ({type(e).__name__})") from None
     return cls

@@ -50,7 +50,7 @@ def _verifier(job: dict[str, Any], rank: int) -> PoLVerifierModule:
     from lightning_pol.verification.pretrained_check import use_trusted_root
     from lightning_pol.verification.registry import Registry
 
-    reader = ProofReader(job["proof_dir"])
+    reader = ProofReader(job["proof_dir"], job.get("storage_options"))
     use_trusted_root(reader, Registry(job["registry"]) if job.get("registry") else None, job.get("roots"))
     verifier = PoLVerifierModule(reader, accelerator=job["accelerator"], deterministic=job.get("deterministic"),
                                  overrides=job.get("overrides"), process_rank=rank)

@@ -630,21 +630,21 @@ class PoLVerifierModule:
     def make_module(self) -> pl.LightningModule:
         spec = self.manifest.module
         with prover_code(f"the proof's module {spec.import_path}"):
-            return recreate(spec, self._module_cls, self.reader.root, self.overrides.get("module"), "module")
+            return recreate(spec, self._module_cls, self.reader.local_root, self.overrides.get("module"), "module")
 
     def make_datamodule(self) -> pl.LightningDataModule | None:
         spec = self.manifest.datamodule
         if self._dm_cls is None or spec is None:
             return None
         with prover_code(f"the proof's datamodule {spec.import_path}"):
-            return recreate(spec, self._dm_cls, self.reader.root, self.overrides.get("datamodule"), "datamodule")
+            return recreate(spec, self._dm_cls, self.reader.local_root, self.overrides.get("datamodule"), "datamodule")
 
     def make_callbacks(self) -> list[Callback]:
         """The callbacks training ran that the replay runs, re-created from their recipes (already gated)."""
         built = []
         for spec, cls in zip(self.manifest.callbacks, self._callback_classes):
             with prover_code(f"the proof's callback {spec.import_path}"):
-                built.append(recreate(spec, cls, self.reader.root, None, "callback"))
+                built.append(recreate(spec, cls, self.reader.local_root, None, "callback"))
         return built
 
     def training_loader(self) -> Any:

@@ -17,7 +17,6 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from lightning_pol.format.environment import environment
 from lightning_pol.format.index_log import IndexLog
 from lightning_pol.format.manifest import Manifest
 from lightning_pol.format.reader import ProofReader
+from lightning_pol.format.storage import ProofStore
 from lightning_pol.format.strict_json import ProofFormatError
 from lightning_pol.verification.chain import check_chain
 from lightning_pol.verification.code_check import check_code
@@ -54,9 +54,9 @@ MAX_CHAIN = 64
 Progress = Callable[[int, int], None]
 
 
-def verify_proof(proof_dir: str | os.PathLike[str], settings: VerifierSettings | None = None, *,
+def verify_proof(proof_dir: str | os.PathLike[str] | ProofStore, settings: VerifierSettings | None = None, *,
                  progress: Progress | None = None, **options: Any) -> Report:
-    """Verify the proof in ``proof_dir``; returns a :class:`~lightning_pol.verification.report.Report`.
+    """Verify the proof in ``proof_dir`` (a directory, an fsspec URL, a :class:`~lightning_pol.format.storage.ProofStore`); returns a :class:`~lightning_pol.verification.report.Report`.
 
     Example::
 
@@ -77,15 +77,15 @@ def verify_proof(proof_dir: str | os.PathLike[str], settings: VerifierSettings |
     resolved = (base.replace(**options) if options else base).resolved()
     if resolved.registry is not None and not isinstance(resolved.registry, Registry):
         resolved = dataclasses.replace(resolved, registry=Registry(resolved.registry))
-    return _verify(Path(proof_dir), resolved, progress, ())
+    return _verify(proof_dir, resolved, progress, ())
 
 
-def _verify(proof_dir: Path, settings: VerifierSettings, progress: Progress | None, chain: tuple[str, ...]) -> Report:
+def _verify(proof_dir: str | os.PathLike[str] | ProofStore, settings: VerifierSettings, progress: Progress | None, chain: tuple[str, ...]) -> Report:
     reader = ProofReader(proof_dir)
     use_trusted_root(reader, settings.registry, settings.roots)
     if reader.identity in chain or len(chain) > MAX_CHAIN:
         raise ProofFormatError(f"the chain of parent proofs loops or is deeper than {MAX_CHAIN}")
-    report = Report(proof_dir=str(proof_dir), proof_identity=reader.identity, valid=False, settings=settings.to_dict())
+    report = Report(proof_dir=str(reader.root), proof_identity=reader.identity, valid=False, settings=settings.to_dict())
     parent_settings = dataclasses.replace(settings, num_shards=1, shard=0)
     with _threads_of(reader.manifest, settings):
         mode = _compare_environments(reader.manifest, settings, report)
@@ -189,7 +189,7 @@ def _replay_ranks(verifier: PoLVerifierModule, settings: VerifierSettings, repor
         return
     registry = settings.registry
     verifier.processes = RankProcesses(world, {
-        "proof_dir": str(verifier.reader.root), "accelerator": settings.accelerator, "deterministic": verifier.deterministic,
+        "proof_dir": str(verifier.reader.root), "storage_options": verifier.reader.store.options, "accelerator": settings.accelerator, "deterministic": verifier.deterministic,
         "overrides": verifier.overrides, "registry": getattr(registry, "path", registry), "roots": str(settings.roots) if settings.roots else None,
         "threads": torch.get_num_threads(), "backend": replay_backend(settings.accelerator),
     })
