@@ -146,3 +146,14 @@ def pickle_bomb(marker: Path) -> bytes:
     import pickle
 
     return pickle.dumps(_Boom(marker))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS ``weed mini``) for the session, on 127.0.0.1; stopped after."""
+    from tests.object_store import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
