@@ -84,6 +84,12 @@ class SeaweedS3:
         self.stop()
         raise RuntimeError(f"weed mini did not serve S3 at {self.endpoint} within {timeout:.0f} s")
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used so far (Linux): on a machine it shares, its work is the writer's cost too."""
+        assert self._process is not None
+        fields = Path(f"/proc/{self._process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:

@@ -19,7 +19,7 @@ def test_quick_benchmarks_run_and_report_every_measure(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "results.json").read_text())
-    assert set(res) >= {"machine", "overhead", "breakdown", "replay", "tiers", "storage", "commitment", "compression", "lora", "ddp"}
+    assert set(res) >= {"machine", "overhead", "breakdown", "replay", "tiers", "storage", "commitment", "compression", "lora", "ddp", "object_storage"}
     (ddp,) = res["ddp"]["rows"].values()  # two ranks, one epoch: by two processes, and emulated in one
     assert ddp["valid"] and ddp["bit_exact"] and ddp["emulate_bit_exact"] and ddp["segments"] >= 2, ddp
     lora = res["lora"]  # a tiny GPT-2 here: its tied LM head and frozen base are references to the root, W_0 included
@@ -50,3 +50,6 @@ def test_quick_benchmarks_run_and_report_every_measure(tmp_path):
     assert all(r["calls"] > 0 for r in replay["rows"]), replay["rows"]
     assert "| k | lightning-pol |" in (tmp_path / "results.md").read_text()
     assert "**Tiered proofs**" in (tmp_path / "results.md").read_text()
+    stored = res["object_storage"]["rows"]  # a proof written to the local S3 server, and to a local directory
+    assert set(stored) == {"1", "16"} and all(r["s3_over_local"] > 0 and r["proof_megabytes"] > 0 for r in stored.values())
+    assert "**Proof on object storage**" in (tmp_path / "results.md").read_text()

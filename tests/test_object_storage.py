@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from lightning_pol.format import layout
 from lightning_pol.format.checkpoint import checkpoint_bytes
@@ -123,19 +122,20 @@ def test_a_changed_checkpoint_object_resealed_in_the_manifest_is_rejected(s3_ser
     listed = reader.manifest.files[layout.LEAVES].bytes
     fs.pipe_file(f"proofs/forged/proof/{layout.LEAVES}", b"x" * (listed + 4096))
     problems = ProofReader(forged_url, s3_server.storage_options()).verify_files()
-    assert problems == [f"digest mismatch: {layout.LEAVES} ({listed + 4096} bytes, the manifest says {listed})"], problems
+    assert problems == [f"{layout.LEAVES} is larger than allowed ({listed + 4096} > {listed} bytes)"], problems
 
 
 def test_a_run_killed_after_lightnings_second_checkpoint_resumes_into_one_valid_proof(s3_server, tmp_path):
     """Acceptance 3: SIGKILL after Lightning's checkpoints of steps 20 and 40 (local last.ckpt), resumed from it."""
     url = "s3://proofs/run3/proof"
-    killed = _train(s3_server, tmp_path, url, "--kill-at-step", "45", check=False)
+    killed = _train(s3_server, tmp_path, url, "--kill-at-step", "45", "--epochs", "2", check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
     partial = ProofReader(url, s3_server.storage_options())
     assert partial.manifest.status == layout.STATUS_IN_PROGRESS and _only_unlisted(partial.verify_files())
-    _train(s3_server, tmp_path, url, "--resume")
+    s3_server.filesystem().pipe_file("proofs/run3/proof/checkpoints/stray copy.bin", b"x")  # a key no proof would name
+    _train(s3_server, tmp_path, url, "--resume", "--epochs", "2")
     reader = ProofReader(url, s3_server.storage_options())
-    assert reader.manifest.run_id == partial.manifest.run_id and reader.manifest.final_step == 228
+    assert reader.manifest.run_id == partial.manifest.run_id and reader.manifest.final_step == 114
     assert not (tmp_path / "s3:").exists()
     report = verify_proof(_store(s3_server, url), q=0)
     assert report.valid and _exact(report), report.reasons
@@ -147,7 +147,7 @@ def test_the_server_stopped_during_training_stops_fit_in_one_line_and_the_run_re
     clean; the server comes back and the run resumed from Lightning's last checkpoint completes a valid proof."""
     url = "s3://proofs/run4/proof"
     fs = s3_server.filesystem()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.object_store_target", str(tmp_path), url, "--slow"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.object_store_target", str(tmp_path), url, "--slow", "--epochs", "2"], cwd=tmp_path,
                             env=_env(s3_server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -169,9 +169,46 @@ def test_the_server_stopped_during_training_stops_fit_in_one_line_and_the_run_re
     print(f"fit stopped {stopped_after:.1f} s after the server did: {last}")
     committed = ProofReader(url, s3_server.storage_options())
     assert committed.manifest.status == layout.STATUS_IN_PROGRESS and _only_unlisted(committed.verify_files())
-    _train(s3_server, tmp_path, url, "--resume")
+    _train(s3_server, tmp_path, url, "--resume", "--epochs", "2")
     report = verify_proof(_store(s3_server, url), q=0)
     assert report.valid and _exact(report), report.reasons
+    assert ProofReader(url, s3_server.storage_options()).manifest.final_step == 114
+
+
+def test_an_interrupted_upload_leaves_no_object_and_a_train_app_url_is_not_a_local_directory(s3_server, tmp_path):
+    """A write that fails part-way is discarded, never completed under its final name; ``python -m lightning_pol.train
+    pol.dirpath=s3://...`` writes the proof to the server (a relative dirpath is the run directory's, a URL is not)."""
+    store = _store(s3_server, "s3://proofs/interrupted")
+
+    def parts():
+        yield b"x" * 1000
+        raise OSError("the disk under the state went away")
+
+    with pytest.raises(ProofStorageError, match=r"^cannot write s3://proofs/interrupted/checkpoints/step-000000008.safetensors \("):
+        store.write("checkpoints/step-000000008.safetensors", parts())
+    assert store.files() == []
+    done = subprocess.run([sys.executable, "-m", "lightning_pol.train", "pol.dirpath=s3://proofs/app/proof", "pol.every_n_steps=8",
+                           "trainer.max_steps=16", "verify=true", f"hydra.run.dir={tmp_path}/run"],
+                          cwd=tmp_path, env=_env(s3_server), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "proof: s3://proofs/app/proof" in done.stdout and "VALID" in done.stdout
+    assert layout.MANIFEST in _store(s3_server, "s3://proofs/app/proof").files()
+    assert not [p for p in tmp_path.rglob("*") if p.name in ("s3:", layout.MANIFEST)]
+
+
+def test_a_parent_path_the_proof_names_is_followed_only_on_the_childs_own_filesystem():
+    """A hostile child proof cannot make the verifier fetch from a server of its choosing, nor chain filesystems."""
+    from types import SimpleNamespace
+
+    from lightning_pol.verification.chain import _may_follow
+
+    local = SimpleNamespace(local_root=Path("/proofs/child"), store=SimpleNamespace(location="/proofs/child"))
+    remote = SimpleNamespace(local_root=None, store=SimpleNamespace(location="s3://proofs/child"))
+    assert _may_follow("/proofs/parent", local) and _may_follow("s3://proofs/parent", remote)
+    assert not _may_follow("http://169.254.169.254/latest", local) and not _may_follow("s3://proofs/parent", local)
+    assert not _may_follow("gs://elsewhere/parent", remote) and not _may_follow("zip://a::s3://proofs/p", remote)
+    with pytest.raises(ProofStorageError, match="chained URL"):
+        open_store("zip://a::s3://proofs/p")
 
 
 def test_a_url_without_its_filesystem_or_server_is_refused_in_one_line(tmp_path, s3_server):

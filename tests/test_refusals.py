@@ -43,6 +43,15 @@ def test_foreign_files_are_never_overwritten(tmp_path):
         with pytest.raises(PoLError, match="not a(?: lightning-pol)? proof"):
             train_with_proof(tmp_path, UnseenModule, UnseenDataModule(num_workers=0), max_steps=2, max_epochs=-1, pol_kwargs=dict(overwrite=overwrite))
         assert (tmp_path / "proof" / "notes.txt").read_text() == "mine"
+    # A proof with the user's file beside it (named like the writer's temporaries, in a folder of the user's) is
+    # not replaced either, and nothing of it is deleted: the refusal comes before any deletion.
+    other = tmp_path / "other"
+    proof, _, _ = train_with_proof(other, UnseenModule, UnseenDataModule(num_workers=0), max_steps=2, max_epochs=-1)
+    (proof / "notes").mkdir()
+    (proof / "notes" / ".tmp-draft.txt").write_text("mine")
+    with pytest.raises(PoLError, match=r"not part of the old proof: \['notes/.tmp-draft.txt'\]"):
+        train_with_proof(other, UnseenModule, UnseenDataModule(num_workers=0), max_steps=2, max_epochs=-1, pol_kwargs=dict(overwrite=True))
+    assert (proof / "notes" / ".tmp-draft.txt").read_text() == "mine" and ProofReader(proof).verify_files() == ["unlisted file: notes/.tmp-draft.txt"]
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ class Mutant:
 
 _P, _C, _T, _K, _R = ("tests/test_pretrained.py::", "tests/test_replayed_callbacks.py::", "tests/test_tiered.py::",
                       "tests/test_code_identity.py::", "tests/test_reader.py::")
-_D = "tests/test_ddp.py::"
+_D, _S = "tests/test_ddp.py::", "tests/test_object_storage.py::"
 _HOSTILE = _T + "test_hostile_compressed_full_state_is_rejected_in_one_line"
 _TIERS = _T + "test_tiers_other_than_the_declared_ones_are_rejected"
 _NORMS = _T + "test_a_recorded_update_norm_that_lies_is_rejected"
@@ -122,6 +122,21 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("D4", "DDP: each rank resumes its own indices and stream", "lightning_pol/prover/distributed.py",
            "{**state, **ranks[rank]} if ranks is not None", "{**state, **ranks[0]} if ranks is not None",
            (_D + "test_a_two_rank_run_killed_and_resumed_from_last_ckpt_is_one_proof",)),
+    Mutant("S1", "object store: an object's size is checked against its cap before a byte is read", "lightning_pol/format/storage.py",
+           "        size = self._size(rel)\n        self._size_checked(rel, size, limit, exact)\n", "        size = self._size(rel)\n",
+           (_S + "test_a_changed_checkpoint_object_resealed_in_the_manifest_is_rejected",)),
+    Mutant("S2", "object store: an upload that fails part-way is discarded", "lightning_pol/format/storage.py",
+           "            fh.discard()  # never", "            fh.close()  # never",
+           (_S + "test_an_interrupted_upload_leaves_no_object_and_a_train_app_url_is_not_a_local_directory",)),
+    Mutant("S3", "object store: a stray key is deleted by a resume", "lightning_pol/format/storage.py",
+           'self.fs.rm_file(f"{self._root}/{rel}")', "self.fs.rm_file(self._path(rel))",
+           (_S + "test_a_run_killed_after_lightnings_second_checkpoint_resumes_into_one_valid_proof",)),
+    Mutant("S4", "chain: a parent path is followed only on the child's own filesystem", "lightning_pol/verification/chain.py",
+           '    return "::" not in recorded and recorded.partition("://")[0] == child_url.partition("://")[0] != ""', "    return True",
+           (_S + "test_a_parent_path_the_proof_names_is_followed_only_on_the_childs_own_filesystem",)),
+    Mutant("S5", "overwrite: a temporary's name is the writer's only where the writer puts files", "lightning_pol/format/writer.py",
+           "or (not rest and top.startswith(pf.TMP_PREFIX)))", "or any(p.startswith(pf.TMP_PREFIX) for p in rel.split(\"/\")))",
+           ("tests/test_refusals.py::test_foreign_files_are_never_overwritten",)),
 )
 
 

@@ -31,6 +31,8 @@ from omegaconf import DictConfig
 
 from lightning_pol.apps import EXIT_BAD_INPUT, EXIT_CRASH
 from lightning_pol.apps.verify import ERROR, REPORT, SHARED_SEED
+from lightning_pol.apps.tracker_verdict import log_verdict
+from lightning_pol.errors import PoLError
 from lightning_pol.verification.merge import IncompleteShardsError, merge_reports
 
 
@@ -43,7 +45,7 @@ class MergeShards(Callback):
             seed_file.write_text(str(int.from_bytes(os.urandom(8), "little") >> 1))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        code = merge_sweep(Path(config.hydra.sweep.dir))
+        code = merge_sweep(Path(config.hydra.sweep.dir), config.get("tracker"))
         if code:
             sys.exit(code)
 
@@ -54,8 +56,9 @@ def _group_key(report: dict[str, Any]) -> str:
     return json.dumps([report.get("proof_dir"), settings], sort_keys=True, default=str)
 
 
-def merge_sweep(sweep: Path) -> int:
-    """Merge the reports under ``sweep``; returns the exit code of the merged verdicts."""
+def merge_sweep(sweep: Path, tracker: Any = None) -> int:
+    """Merge the reports under ``sweep``; returns the exit code of the merged verdicts. ``tracker``: the app's
+    ``tracker`` config; each merged verdict is logged to it (a shard's alone would be partial)."""
     reports: list[tuple[Path, dict[str, Any]]] = []
     errors: list[str] = []
     crashed = False
@@ -85,6 +88,12 @@ def merge_sweep(sweep: Path) -> int:
             f"| {name} | {sel.get('q')} | {sel.get('random')} | {sel.get('num_shards')} | {len(r['segments'])} | "
             f"{len(replay.get('failed', []))} | {r.get('coverage', {}).get('measured', 0):.3f} | {'VALID' if r['valid'] else 'INVALID'} |"
         )
+    for name, r in zip(names, merged):
+        if tracker is not None:
+            try:
+                rows.append(f"\nverdict of {name} logged to {log_verdict(tracker, r['valid'], r['proof_identity'], sweep / name)}")
+            except PoLError as e:
+                errors.append(str(e))
     rows += [f"\nerror: {e}" for e in errors]
     (sweep / "summary.md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))

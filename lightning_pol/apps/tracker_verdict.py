@@ -6,43 +6,50 @@ The run is the one the prover's ``log_proof`` gave the proof to: named by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lightning_pol.errors import PoLError
 from lightning_pol.prover.trackers import ARTIFACT_PATH, IDENTITY_KEY, VERDICT_KEY
-from lightning_pol.verification.report import Report
 
 
-def log_verdict(tracker: Any, report: Report, report_file: Path) -> str:
-    """Log ``report`` (its file and verdict) to the run ``tracker`` (the app's config) names; returns where it went."""
+def log_verdict(tracker: Any, valid: bool, identity: str, report_file: Path) -> str:
+    """Log a verification (its report file and verdict; ``identity``, the proof's) to the run ``tracker`` (the app's
+    config) names; returns where it went. Raises a one-line :class:`PoLError` when the tracker does not take it."""
     kind = tracker.get("kind")
+    if kind not in ("mlflow", "wandb"):
+        raise PoLError(f"tracker.kind must be mlflow or wandb, got {kind!r}")
     try:
-        if kind == "mlflow":
-            return _to_mlflow(tracker, report, report_file)
-        if kind == "wandb":
-            return _to_wandb(tracker, report, report_file)
+        return (_to_mlflow if kind == "mlflow" else _to_wandb)(tracker, Verdict(bool(valid), identity), report_file)
+    except PoLError:
+        raise
     except ImportError as e:
         raise PoLError(f"tracker={kind} needs its library ({e})") from None
-    raise PoLError(f"tracker.kind must be mlflow or wandb, got {kind!r}")
+    except Exception as e:  # noqa: BLE001 - the tracker's client raises its own errors, each about its server or run
+        raise PoLError(f"cannot log the verdict to the {kind} run ({' '.join(str(e).split())[:300] or type(e).__name__})") from None
 
 
-def _verdict(report: Report) -> str:
-    return "valid" if report.valid else "rejected"
+@dataclass(frozen=True)
+class Verdict:
+    """What a tracker's run is told: the verdict, and the proof it is about."""
+
+    valid: bool
+    proof_identity: str
+
+    @property
+    def word(self) -> str:
+        return "valid" if self.valid else "rejected"
 
 
-def _to_mlflow(tracker: Any, report: Report, report_file: Path) -> str:
-    from mlflow.exceptions import MlflowException
+def _to_mlflow(tracker: Any, report: Verdict, report_file: Path) -> str:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracker.get("tracking_uri"))
-    try:
-        run_id = tracker.get("run_id") or _mlflow_run_of(client, report.proof_identity)
-        client.log_artifact(run_id, str(report_file), artifact_path=ARTIFACT_PATH)
-        client.set_tag(run_id, VERDICT_KEY, _verdict(report))
-        client.log_metric(run_id, "lightning_pol.valid", float(report.valid))
-    except MlflowException as e:
-        raise PoLError(f"cannot log the verdict to MLflow ({' '.join(str(e).split())[:300]})") from None
+    run_id = tracker.get("run_id") or _mlflow_run_of(client, report.proof_identity)
+    client.log_artifact(run_id, str(report_file), artifact_path=ARTIFACT_PATH)
+    client.set_tag(run_id, VERDICT_KEY, report.word)
+    client.log_metric(run_id, "lightning_pol.valid", float(report.valid))
     return f"MLflow run {run_id}"
 
 
@@ -56,17 +63,17 @@ def _mlflow_run_of(client: Any, identity: str) -> str:
     return runs[0].info.run_id
 
 
-def _to_wandb(tracker: Any, report: Report, report_file: Path) -> str:
+def _to_wandb(tracker: Any, report: Verdict, report_file: Path) -> str:
     import wandb
 
     run = wandb.init(project=tracker.get("project"), entity=tracker.get("entity"), id=tracker.get("run_id"), resume="allow",
                      dir=tracker.get("dir"), mode=tracker.get("mode"))
     try:
         artifact = wandb.Artifact(f"verification-{report.proof_identity[:16]}", type=f"{ARTIFACT_PATH}-verification",
-                                  metadata={"verdict": _verdict(report), "identity": report.proof_identity})
+                                  metadata={"verdict": report.word, "identity": report.proof_identity})
         artifact.add_file(str(report_file), name="verification.json")
         run.log_artifact(artifact)
-        run.summary[VERDICT_KEY] = _verdict(report)
+        run.summary[VERDICT_KEY] = report.word
         run.summary[IDENTITY_KEY] = report.proof_identity
     finally:
         run.finish()

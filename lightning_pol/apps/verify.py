@@ -55,8 +55,8 @@ def verify_and_report(settings: VerifierSettings, proof_dir: str | Path, out: Pa
         raise PoLError(f"cannot write the report to {out} ({e.strerror})") from None
     print(report.summary())
     print(f"report: {out}")
-    if tracker is not None:
-        print(f"verdict logged to {log_verdict(tracker, report, out)}")
+    if tracker is not None and settings.num_shards == 1:  # a shard's verdict is partial: the merge logs the whole one
+        print(f"verdict logged to {log_verdict(tracker, report.valid, report.proof_identity, out)}")
     return 0 if report.valid else 1
 
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 import os
 import stat
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from lightning_pol.errors import PoLError
 from lightning_pol.format import layout
@@ -48,7 +48,7 @@ def is_url(location: str | os.PathLike[str]) -> bool:
     """True for a location with a protocol other than a local file's (``s3://b/p``; ``file://`` is local)."""
     text = os.fspath(location)
     protocol, sep, _ = text.partition("://")
-    return bool(sep) and protocol not in ("", "file", "local") and "/" not in protocol
+    return bool(sep) and (protocol not in ("", "file", "local") and "/" not in protocol or "::" in text)
 
 
 def check_location(location: str | os.PathLike[str]) -> None:
@@ -56,6 +56,8 @@ def check_location(location: str | os.PathLike[str]) -> None:
     location would otherwise be a local directory named ``s3:``, and the proof would land where nobody asked."""
     if not is_url(location):
         return
+    if "::" in os.fspath(location):  # fsspec's chained URLs (zip://a::s3://b): one filesystem, one root
+        raise ProofStorageError(f"{location}: a chained URL (::) cannot hold a proof; name the filesystem that holds it")
     protocol = os.fspath(location).partition("://")[0]
     import fsspec
 
@@ -74,7 +76,16 @@ def open_store(location: str | os.PathLike[str] | ProofStore, storage_options: M
     if is_url(location):
         return ObjectStore(os.fspath(location), storage_options)
     text = os.fspath(location)
-    return LocalStore(Path(text.partition("://")[2] if text.startswith("file://") else text))
+    return LocalStore(Path(text.partition("://")[2] if text.startswith(("file://", "local://")) else text))
+
+
+def plain_options(value: Any) -> Any:
+    """Options as plain dicts and lists (a Hydra config's nodes are not what a filesystem's client expects)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain_options(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_options(v) for v in value]
+    return value
 
 
 def _reason(e: BaseException) -> str:
@@ -108,10 +119,6 @@ class ProofStore:
 
     def chunks(self, rel: str, limit: int, exact: int | None = None) -> Iterator[bytes]:
         """The bytes of ``rel`` in blocks, checked as :meth:`read` checks them: memory stays one block."""
-        raise NotImplementedError
-
-    def read_head(self, rel: str, n: int) -> bytes:
-        """At most the first ``n`` bytes of ``rel`` (a range read where a store has them)."""
         raise NotImplementedError
 
     def write(self, rel: str, data: bytes | Sequence[Any], fsync: bool = True) -> None:
@@ -215,11 +222,6 @@ class LocalStore(ProofStore):
         if left != 1:
             raise ProofFormatError(f"{rel} changed size while being read")
 
-    def read_head(self, rel: str, n: int) -> bytes:
-        fd, _ = self._open(rel, 1 << 62, None)
-        with open(fd, "rb", closefd=True) as fh:
-            return fh.read(n)
-
     def write(self, rel: str, data: bytes | Sequence[Any], fsync: bool = True) -> None:
         atomic_write(self.local_root / rel, data, fsync, sync_dir=False)
 
@@ -244,7 +246,7 @@ class ObjectStore(ProofStore):
 
         check_location(location)
         self.location = location.rstrip("/")
-        self.options = dict(storage_options or {})
+        self.options = plain_options(storage_options or {})
         try:
             # Its own instance: fsspec shares one per set of options, listings cached, and a proof read after another
             # process changed it (a resumed run, a forger) must be read as it is now.
@@ -313,26 +315,29 @@ class ObjectStore(ProofStore):
         if got != size:
             raise ProofFormatError(f"{rel} changed size while being read")
 
-    def read_head(self, rel: str, n: int) -> bytes:
-        try:
-            return self.fs.cat_file(self._path(rel), start=0, end=n)
-        except FileNotFoundError:
-            raise ProofFormatError(f"missing file: {rel}") from None
-        except Exception as e:  # noqa: BLE001
-            raise ProofFormatError(f"cannot read {self.url(rel)} ({_reason(e)})") from None
-
     def write(self, rel: str, data: bytes | Sequence[Any], fsync: bool = True) -> None:
         path = self._path(rel)
         try:  # one object, whole: a PUT, or parts of UPLOAD_PART_BYTES that appear together when the upload completes
-            with self.fs.open(path, "wb", block_size=UPLOAD_PART_BYTES) as fh:
-                for part in (data,) if isinstance(data, bytes) else data:
-                    fh.write(part)
+            fh = self.fs.open(path, "wb", block_size=UPLOAD_PART_BYTES)
+        except Exception as e:  # noqa: BLE001
+            raise self._failed("write", rel, e) from None
+        try:
+            for part in (data,) if isinstance(data, bytes) else data:
+                fh.write(part)
+        except BaseException as e:
+            fh.discard()  # never a part-written object under the final name (s3fs aborts the multipart upload)
+            fh.closed = True
+            if isinstance(e, Exception):
+                raise self._failed("write", rel, e) from None
+            raise
+        try:
+            fh.close()
         except Exception as e:  # noqa: BLE001
             raise self._failed("write", rel, e) from None
 
     def delete(self, rel: str) -> None:
-        try:
-            self.fs.rm_file(self._path(rel))
+        try:  # a key found under the root (a stray name included), or one this writer put: no path rule to pass
+            self.fs.rm_file(f"{self._root}/{rel}")
         except FileNotFoundError:
             pass
         except Exception as e:  # noqa: BLE001

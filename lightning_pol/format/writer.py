@@ -119,14 +119,15 @@ class ProofWriter:
         listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
         ours = (pf.CHECKPOINT_DIR, pf.INDEX_LOG_DIR, os.path.dirname(pf.LEAVES))
 
-        def part_of_proof(rel: str) -> bool:
-            return (rel in listed or rel in (pf.MANIFEST, pf.INDEX_LOG_FINAL) or rel.split("/")[0] in ours
-                    or any(p.startswith(pf.TMP_PREFIX) for p in rel.split("/")))
+        def part_of_proof(rel: str) -> bool:  # a temporary only where the writer puts files: the root and its own folders
+            top, _, rest = rel.partition("/")
+            return (rel in listed or rel in (pf.MANIFEST, pf.INDEX_LOG_FINAL) or top in ours
+                    or (not rest and top.startswith(pf.TMP_PREFIX)))
 
         foreign = sorted(rel for rel in found if not part_of_proof(rel))
         if foreign:
             raise ProofDirectoryError(f"{store.location} holds files that are not part of the old proof: {foreign[:5]}")
-        for rel in sorted(found, key=lambda r: r == pf.MANIFEST):  # the manifest last: a crash leaves a proof or nothing
+        for rel in sorted(found, key=lambda r: r == pf.MANIFEST):  # the manifest last: interrupted, overwrite=True again finishes it
             store.delete(rel)
 
     def remove_unlisted(self) -> None:

@@ -31,7 +31,7 @@ from typing_extensions import override
 
 from lightning_pol.errors import PoLError
 from lightning_pol.format import layout
-from lightning_pol.format.storage import check_location, is_url, open_store
+from lightning_pol.format.storage import check_location, is_url, open_store, plain_options
 from lightning_pol.prover.distributed import (
     check_ddp_recordable,
     gather_rank_parts,
@@ -139,7 +139,7 @@ class ProofOfLearning(Callback):
         _validate_tiers(every_n_steps, full_every_n_steps)
         _validate_storage(dirpath, parent, storage_options, log_proof)
         self.dirpath = _location(dirpath)
-        self.storage_options = dict(storage_options or {})
+        self.storage_options = plain_options(storage_options or {})
         self.log_proof = log_proof
         self.every_n_steps = every_n_steps
         self.full_every_n_steps = None if full_every_n_steps in (None, every_n_steps) else full_every_n_steps

@@ -63,24 +63,34 @@ def stage_proof(store: ProofStore, identity: str, run_id: str | None, folder: Pa
 
 
 def log_proof_to_trackers(loggers: Iterable[Any], store: ProofStore, identity: str, run_id: str | None, whole: bool) -> None:
-    """Give each MLflow or W&B logger's run the proof (its manifest and identity, or every file)."""
+    """Give each MLflow or W&B logger's run the proof (its manifest and identity, or every file). The proof is complete
+    and committed by then: a tracker that cannot take it (a server down, no permission) is said in a warning, and
+    neither fails the fit nor keeps the loggers from finishing their runs."""
     for logger in loggers:
         kind = tracker_kind(logger)
         if kind is None:
             continue
-        with tempfile.TemporaryDirectory(prefix="pol-tracker-") as tmp:
-            folder = stage_proof(store, identity, run_id, Path(tmp), whole)
-            if kind == "mlflow":
-                client, run = logger.experiment, logger.run_id
-                client.log_artifacts(run, str(folder), artifact_path=ARTIFACT_PATH)
-                client.set_tag(run, IDENTITY_KEY, identity)
-            else:
-                import wandb
+        try:
+            _log_to(kind, logger, store, identity, run_id, whole)
+        except Exception as e:  # noqa: BLE001 - the tracker's client raises its own errors, each about its server
+            log.warning("proof of learning: the %s run did not take the proof (%s); the proof is complete at %s",
+                        kind, " ".join(str(e).split())[:300] or type(e).__name__, store.location)
 
-                run = logger.experiment
-                artifact = wandb.Artifact(f"proof-{identity[:16]}", type=ARTIFACT_PATH,
-                                          metadata={"identity": identity, "location": store.location, "run_id": run_id})
-                artifact.add_dir(str(folder))
-                run.log_artifact(artifact)
-                run.summary[IDENTITY_KEY] = identity
-        log.info("proof of learning: %s logged to the %s run", "the proof" if whole else "the manifest", kind)
+
+def _log_to(kind: str, logger: Any, store: ProofStore, identity: str, run_id: str | None, whole: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="pol-tracker-") as tmp:
+        folder = stage_proof(store, identity, run_id, Path(tmp), whole)
+        if kind == "mlflow":
+            client, run = logger.experiment, logger.run_id
+            client.log_artifacts(run, str(folder), artifact_path=ARTIFACT_PATH)
+            client.set_tag(run, IDENTITY_KEY, identity)
+        else:
+            import wandb
+
+            run = logger.experiment
+            artifact = wandb.Artifact(f"proof-{identity[:16]}", type=ARTIFACT_PATH,
+                                      metadata={"identity": identity, "location": store.location, "run_id": run_id})
+            artifact.add_dir(str(folder))
+            run.log_artifact(artifact)
+            run.summary[IDENTITY_KEY] = identity
+    log.info("proof of learning: %s logged to the %s run", "the proof" if whole else "the manifest", kind)

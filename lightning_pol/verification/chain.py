@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning_pol.format import layout
 from lightning_pol.format.lineage import same_weights
 from lightning_pol.format.reader import ProofReader
-from lightning_pol.format.storage import open_store
+from lightning_pol.format.storage import is_url, open_store
 from lightning_pol.format.strict_json import ProofFormatError
 from lightning_pol.verification.pretrained_check import use_trusted_root
 from lightning_pol.verification.registry import Registry
@@ -21,8 +21,9 @@ def find_parent(child: ProofReader, parents_dir: str | os.PathLike[str] | None) 
     parent = child.manifest.parent or {}
     identity = parent.get("identity")
     candidates: list[str] = []
-    if isinstance(parent.get("path"), str):
-        candidates.append(parent["path"])
+    recorded = parent.get("path")
+    if isinstance(recorded, str) and _may_follow(recorded, child):
+        candidates.append(recorded)
     if parents_dir is not None:  # every proof under it: a local directory or a URL
         try:
             found = open_store(parents_dir).files()
@@ -38,6 +39,16 @@ def find_parent(child: ProofReader, parents_dir: str | os.PathLike[str] | None) 
         if reader.identity == identity:
             return reader
     return None
+
+
+def _may_follow(recorded: str, child: ProofReader) -> bool:
+    """A parent path the (hostile) child proof names is followed on this machine's disk, or on the filesystem the
+    child itself is on: never to another server, which would have the verifier fetch (with its credentials) where
+    the proof says. Elsewhere, ``parents=`` names where to look."""
+    if not is_url(recorded):
+        return True
+    child_url = child.store.location if child.local_root is None else ""
+    return "::" not in recorded and recorded.partition("://")[0] == child_url.partition("://")[0] != ""
 
 
 def check_chain(reader: ProofReader, report: Report, registry: Registry | None, parents: str | os.PathLike[str] | None,
