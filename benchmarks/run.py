@@ -27,7 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from benchmarks import breakdown, ddp, lora
+from benchmarks import breakdown, ddp, lora, object_storage
 from benchmarks.baseline import TorchSaveEveryK
 from lightning_pol import ProofOfLearning, ProofReader, verify_proof
 from lightning_pol.format.compression import compress_checkpoint, decompress_checkpoint
@@ -406,6 +406,8 @@ def markdown(res: dict[str, Any]) -> str:
         lines += ["", *lora.markdown(res["lora"])]
     if "ddp" in res:
         lines += ["", *ddp.markdown(res["ddp"])]
+    if "object_storage" in res:
+        lines += ["", *object_storage.markdown(res["object_storage"])]
     if "multirun" in res:
         mr = res["multirun"]
         lines += ["", f"**Multirun** (full replay as `python -m lightning_pol.verify`): 1 job {mr['single_seconds']:.1f} s, "
@@ -414,7 +416,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 #: What ``--sections`` may name: each measure, and ``resnet20`` for the ResNet-20 overhead alone (as ``overhead``).
-SECTIONS = ("overhead", "resnet20", "breakdown", "replay", "tiers", "storage", "commitment", "compression", "multirun", "lora", "ddp")
+SECTIONS = ("overhead", "resnet20", "breakdown", "replay", "tiers", "storage", "commitment", "compression", "multirun", "lora", "ddp", "object_storage")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -470,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             section("multirun", lambda: multirun_scaling(tmp / "replay-0", tmp))
         section("lora", lambda: lora.lora_gpt2(tmp / "lora", args.quick))
         section("ddp", lambda: ddp.ddp_replay(tmp, args.quick))
+        section("object_storage", lambda: object_storage.object_storage(work, [1, 16], repeats * (1 if args.quick else 2), tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text = markdown(res)
