@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_pol.format import layout
 from lightning_pol.format.checkpoint import checkpoint_bytes
@@ -209,6 +210,28 @@ def test_a_parent_path_the_proof_names_is_followed_only_on_the_childs_own_filesy
     assert not _may_follow("gs://elsewhere/parent", remote) and not _may_follow("zip://a::s3://proofs/p", remote)
     with pytest.raises(ProofStorageError, match="chained URL"):
         open_store("zip://a::s3://proofs/p")
+
+
+def test_a_trusted_root_is_read_from_a_url(s3_server, tmp_path, monkeypatch, capsys):
+    """``roots add s3://...``: the registry records the URL, and the verifier reads the root's tensors from it."""
+    import fsspec
+    from safetensors.torch import save
+
+    from lightning_pol.apps.roots import run
+    from lightning_pol.format.pretrained import WeightsFileError, read_weights
+    from lightning_pol.verification.registry import Registry
+
+    monkeypatch.setitem(fsspec.config.conf, "s3", s3_server.storage_options())  # what FSSPEC_S3_* say in a fresh process
+    data = save({"backbone.weight": torch.arange(6.0).reshape(2, 3), "backbone.bias": torch.zeros(2)})
+    s3_server.filesystem().pipe_file("proofs/models/base.safetensors", data)
+    url = "s3://proofs/models/base.safetensors"
+    assert run(["add", url, "--name", "base", "--registry", str(tmp_path / "registry.db")]) == 0
+    (root,) = Registry(tmp_path / "registry.db").roots()
+    assert root["path"] == url and root["sha256"] == layout.sha256_bytes(data)
+    digest, tensors = read_weights(root["path"])  # what the verifier's pretrained check calls with a root's path
+    assert digest == root["sha256"] and torch.equal(tensors["backbone.weight"], torch.arange(6.0).reshape(2, 3))
+    with pytest.raises(WeightsFileError, match=r"^cannot read weights file s3://proofs/models/gone.safetensors: missing file"):
+        read_weights("s3://proofs/models/gone.safetensors")
 
 
 def test_a_url_without_its_filesystem_or_server_is_refused_in_one_line(tmp_path, s3_server):

@@ -137,6 +137,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("S5", "overwrite: a temporary's name is the writer's only where the writer puts files", "lightning_pol/format/writer.py",
            "or (not rest and top.startswith(pf.TMP_PREFIX)))", "or any(p.startswith(pf.TMP_PREFIX) for p in rel.split(\"/\")))",
            ("tests/test_refusals.py::test_foreign_files_are_never_overwritten",)),
+    Mutant("S6", "roots add: a URL root is recorded as the URL the verifier reads", "lightning_pol/apps/roots.py",
+           "path = args.file if is_url(args.file) else os.path.abspath(args.file)", "path = os.path.abspath(args.file)",
+           (_S + "test_a_trusted_root_is_read_from_a_url",)),
 )
 
 

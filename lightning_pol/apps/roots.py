@@ -20,6 +20,7 @@ import sys
 from lightning_pol.apps import EXIT_VALID, exit_code
 from lightning_pol.errors import PoLError
 from lightning_pol.format.pretrained import digests, layouts, read_weights
+from lightning_pol.format.storage import is_url
 from lightning_pol.verification.registry import Registry
 
 
@@ -42,7 +43,8 @@ def run(argv: list[str]) -> int:
     registry = Registry(args.registry)
     if args.command == "add":
         digest, tensors = read_weights(args.file)
-        path = os.path.abspath(args.file)  # where a verifier reads the tensors a proof references (checked against the digest)
+        # where a verifier reads the tensors a proof references (checked against the digest): this path, or the URL
+        path = args.file if is_url(args.file) else os.path.abspath(args.file)
         registry.add_root(args.name, digest, digests(tensors), layouts(tensors), path)
         print(f"trusted root {args.name}: sha256 {digest}, {len(tensors)} tensors, read from {path}")
     elif args.command == "remove":

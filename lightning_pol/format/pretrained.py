@@ -20,6 +20,8 @@ import torch
 
 from lightning_pol.errors import PoLError, one_line
 from lightning_pol.format.safetensors_io import load_safetensors
+from lightning_pol.format.storage import MAX_FILE_BYTES, is_url, read_object
+from lightning_pol.format.strict_json import ProofFormatError
 from lightning_pol.format.tensor_refs import tensor_digest
 
 #: Suffixes read with ``torch.load(weights_only=True)``; ``.safetensors`` is read as safetensors.
@@ -31,12 +33,20 @@ class WeightsFileError(PoLError):
 
 
 def read_weights(path: str | os.PathLike[str]) -> tuple[str, dict[str, torch.Tensor]]:
-    """(SHA-256 of the file, its tensors by key); a :class:`WeightsFileError` with one line for anything else."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise WeightsFileError(f"cannot read weights file {path}: {e.strerror or e}") from None
+    """(SHA-256 of the file, its tensors by key); a :class:`WeightsFileError` with one line for anything else.
+    ``path``: a local file, or an fsspec URL (``s3://models/base.safetensors``) read with fsspec's configuration."""
+    if is_url(path):
+        try:
+            data = read_object(os.fspath(path), MAX_FILE_BYTES)
+        except (ProofFormatError, OSError) as e:
+            raise WeightsFileError(f"cannot read weights file {os.fspath(path)}: {one_line(e)}") from None
+        path = Path(os.fspath(path).rpartition("/")[2])  # (its name and suffix: what the messages and the reader need)
+    else:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise WeightsFileError(f"cannot read weights file {path}: {e.strerror or e}") from None
     digest = hashlib.sha256(data).hexdigest()
     if path.suffix == ".safetensors":
         try:

@@ -28,7 +28,7 @@ from lightning_pol.format.manifest import CheckpointEntry, FileEntry, Manifest
 from lightning_pol.format.safetensors_io import load_safetensors
 from lightning_pol.format.samples import leaves_from_tensors
 from lightning_pol.format.state_codec import decode_state
-from lightning_pol.format.storage import ProofStorageError, ProofStore, open_store
+from lightning_pol.format.storage import MAX_FILE_BYTES, ProofStorageError, ProofStore, open_store
 from lightning_pol.format.strict_json import ProofFormatError, is_int
 from lightning_pol.format.tensor_refs import Ref, tensor_digest
 
@@ -39,18 +39,6 @@ _SWA = "lightning.pytorch.callbacks.stochastic_weight_avg:StochasticWeightAverag
 __all__ = ["ProofFormatError", "ProofReader"]
 
 MAX_MANIFEST_BYTES = layout.MAX_MANIFEST_BYTES
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX: assume a modest machine
-        return 16 << 30
-
-
-#: The largest file this reader hashes or loads: half of this machine's memory. A listed file
-#: above it is refused before it is read (a sparse file can claim a terabyte for free).
-MAX_FILE_BYTES = _physical_memory() // 2
 
 
 class ProofReader:

@@ -36,6 +36,18 @@ from lightning_pol.format import layout
 from lightning_pol.format.strict_json import ProofFormatError
 
 _CHUNK = 1 << 20
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a modest machine
+        return 16 << 30
+
+
+#: The largest file a reader hashes or loads: half of this machine's memory. A listed file (or a weights file)
+#: above it is refused before it is read (a sparse file can claim a terabyte for free).
+MAX_FILE_BYTES = _physical_memory() // 2
 #: Size of a multipart upload's parts: a checkpoint above it is uploaded in parts (S3 takes 5 MiB to 5 GiB).
 UPLOAD_PART_BYTES = 64 << 20
 
@@ -67,6 +79,14 @@ def check_location(location: str | os.PathLike[str]) -> None:
         raise ProofStorageError(f"{location}: the {protocol}:// filesystem is not installed ({_reason(e)})") from None
     except ValueError:
         raise ProofStorageError(f"{location}: fsspec knows no {protocol}:// filesystem") from None
+
+
+def read_object(url: str, limit: int) -> bytes:
+    """One file at a URL (a published weights file), refused before a byte is read when its size passes ``limit``."""
+    parent, _, name = url.rstrip("/").rpartition("/")
+    if "://" not in parent:
+        raise ProofStorageError(f"{url}: not a URL of a file")
+    return ObjectStore(parent).read(name, limit)
 
 
 def open_store(location: str | os.PathLike[str] | ProofStore, storage_options: Mapping[str, Any] | None = None) -> ProofStore:
