@@ -245,9 +245,12 @@ def test_a_url_without_its_filesystem_or_server_is_refused_in_one_line(tmp_path,
                                         "config_kwargs": {"retries": {"max_attempts": 1}}})
     with pytest.raises(ProofStorageError, match=r"^cannot list s3://proofs/x \("):
         down.files()
-    done = subprocess.run([sys.executable, "-m", "lightning_pol.verify", "proof_dir=s3://proofs/nothing-here",
-                           f"hydra.run.dir={tmp_path}/v"], cwd=tmp_path, env=_env(s3_server), capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == "error: no proof directory at s3://proofs/nothing-here"
+    from lightning_pol.apps.verify import verify_and_report
+    from lightning_pol.errors import PoLError
+    from lightning_pol.verification.settings import VerifierSettings
+
+    with pytest.raises(PoLError, match="^no proof directory at s3://proofs/nothing-here$"):
+        verify_and_report(VerifierSettings(), "s3://proofs/nothing-here", tmp_path / "v" / "verification.json", s3_server.storage_options())
     assert not any(tmp_path.glob("s3*"))
 
 
