@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             section("multirun", lambda: multirun_scaling(tmp / "replay-0", tmp))
         section("lora", lambda: lora.lora_gpt2(tmp / "lora", args.quick))
         section("ddp", lambda: ddp.ddp_replay(tmp, args.quick))
-        section("object_storage", lambda: object_storage.object_storage(work, [1, 16], repeats * (1 if args.quick else 2), tmp))
+        section("object_storage", lambda: object_storage.object_storage(work, [16] if args.quick else [1, 16], repeats * (1 if args.quick else 2), tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text = markdown(res)

@@ -30,7 +30,7 @@ class KillAt(pl.Callback):
 
     def on_train_batch_end(self, trainer, *args):
         if self.slow and trainer.global_step >= 40:
-            time.sleep(0.1)  # after Lightning's second checkpoint: leaves the test time to stop the server while training goes on
+            time.sleep(0.3)  # after Lightning's second checkpoint: leaves the test time to stop the server while training goes on
         if self.step is not None and trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -129,14 +129,14 @@ def test_a_changed_checkpoint_object_resealed_in_the_manifest_is_rejected(s3_ser
 def test_a_run_killed_after_lightnings_second_checkpoint_resumes_into_one_valid_proof(s3_server, tmp_path):
     """Acceptance 3: SIGKILL after Lightning's checkpoints of steps 20 and 40 (local last.ckpt), resumed from it."""
     url = "s3://proofs/run3/proof"
-    killed = _train(s3_server, tmp_path, url, "--kill-at-step", "45", "--epochs", "2", check=False)
+    killed = _train(s3_server, tmp_path, url, "--kill-at-step", "45", "--epochs", "1", check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
     partial = ProofReader(url, s3_server.storage_options())
     assert partial.manifest.status == layout.STATUS_IN_PROGRESS and _only_unlisted(partial.verify_files())
     s3_server.filesystem().pipe_file("proofs/run3/proof/checkpoints/stray copy.bin", b"x")  # a key no proof would name
-    _train(s3_server, tmp_path, url, "--resume", "--epochs", "2")
+    _train(s3_server, tmp_path, url, "--resume", "--epochs", "1")
     reader = ProofReader(url, s3_server.storage_options())
-    assert reader.manifest.run_id == partial.manifest.run_id and reader.manifest.final_step == 114
+    assert reader.manifest.run_id == partial.manifest.run_id and reader.manifest.final_step == 57
     assert not (tmp_path / "s3:").exists()
     report = verify_proof(_store(s3_server, url), q=0)
     assert report.valid and _exact(report), report.reasons
@@ -148,7 +148,7 @@ def test_the_server_stopped_during_training_stops_fit_in_one_line_and_the_run_re
     clean; the server comes back and the run resumed from Lightning's last checkpoint completes a valid proof."""
     url = "s3://proofs/run4/proof"
     fs = s3_server.filesystem()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.object_store_target", str(tmp_path), url, "--slow", "--epochs", "2"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.object_store_target", str(tmp_path), url, "--slow", "--epochs", "1"], cwd=tmp_path,
                             env=_env(s3_server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -170,10 +170,10 @@ def test_the_server_stopped_during_training_stops_fit_in_one_line_and_the_run_re
     print(f"fit stopped {stopped_after:.1f} s after the server did: {last}")
     committed = ProofReader(url, s3_server.storage_options())
     assert committed.manifest.status == layout.STATUS_IN_PROGRESS and _only_unlisted(committed.verify_files())
-    _train(s3_server, tmp_path, url, "--resume", "--epochs", "2")
+    _train(s3_server, tmp_path, url, "--resume", "--epochs", "1")
     report = verify_proof(_store(s3_server, url), q=0)
     assert report.valid and _exact(report), report.reasons
-    assert ProofReader(url, s3_server.storage_options()).manifest.final_step == 114
+    assert ProofReader(url, s3_server.storage_options()).manifest.final_step == 57
 
 
 def test_an_interrupted_upload_leaves_no_object_and_a_train_app_url_is_not_a_local_directory(s3_server, tmp_path):
