@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning_pol.errors import PoLError
+from lightning_pol.errors import PoLError, one_line
 from lightning_pol.prover.trackers import ARTIFACT_PATH, IDENTITY_KEY, VERDICT_KEY
 
 
@@ -27,7 +27,7 @@ def log_verdict(tracker: Any, valid: bool, identity: str, report_file: Path) -> 
     except ImportError as e:
         raise PoLError(f"tracker={kind} needs its library ({e})") from None
     except Exception as e:  # noqa: BLE001 - the tracker's client raises its own errors, each about its server or run
-        raise PoLError(f"cannot log the verdict to the {kind} run ({' '.join(str(e).split())[:300] or type(e).__name__})") from None
+        raise PoLError(f"cannot log the verdict to the {kind} run ({one_line(e)})") from None
 
 
 @dataclass(frozen=True)

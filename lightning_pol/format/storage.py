@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_pol.errors import PoLError
+from lightning_pol.errors import PoLError, one_line
 from lightning_pol.format import layout
 from lightning_pol.format.strict_json import ProofFormatError
 
@@ -76,7 +76,7 @@ def check_location(location: str | os.PathLike[str]) -> None:
     try:
         fsspec.get_filesystem_class(protocol)
     except ImportError as e:
-        raise ProofStorageError(f"{location}: the {protocol}:// filesystem is not installed ({_reason(e)})") from None
+        raise ProofStorageError(f"{location}: the {protocol}:// filesystem is not installed ({one_line(e)})") from None
     except ValueError:
         raise ProofStorageError(f"{location}: fsspec knows no {protocol}:// filesystem") from None
 
@@ -106,11 +106,6 @@ def plain_options(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [plain_options(v) for v in value]
     return value
-
-
-def _reason(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:300]
 
 
 class ProofStore:
@@ -165,6 +160,7 @@ class LocalStore(ProofStore):
         self.local_root = root
         self.location = str(root)
         self.options = {}
+        self._made: set[Path] = set()  # directories written into already: no mkdir per file
 
     def is_container(self) -> bool:
         return self.local_root.is_dir()
@@ -243,7 +239,9 @@ class LocalStore(ProofStore):
             raise ProofFormatError(f"{rel} changed size while being read")
 
     def write(self, rel: str, data: bytes | Sequence[Any], fsync: bool = True) -> None:
-        atomic_write(self.local_root / rel, data, fsync, sync_dir=False)
+        path = self.local_root / rel
+        atomic_write(path, data, fsync, make_parent=path.parent not in self._made, sync_dir=False)
+        self._made.add(path.parent)
 
     def sync(self, rels: Sequence[str]) -> None:
         for directory in sorted({(self.local_root / rel).parent for rel in rels}):
@@ -272,7 +270,7 @@ class ObjectStore(ProofStore):
             # process changed it (a resumed run, a forger) must be read as it is now.
             self.fs = url_to_fs(self.location, skip_instance_cache=True, **self.options)[0]
         except Exception as e:  # noqa: BLE001 - a filesystem's constructor raises what it likes about its options
-            raise ProofStorageError(f"{location}: cannot open the filesystem ({_reason(e)})") from None
+            raise ProofStorageError(f"{location}: cannot open the filesystem ({one_line(e)})") from None
         self._root = self.fs._strip_protocol(self.location).rstrip("/")
 
     def _path(self, rel: str) -> str:
@@ -281,7 +279,7 @@ class ObjectStore(ProofStore):
         return f"{self._root}/{rel}"
 
     def _failed(self, what: str, rel: str, e: BaseException) -> ProofStorageError:
-        return ProofStorageError(f"cannot {what} {self.url(rel)} ({_reason(e)})")
+        return ProofStorageError(f"cannot {what} {self.url(rel)} ({one_line(e)})")
 
     def is_container(self) -> bool:
         try:
@@ -309,7 +307,7 @@ class ObjectStore(ProofStore):
         except FileNotFoundError:
             raise ProofFormatError(f"missing file: {rel}") from None
         except Exception as e:  # noqa: BLE001
-            raise ProofFormatError(f"cannot read {self.url(rel)} ({_reason(e)})") from None
+            raise ProofFormatError(f"cannot read {self.url(rel)} ({one_line(e)})") from None
         if info.get("type") != "file" or not isinstance(info.get("size"), int):
             raise ProofFormatError(f"not a regular file: {rel}")
         return info["size"]
@@ -331,7 +329,7 @@ class ObjectStore(ProofStore):
         except ProofFormatError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise ProofFormatError(f"cannot read {self.url(rel)} ({_reason(e)})") from None
+            raise ProofFormatError(f"cannot read {self.url(rel)} ({one_line(e)})") from None
         if got != size:
             raise ProofFormatError(f"{rel} changed size while being read")
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lightning_pol.errors import one_line
 from lightning_pol.format import layout
 from lightning_pol.format.storage import ProofStore
 
@@ -74,7 +75,7 @@ def log_proof_to_trackers(loggers: Iterable[Any], store: ProofStore, identity: s
             _log_to(kind, logger, store, identity, run_id, whole)
         except Exception as e:  # noqa: BLE001 - the tracker's client raises its own errors, each about its server
             log.warning("proof of learning: the %s run did not take the proof (%s); the proof is complete at %s",
-                        kind, " ".join(str(e).split())[:300] or type(e).__name__, store.location)
+                        kind, one_line(e), store.location)
 
 
 def _log_to(kind: str, logger: Any, store: ProofStore, identity: str, run_id: str | None, whole: bool) -> None:
