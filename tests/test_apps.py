@@ -13,6 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from lightning_pol import ProofReader, verify_proof
+from lightning_pol.attestation.dsse import Envelope
+from lightning_pol.attestation.statement import AttestedVerdict
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -91,8 +93,13 @@ def test_two_shard_joblib_multirun_merges_into_the_full_replay(trained, tmp_path
 
 def test_sweep_over_q_gives_a_report_per_job_and_a_summary(trained, tmp_path):
     sweep = tmp_path / "sweep"
-    done = run_app("verify", "--multirun", f"proof_dir={trained}", "verifier.q=1,2", "verifier.random=0", f"hydra.sweep.dir={sweep}")
-    assert done.returncode == 0, done.stderr[-3000:]
+    key = tmp_path / "key.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key)], check=True)
+    done = run_app("verify", "--multirun", f"proof_dir={trained}", "verifier.q=1,2", "verifier.random=0", f"hydra.sweep.dir={sweep}",
+                   f"attest.out={tmp_path / 'verdict.json'}", f"attest.key={key}")
+    assert done.returncode == 2, done.stderr[-3000:]  # two verdicts, one attest.out: neither job attests, the merge says why
+    assert not (tmp_path / "verdict.json").exists()
+    assert "attest.out names one file, and this sweep merged 2 verifications" in (sweep / "summary.md").read_text()
     assert (sweep / "0" / "verification.json").exists() and (sweep / "1" / "verification.json").exists()
     summary = (sweep / "summary.md").read_text()
     assert summary.count("VALID") == 2 and "| 1 | 0 |" in summary and "| 2 | 0 |" in summary
@@ -167,9 +174,13 @@ def test_two_shard_multirun_over_a_rejected_proof_merges_to_rejected(trained, tm
     """One shard replays the broken last segment, the other only honest ones: the merged verdict is the rejection."""
     proof = _tampered_final(trained, tmp_path / "proof")
     sweep = tmp_path / "sweep"
+    key = tmp_path / "key.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key)], check=True)
     done = run_app("verify", "--multirun", f"proof_dir={proof}", "verifier.q=0", "verifier.num_shards=2",
-                   "verifier.shard=0,1", f"hydra.sweep.dir={sweep}")
+                   "verifier.shard=0,1", f"hydra.sweep.dir={sweep}", f"attest.out={tmp_path / 'verdict.json'}", f"attest.key={key}")
     assert done.returncode == 1, done.stderr[-3000:]
+    attested = AttestedVerdict.parse(Envelope.parse((tmp_path / "verdict.json").read_bytes(), "v").statement("v"), "v")
+    assert attested.result == "FAILED" and len(attested.extension["segments"]) == 9  # the merged verdict, not a shard's
     shards = [json.loads((sweep / str(i) / "verification.json").read_text()) for i in (0, 1)]
     assert sorted(s["valid"] for s in shards) == [False, True]  # the failure is in one shard only
     merged = json.loads((sweep / "verification.json").read_text())
@@ -180,8 +191,11 @@ def test_two_shard_multirun_over_a_rejected_proof_merges_to_rejected(trained, tm
 
 def test_a_sweep_with_a_shard_missing_is_unusable(trained, tmp_path):
     sweep = tmp_path / "sweep"
+    key = tmp_path / "key.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key)], check=True)
     done = run_app("verify", "--multirun", f"proof_dir={trained}", "verifier.q=0", "verifier.num_shards=2",
-                   "verifier.shard=0", f"hydra.sweep.dir={sweep}")
+                   "verifier.shard=0", f"hydra.sweep.dir={sweep}", f"attest.out={tmp_path / 'verdict.json'}", f"attest.key={key}")
     assert done.returncode == 2, done.stderr[-3000:]
     assert not (sweep / "verification.json").exists()
+    assert not (tmp_path / "verdict.json").exists()  # a shard's partial verdict is never attested
     assert "shards [0] of 2 finished; cannot merge" in (sweep / "summary.md").read_text()

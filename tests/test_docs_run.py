@@ -1,4 +1,4 @@
-"""Every fenced code block of README.md and docs/drop-in.md runs, as a reader would run it.
+"""Every fenced code block of README.md, docs/drop-in.md and docs/attestations.md runs, as a reader would run it.
 
 The convention: an HTML comment on the line before a ```python, ```bash or ```yaml block (blank
 lines between are allowed) says how it runs. A block without one fails
@@ -61,7 +61,7 @@ import pytest
 from tests.projects.runner import PROJECTS, copy_project
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "docs/drop-in.md")
+DOCS = ("README.md", "docs/drop-in.md", "docs/attestations.md")
 CODE = {"python", "bash", "yaml"}
 KNOWN = CODE | {"", "text"}
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[ \t]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.MULTILINE | re.DOTALL)

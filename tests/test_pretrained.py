@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torchvision
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from lightning_pol import ProofOfLearning, ProofReader
 from lightning_pol.errors import PoLError
@@ -225,3 +225,23 @@ def test_the_reproducibility_study_reads_the_root_a_pretrained_proof_references(
     with pytest.raises(ProofFormatError, match="that this verifier does not trust"):
         reproduction_errors(proof, [4], max_segments=1)
     assert set(reproduction_errors(proof, [4], max_segments=1, roots=weights)) == {4}
+
+
+def test_export_of_a_frozen_backbone_fine_tune_reads_the_root_it_is_given(digits, tmp_path):
+    """The frozen tensors are references to the root in every checkpoint: the export needs the root, and says so."""
+    from lightning_pol.apps.export import run as export
+
+    root, weights, _ = digits
+    pl.seed_everything(1, verbose=False)
+    model = DigitsCNN(width=16)
+    model.load_state_dict({k: v for k, v in load_file(weights).items() if not k.startswith("head.2.")}, strict=False)
+    model.features.requires_grad_(False)
+    proof = fine_tune(tmp_path, model, weights, max_epochs=1)
+    with pytest.raises(PoLError, match="which this reader was not given .* --roots FILE"):
+        export([str(proof), "--out", str(tmp_path / "model.safetensors")])
+    assert not (tmp_path / "model.safetensors").exists()
+    assert export([str(proof), "--out", str(tmp_path / "model.safetensors"), "--roots", str(weights)]) == 0
+    exported, published = load_file(tmp_path / "model.safetensors"), load_file(weights)
+    frozen = [f"features.{k}" for k, _ in model.features.named_parameters()]  # (its batch-norm statistics still move)
+    assert frozen and all(torch.equal(exported[k], published[k]) for k in frozen)
+    assert all(torch.equal(exported[k], v) for k, v in model.state_dict().items())

@@ -37,7 +37,7 @@ class Mutant:
 
 _P, _C, _T, _K, _R = ("tests/test_pretrained.py::", "tests/test_replayed_callbacks.py::", "tests/test_tiered.py::",
                       "tests/test_code_identity.py::", "tests/test_reader.py::")
-_D, _S = "tests/test_ddp.py::", "tests/test_object_storage.py::"
+_D, _S, _A = "tests/test_ddp.py::", "tests/test_object_storage.py::", "tests/test_attestations.py::"
 _HOSTILE = _T + "test_hostile_compressed_full_state_is_rejected_in_one_line"
 _TIERS = _T + "test_tiers_other_than_the_declared_ones_are_rejected"
 _NORMS = _T + "test_a_recorded_update_norm_that_lies_is_rejected"
@@ -140,6 +140,32 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("S6", "roots add: a URL root is recorded as the URL the verifier reads", "lightning_pol/apps/roots.py",
            "path = args.file if is_url(args.file) else os.path.abspath(args.file)", "path = os.path.abspath(args.file)",
            (_S + "test_a_trusted_root_is_read_from_a_url",)),
+    Mutant("A1", "attestation: the signature covers DSSE's PAE, not the payload alone", "lightning_pol/attestation/dsse.py",
+           "signer.sign(pae(payload_type, payload))", "signer.sign(payload)",
+           (_A + "test_a_verified_proof_is_attested_passed_and_checks_out_without_lightning_pol",)),
+    Mutant("A2", "attest verify: the model file must be a subject", "lightning_pol/apps/attest.py",
+           "        if not names:\n", "        if False:\n", (_A + "test_attest_verify_exits_0_1_and_2",)),
+    Mutant("A3", "attestation: a rejected proof is attested FAILED", "lightning_pol/attestation/statement.py",
+           '"verificationResult": "PASSED" if report.get("valid") else "FAILED",', '"verificationResult": "PASSED",',
+           (_A + "test_a_forged_checkpoint_is_attested_failed",)),
+    Mutant("A4", "attestation: a FAILED verdict claims no verified level", "lightning_pol/attestation/statement.py",
+           '    if not report.get("valid"):\n        return []\n', "",
+           (_A + "test_a_forged_checkpoint_is_attested_failed",)),
+    Mutant("A5", "attestation: attest.model must be the proof's export", "lightning_pol/attestation/verdict.py",
+           "if layout.sha256_file(self.model) != exported:", "if False:",
+           (_A + "test_a_wrong_attest_setting_is_one_line_before_any_replay[attest5-is not this proof's final model]",)),
+    Mutant("A6", "attestation: a signature checks only with its own key", "lightning_pol/attestation/keys.py",
+           "        from cryptography.exceptions import InvalidSignature\n", "        return True\n        from cryptography.exceptions import InvalidSignature\n",
+           (_A + "test_attest_verify_exits_0_1_and_2",)),
+    Mutant("A7", "attestation: in a multirun only the merge attests", "lightning_pol/apps/verify.py",
+           "cfg.get(\"tracker\"), None if multirun else attest)", "cfg.get(\"tracker\"), attest)",
+           ("tests/test_apps.py::test_two_shard_multirun_over_a_rejected_proof_merges_to_rejected",
+            "tests/test_apps.py::test_sweep_over_q_gives_a_report_per_job_and_a_summary")),
+    Mutant("A9", "attestation: levels follow the segments; the proof is the one verified", "lightning_pol/attestation/verdict.py",
+           "        if reader.identity != report[\"proof_identity\"]:", "        if False:",
+           (_A + "test_levels_follow_the_segments_and_a_changed_proof_is_not_attested",)),
+    Mutant("A8", "export: --key-prefix keeps only the inner model, stripped", "lightning_pol/attestation/model_export.py",
+           "    if key_prefix:\n", "    if False:\n", (_A + "test_export_is_byte_identical_and_loads_into_the_model",)),
 )
 
 

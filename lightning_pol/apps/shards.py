@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_pol.apps import EXIT_BAD_INPUT, EXIT_CRASH
 from lightning_pol.apps.verify import ERROR, REPORT, SHARED_SEED
 from lightning_pol.apps.tracker_verdict import log_verdict
+from lightning_pol.attestation.verdict import AttestSettings, attest_verdict
 from lightning_pol.errors import PoLError
 from lightning_pol.verification.merge import IncompleteShardsError, merge_reports
 
@@ -45,7 +46,11 @@ class MergeShards(Callback):
             seed_file.write_text(str(int.from_bytes(os.urandom(8), "little") >> 1))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        code = merge_sweep(Path(config.hydra.sweep.dir), config.get("tracker"))
+        attest = config.get("attest")
+        storage = config.get("storage_options")
+        code = merge_sweep(Path(config.hydra.sweep.dir), config.get("tracker"),
+                           OmegaConf.to_container(attest, resolve=True) if attest is not None else None,
+                           OmegaConf.to_container(storage, resolve=True) if storage else None)
         if code:
             sys.exit(code)
 
@@ -56,9 +61,10 @@ def _group_key(report: dict[str, Any]) -> str:
     return json.dumps([report.get("proof_dir"), settings], sort_keys=True, default=str)
 
 
-def merge_sweep(sweep: Path, tracker: Any = None) -> int:
+def merge_sweep(sweep: Path, tracker: Any = None, attest: dict[str, Any] | None = None, storage_options: Any = None) -> int:
     """Merge the reports under ``sweep``; returns the exit code of the merged verdicts. ``tracker``: the app's
-    ``tracker`` config; each merged verdict is logged to it (a shard's alone would be partial)."""
+    ``tracker`` config; each merged verdict is logged to it (a shard's alone would be partial). ``attest``: the
+    app's ``attest`` config; the merged verdict is attested (one file: a sweep over settings cannot be)."""
     reports: list[tuple[Path, dict[str, Any]]] = []
     errors: list[str] = []
     crashed = False
@@ -94,6 +100,15 @@ def merge_sweep(sweep: Path, tracker: Any = None) -> int:
                 rows.append(f"\nverdict of {name} logged to {log_verdict(tracker, r['valid'], r['proof_identity'], sweep / name)}")
             except PoLError as e:
                 errors.append(str(e))
+    if attest and attest.get("out") and merged:
+        try:
+            settings = AttestSettings.from_config(attest)
+            if len(merged) > 1:
+                raise PoLError(f"attest.out names one file, and this sweep merged {len(merged)} verifications: attest one at a time")
+            if settings is not None:
+                rows.append(f"\n{attest_verdict(merged[0], settings, storage_options)}")
+        except PoLError as e:
+            errors.append(str(e))
     rows += [f"\nerror: {e}" for e in errors]
     (sweep / "summary.md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))

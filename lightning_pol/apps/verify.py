@@ -23,8 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_pol.apps import CONF_DIR, exit_code
 from lightning_pol.apps.progress import ReplayProgress
 from lightning_pol.apps.tracker_verdict import log_verdict
+from lightning_pol.attestation.verdict import AttestSettings, attest_verdict
 from lightning_pol.errors import PoLError
+from lightning_pol.format.reader import ProofReader
 from lightning_pol.format.storage import open_store
+from lightning_pol.format.strict_json import ProofFormatError
 from lightning_pol.verification.settings import VerifierSettings
 from lightning_pol.verification.verifier import verify_proof
 
@@ -39,12 +42,21 @@ def verify_with(settings: VerifierSettings, proof_dir: str | Path, out: Path) ->
 
 
 def verify_and_report(settings: VerifierSettings, proof_dir: str | Path, out: Path, storage_options: Any = None,
-                      tracker: Any = None) -> int:
+                      tracker: Any = None, attest: AttestSettings | None = None) -> int:
     """The body of :func:`verify_with`: raises what :func:`~lightning_pol.apps.exit_code` turns into exit 2 or 3.
-    ``tracker``: the app's ``tracker`` config, the run that gets the report and the verdict."""
+    ``tracker``: the app's ``tracker`` config, the run that gets the report and the verdict; ``attest``: where the
+    verdict is attested, and with which key (a shard's verdict is partial: the merge attests the whole one)."""
     store = open_store(proof_dir, storage_options)
     if not store.is_container():
         raise PoLError(f"no proof directory at {proof_dir}")
+    if attest is not None and settings.num_shards > 1:
+        raise PoLError("attest.out attests a whole verdict, and one shard's is partial: run the shards as one --multirun "
+                       "(verifier.shard=0,...,N-1), whose merge writes the attestation")
+    if attest is not None:
+        try:
+            attest.check_model(ProofReader(store))  # a wrong attest.model is one line now, not after the replay
+        except ProofFormatError:
+            pass  # a proof that cannot be read: the verifier says why, and attests it FAILED
     label = f"shard {settings.shard}/{settings.num_shards}" if settings.num_shards > 1 else ""
     with ReplayProgress("replaying segments", label=label) as progress:
         report = verify_proof(store, settings, progress=progress)
@@ -57,6 +69,8 @@ def verify_and_report(settings: VerifierSettings, proof_dir: str | Path, out: Pa
     print(f"report: {out}")
     if tracker is not None and settings.num_shards == 1:  # a shard's verdict is partial: the merge logs the whole one
         print(f"verdict logged to {log_verdict(tracker, report.valid, report.proof_identity, out)}")
+    if attest is not None:
+        print(attest_verdict(json.loads(report.to_json()), attest, storage_options))
     return 0 if report.valid else 1
 
 
@@ -83,6 +97,7 @@ def run(cfg: DictConfig) -> int:
     def body() -> int:
         if proof_dir is None:
             raise PoLError("no proof to verify: pass proof_dir=DIR")
+        attest = AttestSettings.from_config(_plain(cfg.get("attest")))
         settings = VerifierSettings.from_config(cfg.verifier, registry=cfg.get("registry"), parents=cfg.get("parents"), roots=cfg.get("roots"),
                                                 module_overrides=cfg.get("module_overrides"),
                                                 datamodule_overrides=cfg.get("datamodule_overrides"))
@@ -91,9 +106,14 @@ def run(cfg: DictConfig) -> int:
             if seed_file.exists():
                 settings = settings.replace(seed=int(seed_file.read_text()))
         storage = OmegaConf.to_container(cfg.storage_options) if cfg.get("storage_options") else None
-        return verify_and_report(settings, str(proof_dir), out, storage, cfg.get("tracker"))
+        # in a multirun the merge attests the whole verdict (a shard's is partial; a sweep's jobs would share attest.out)
+        return verify_and_report(settings, str(proof_dir), out, storage, cfg.get("tracker"), None if multirun else attest)
 
     return exit_code(body, _error_file(out, proof_dir))
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 #: Hyperparameter overrides take any key the proof records, so they are added, not only set (Hydra's ``++``).
