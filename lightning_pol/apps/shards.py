@@ -46,10 +46,8 @@ class MergeShards(Callback):
             seed_file.write_text(str(int.from_bytes(os.urandom(8), "little") >> 1))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        attest = config.get("attest")
         storage = config.get("storage_options")
-        code = merge_sweep(Path(config.hydra.sweep.dir), config.get("tracker"),
-                           OmegaConf.to_container(attest, resolve=True) if attest is not None else None,
+        code = merge_sweep(Path(config.hydra.sweep.dir), config.get("tracker"), config.get("attest"),
                            OmegaConf.to_container(storage, resolve=True) if storage else None)
         if code:
             sys.exit(code)
@@ -61,7 +59,7 @@ def _group_key(report: dict[str, Any]) -> str:
     return json.dumps([report.get("proof_dir"), settings], sort_keys=True, default=str)
 
 
-def merge_sweep(sweep: Path, tracker: Any = None, attest: dict[str, Any] | None = None, storage_options: Any = None) -> int:
+def merge_sweep(sweep: Path, tracker: Any = None, attest: Any = None, storage_options: Any = None) -> int:
     """Merge the reports under ``sweep``; returns the exit code of the merged verdicts. ``tracker``: the app's
     ``tracker`` config; each merged verdict is logged to it (a shard's alone would be partial). ``attest``: the
     app's ``attest`` config; the merged verdict is attested (one file: a sweep over settings cannot be)."""

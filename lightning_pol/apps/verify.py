@@ -49,10 +49,10 @@ def verify_and_report(settings: VerifierSettings, proof_dir: str | Path, out: Pa
     store = open_store(proof_dir, storage_options)
     if not store.is_container():
         raise PoLError(f"no proof directory at {proof_dir}")
-    if attest is not None and settings.num_shards > 1:
-        raise PoLError("attest.out attests a whole verdict, and one shard's is partial: run the shards as one --multirun "
-                       "(verifier.shard=0,...,N-1), whose merge writes the attestation")
     if attest is not None:
+        if settings.num_shards > 1:
+            raise PoLError("attest.out attests a whole verdict, and one shard's is partial: run the shards as one --multirun "
+                           "(verifier.shard=0,...,N-1), whose merge writes the attestation")
         try:
             attest.check_model(ProofReader(store))  # a wrong attest.model is one line now, not after the replay
         except ProofFormatError:
@@ -97,7 +97,7 @@ def run(cfg: DictConfig) -> int:
     def body() -> int:
         if proof_dir is None:
             raise PoLError("no proof to verify: pass proof_dir=DIR")
-        attest = AttestSettings.from_config(_plain(cfg.get("attest")))
+        attest = AttestSettings.from_config(cfg.get("attest"))
         settings = VerifierSettings.from_config(cfg.verifier, registry=cfg.get("registry"), parents=cfg.get("parents"), roots=cfg.get("roots"),
                                                 module_overrides=cfg.get("module_overrides"),
                                                 datamodule_overrides=cfg.get("datamodule_overrides"))
@@ -110,10 +110,6 @@ def run(cfg: DictConfig) -> int:
         return verify_and_report(settings, str(proof_dir), out, storage, cfg.get("tracker"), None if multirun else attest)
 
     return exit_code(body, _error_file(out, proof_dir))
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 #: Hyperparameter overrides take any key the proof records, so they are added, not only set (Hydra's ``++``).

@@ -7,7 +7,6 @@ a wrong key path is one line at once, not after an hour of verification.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 from lightning_pol.attestation.dsse import IN_TOTO, Envelope
 from lightning_pol.attestation.keys import SigningKey
 from lightning_pol.attestation.model_export import NoFinalModel, export_model
-from lightning_pol.attestation.statement import MANIFEST_SUBJECT, policy_of, subject, vsa_statement
+from lightning_pol.attestation.statement import MANIFEST_SUBJECT, canonical, policy_of, subject, vsa_statement
 from lightning_pol.errors import PoLError, one_line
 from lightning_pol.format import layout
 from lightning_pol.format.reader import ProofReader
@@ -48,8 +47,10 @@ class AttestSettings:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> AttestSettings | None:
-        """From the verify app's ``attest`` node; None when ``attest.out`` is not set."""
-        cfg = cfg or {}
+        """From the verify app's ``attest`` node (a DictConfig or a dict); None when ``attest.out`` is not set."""
+        from omegaconf import DictConfig, OmegaConf
+
+        cfg = (OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg) or {}
         unknown = sorted(set(cfg) - {"out", "key", "model", "key_prefix"})
         if unknown:
             raise PoLError(f"unknown attest settings {unknown}; use attest.out, attest.key, attest.model, attest.key_prefix")
@@ -77,9 +78,10 @@ class AttestSettings:
         except (ProofFormatError, NoFinalModel):
             return
         if self.model is not None:
-            self._same_as_export(exported)
+            self.require_export(exported)
 
-    def _same_as_export(self, exported: str) -> None:
+    def require_export(self, exported: str) -> None:
+        """``attest.model`` must be the file whose SHA-256 is ``exported``, the proof's export."""
         assert self.model is not None
         if layout.sha256_file(self.model) != exported:
             prefix = f" --key-prefix {self.key_prefix}" if self.key_prefix else ""
@@ -96,8 +98,7 @@ def attest_verdict(report: dict[str, Any], attest: AttestSettings, storage_optio
     policy = policy_of(settings, layout.sha256_file(pin) if pin and settings.get("code") == "pinned" else None)
     time_verified = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     statement = vsa_statement(report, subjects, policy, time_verified)
-    payload = json.dumps(statement, sort_keys=True, separators=(",", ":"), default=str).encode()
-    envelope = Envelope.sign(IN_TOTO, payload, attest.key)
+    envelope = Envelope.sign(IN_TOTO, canonical(statement), attest.key)
     try:
         atomic_write(attest.out, envelope.to_json().encode())
     except OSError as e:
@@ -128,7 +129,7 @@ def _model_subject(report: dict[str, Any], attest: AttestSettings, storage_optio
         return subject(name, layout.sha256_file(attest.model)) if attest.model is not None else None
     if attest.model is not None:
         if report.get("valid"):
-            attest._same_as_export(exported)
+            attest.require_export(exported)
         else:
             return subject(name, layout.sha256_file(attest.model))
     return subject(name, exported)
