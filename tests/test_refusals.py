@@ -80,7 +80,7 @@ def test_classes_defined_in_a_function_are_refused(tmp_path):
     class LocalModule(UnseenModule):
         pass
 
-    with pytest.raises(PoLError, match="LocalModule is defined in a function; move it to an importable module"):
+    with pytest.raises(PoLError, match="LocalModule is defined in a function; define it at the top level of its module or script"):
         train_with_proof(tmp_path, LocalModule(), UnseenDataModule(num_workers=0), max_steps=2, max_epochs=-1)
 
     class LocalData(UnseenDataModule):

@@ -4,7 +4,8 @@
     python -m lightning_pol.code pin PROOF_DIR [PROOF_DIR ...] --trusted trusted_code.json
 
 ``show`` compares the files this machine would run for the proof's classes with the proof's code identity
-(exit 0 when they are the same, 1 when they differ). ``pin``, run after reviewing that installed code,
+(exit 0 when they are the same, 1 when they differ); run it, like ``pin``, from the project root when the proof
+records a training script. ``pin``, run after reviewing that installed code,
 approves it: it adds each file's digest to the trusted-code file that ``verifier.code=pinned
 verifier.trusted_code=PATH`` checks. Exit 2 with one ``error:`` line for bad input.
 """
@@ -17,7 +18,7 @@ import sys
 from lightning_pol.apps import EXIT_VALID, exit_code
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.runtime.installed_code import installed_code, named_classes
-from lightning_pol.verification.code_check import check_code, pin
+from lightning_pol.verification.code_check import check_code, pin, training_script
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,7 +41,7 @@ def run(argv: list[str]) -> int:
         print(f"{args.trusted}: {len(added)} files approved")
         return EXIT_VALID
     reader = ProofReader(args.proof_dir)
-    installed = installed_code(named_classes(reader.manifest))
+    installed = installed_code(named_classes(reader.manifest), training_script(reader, None))
     check = check_code(reader, "match", installed=installed)
     for entry in check.classes:
         mark = "same" if entry["recorded"] == entry["installed"] else "DIFFERS"

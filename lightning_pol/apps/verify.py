@@ -99,6 +99,7 @@ def run(cfg: DictConfig) -> int:
             raise PoLError("no proof to verify: pass proof_dir=DIR")
         attest = AttestSettings.from_config(cfg.get("attest"))
         settings = VerifierSettings.from_config(cfg.verifier, registry=cfg.get("registry"), parents=cfg.get("parents"), roots=cfg.get("roots"),
+                                                project_root=cfg.get("project_root"),
                                                 module_overrides=cfg.get("module_overrides"),
                                                 datamodule_overrides=cfg.get("datamodule_overrides"))
         if multirun and settings.seed is None:  # every shard of a sweep selects with the sweep's one seed

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from lightning_pol.format import layout
 from lightning_pol.format.code_identity import CodeIdentity
 from lightning_pol.format.samples import SAMPLE_ENCODING, TREE
+from lightning_pol.format.script_record import ScriptRecord, names_script_class
 from lightning_pol.format.state_codec import decode_state, encode_state
 from lightning_pol.format.strict_json import ProofFormatError, is_int, load_json
 
@@ -156,7 +157,7 @@ def _alias(field_name: str, doc: str) -> Any:
 
 #: How a :class:`ClassSpec`'s arguments build it: ``cls(**hparams)``; LightningCLI's
 #: ``instantiate_module(cls, hparams)``; Hydra's ``instantiate({"_target_": cls, **hparams})``.
-INSTANTIATORS = ("hparams", "lightning_cli", "hydra")
+INSTANTIATORS = ("hparams", "lightning_cli", "hydra", "script")
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,8 @@ class Manifest:
     callbacks: list[ClassSpec] = field(default_factory=list)
     #: The source files of the classes it names (None: a proof written before code identities).
     code: CodeIdentity | None = None
+    #: The training script the classes or the data come from (None: everything the proof names is importable).
+    script: ScriptRecord | None = None
     parent: dict[str, Any] | None = None
     status: str = layout.STATUS_IN_PROGRESS
     index_log: list[IndexChunk] = field(default_factory=list)
@@ -348,6 +351,8 @@ class Manifest:
             "datamodule": self.datamodule.to_json() if self.datamodule is not None else None,
             # Only when training ran callbacks the replay runs: other proofs' manifests are the format's first form.
             **({"callbacks": [c.to_json() for c in self.callbacks]} if self.callbacks else {}),
+            # Only when classes or data come from the training script: other proofs' manifests are the format's first form.
+            **({"script": self.script.to_json()} if self.script is not None else {}),
             **({"code": self.code.to_manifest()} if self.code is not None else {}),
             "training": self.training,
             "environment": self.environment,
@@ -406,6 +411,8 @@ class Manifest:
         if not isinstance(init.get("strategy"), str):
             raise ProofFormatError("manifest field init is missing or invalid")
         code = CodeIdentity.from_manifest(m["code"]) if "code" in m else None
+        script = ScriptRecord.from_json(m["script"]) if "script" in m else None
+        _check_script(script, module, datamodule, callback_specs)
         _check_typed_json(m, module, datamodule, callback_specs)
         _check_identity(m.get("created"), m.get("run_id"))
         _check_training(m["training"])
@@ -416,7 +423,7 @@ class Manifest:
             environment=m["environment"], data=data, datamodule=datamodule, parent=m.get("parent"), status=status,
             index_log=index_log, sample_epochs=sample_epochs, checkpoints=checkpoints, final_step=m.get("final_step"),
             files=files, format_version=m["format_version"], monitored=monitored,
-            callbacks=[c for c in callback_specs if c is not None], code=code, full_every_n_steps=full_every,
+            callbacks=[c for c in callback_specs if c is not None], code=code, full_every_n_steps=full_every, script=script,
         )
 
 
@@ -541,6 +548,19 @@ def _class_spec(spec: Any, key: str, required: bool) -> ClassSpec | None:
     if not isinstance(paths, list) or not all(isinstance(p, str) and len(p) < 1000 for p in paths) or len(paths) > 1000:
         raise ProofFormatError(f"manifest field {key}.local_paths is invalid")
     return ClassSpec(spec["class"], spec["hparams"], instantiator, tuple(paths))
+
+
+def _check_script(script: ScriptRecord | None, module: ClassSpec | None, datamodule: ClassSpec | None,
+                  callbacks: list[ClassSpec | None]) -> None:
+    """A class of the script needs the script; the ``fit`` recipe is the module's ``script`` instantiator, and back."""
+    specs = [s for s in (module, datamodule, *callbacks) if s is not None]
+    if script is None and any(names_script_class(s.import_path) for s in specs):
+        raise ProofFormatError("the manifest names a class of the training script (__main__:...) but has no field script")
+    fit = module is not None and module.instantiator == "script"
+    if fit != (script is not None and script.recipe == "fit") or (fit and datamodule is not None):
+        raise ProofFormatError("manifest field script.recipe fit goes with the module's instantiator script, and no datamodule")
+    if any(s.instantiator == "script" for s in specs if s is not module):
+        raise ProofFormatError("only the module may have the instantiator script")
 
 
 def _sample_epochs(runs: Any) -> list[list[int]]:

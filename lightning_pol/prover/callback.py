@@ -188,7 +188,7 @@ class ProofOfLearning(Callback):
         self._reset_run_state()
         # Checked before configure_optimizers or any data work, so a run the
         # verifier could not re-create stops before it costs anything.
-        self._specs = recreation_record(pl_module, trainer.datamodule, self.parent, self.config_keys)
+        self._specs = recreation_record(trainer, pl_module, self.parent, self.config_keys)
         self._plan.at_fit_start(trainer, self, self.strict_callbacks, self._finish)
         check_trackers(trainer, self.log_proof)
         if self.check_recreation:
@@ -391,7 +391,7 @@ def _open_session(pol: ProofOfLearning, trainer: pl.Trainer, pl_module: pl.Light
            **_declared_init(pol, pl_module)}
     training = training_settings(trainer, pl_module, loader.loader, loader.recorder, size, pol._plan)
     specs = pol._specs
-    manifest = new_manifest(run, specs["module"], specs["datamodule"], specs["parent"], training, size, pol._plan.specs)
+    manifest = new_manifest(run, specs, training, size, pol._plan.specs)
     session.create(manifest, pol.overwrite, leaves)
     pol._run_id = manifest.run_id
     return session

@@ -28,6 +28,7 @@ from lightning_pol.format.classes import (
 )
 from lightning_pol.format.lineage import parent_record, same_weights
 from lightning_pol.format.manifest import ClassSpec
+from lightning_pol.format.script_record import SCRIPT_MODULE, ScriptRecord
 from lightning_pol.format.state_codec import StateEncodingError, encode_state
 from lightning_pol.runtime.recreation import (
     LIGHTNING_CLI,
@@ -35,6 +36,7 @@ from lightning_pol.runtime.recreation import (
     hydra_targets,
     locate,
 )
+from lightning_pol.runtime.training_script import TrainingScript, script_record, trains_when_imported
 
 
 def plain_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,13 +71,11 @@ def recreation_spec(obj: Any, role: str, config_key: str | None = None) -> Class
     """
     cls = type(obj)
     name = cls.__name__
-    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
-        raise NotRecreatableError(
-            f"{role} {name} is defined in {'a script' if cls.__module__ == '__main__' else 'a function'}; "
-            f"move it to an importable module so the verifier can re-create it"
-        )
-    try:
-        if resolve_import_path(import_path(cls)) is not cls:
+    if "<locals>" in cls.__qualname__:
+        raise NotRecreatableError(f"{role} {name} is defined in a function; define it at the top level of its module or "
+                                  f"script so the verifier can re-create it")
+    try:  # a class of the script that was run is found again in the script (the manifest's script)
+        if cls.__module__ != SCRIPT_MODULE and resolve_import_path(import_path(cls)) is not cls:
             raise ValueError
     except Exception:
         raise NotRecreatableError(f"{role} {name} cannot be imported as {import_path(cls)}") from None
@@ -207,12 +207,20 @@ def names_class(target: Any, cls: type) -> bool:
         return False
 
 
-def recreation_record(module: pl.LightningModule, datamodule: pl.LightningDataModule | None,
-                      parent: str | os.PathLike[str] | None, config_keys: Mapping[str, str | None]) -> dict[str, Any]:
-    """What the manifest says about re-creating this fit: ``module`` and ``datamodule`` specs, and the ``parent``
-    record of a warm start; refuses with one line what the verifier could not re-create or check.
-    ``config_keys``: the Hydra config nodes the user named (``module``, ``datamodule``)."""
-    spec = recreation_spec(module, "LightningModule", config_keys.get("module"))
+def recreation_record(trainer: pl.Trainer, module: pl.LightningModule, parent: str | os.PathLike[str] | None,
+                      config_keys: Mapping[str, str | None]) -> dict[str, Any]:
+    """What the manifest says about re-creating this fit: ``module`` and ``datamodule`` specs, the ``script`` they
+    come from (a :class:`TrainingScript`, or None), and the ``parent`` record of a warm start; refuses with one line
+    what the verifier could not re-create or check. ``config_keys``: the Hydra config nodes the user named
+    (``module``, ``datamodule``)."""
+    datamodule = trainer.datamodule
+    source = trainer.fit_loop._data_source.instance
+    script = _script(module, datamodule, handed_loaders=not isinstance(source, (pl.LightningModule, pl.LightningDataModule)))
+    if script is not None and script.record.recipe == "fit":  # module and data: what the script hands to fit
+        spec, dm = ClassSpec(import_path(type(module)), encode_state({})[1], "script"), None
+    else:
+        spec = recreation_spec(module, "LightningModule", config_keys.get("module"))
+        dm = recreation_spec(datamodule, "LightningDataModule", config_keys.get("datamodule")) if datamodule is not None else None
     record = None
     if parent is not None:
         record, final = parent_record(parent)
@@ -222,5 +230,18 @@ def recreation_record(module: pl.LightningModule, datamodule: pl.LightningDataMo
                 f"W_0 is not the parent proof's final state ({len(differ)} tensors differ, e.g. {differ[0]!r}); "
                 "load it with model.load_state_dict() before fit"
             )
-    dm = recreation_spec(datamodule, "LightningDataModule", config_keys.get("datamodule")) if datamodule is not None else None
-    return {"module": spec, "datamodule": dm, "parent": record}
+    return {"module": spec, "datamodule": dm, "parent": record, "script": script}
+
+
+def _script(module: pl.LightningModule, datamodule: pl.LightningDataModule | None, handed_loaders: bool) -> TrainingScript | None:
+    """The training script the verifier will need, and its recipe: ``fit`` for data handed to ``fit`` (or a script
+    that trains when imported), ``classes`` for classes defined in it; None when it needs none."""
+    in_script = [type(o).__name__ for o in (module, datamodule) if o is not None and type(o).__module__ == SCRIPT_MODULE]
+    if not handed_loaders and not in_script:
+        return None
+    role, name = ("the training DataLoader", "handed to fit") if handed_loaders else ("class", in_script[0])
+    record, root = script_record("fit" if handed_loaders else "classes", role, name)
+    script = TrainingScript(record, root)
+    if record.recipe == "classes" and trains_when_imported(script.file):
+        script = TrainingScript(ScriptRecord(record.path, record.argv, "fit", record.module), root)
+    return script

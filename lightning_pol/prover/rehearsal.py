@@ -27,6 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from lightning_pol.format.classes import NotRecreatableError
 from lightning_pol.format.manifest import ClassSpec
@@ -34,12 +35,14 @@ from lightning_pol.runtime.leaves import sample_leaf
 from lightning_pol.runtime.optimizer_hparams import close, group_hparams
 from lightning_pol.runtime.recreation import gated, recreate
 from lightning_pol.runtime.rng import preserved_rng
+from lightning_pol.runtime.training_script import HandedFit, TrainingScript
 from lightning_pol.runtime.training_state import canonical_key
 
 _FIX = {
     "hparams": "pass it through __init__ and call self.save_hyperparameters()",
     "lightning_cli": "its recorded LightningCLI config must build it",
     "hydra": "build it only from its Hydra config node",
+    "script": "the script, run again with the same arguments, must build it the same way",
 }
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 
@@ -61,11 +64,16 @@ class Rehearsal:
     def __init__(self, specs: Mapping[str, Any], root: str | os.PathLike[str]) -> None:
         self.module_spec: ClassSpec = specs["module"]
         self.datamodule_spec: ClassSpec | None = specs["datamodule"]
+        self.script: TrainingScript | None = specs.get("script")
         self.root = root
         self.twin: pl.LightningModule | None = None
+        self.handed: HandedFit | None = None  # what the script, run again, hands to fit (the fit recipe)
+        self.live_loader: DataLoader | None = None  # the training DataLoader the run handed to fit
 
     def _build(self, spec: ClassSpec, base: type, role: str, meta: bool) -> Any:
-        cls = gated(spec.import_path, self.root, role, base)
+        with elsewhere_rng():  # loading the script runs its top level: its draws must not shift training's stream
+            path = self.script.import_path(spec.import_path) if self.script is not None else spec.import_path
+        cls = gated(path, self.root, role, base)
         with elsewhere_rng():
             if meta:
                 try:
@@ -87,7 +95,10 @@ class Rehearsal:
 
     def check_module(self, live: pl.LightningModule) -> None:
         """The twin's architecture, layer settings and plain attributes are the live module's."""
-        twin = self._build(self.module_spec, pl.LightningModule, "module", meta=True)
+        if self.module_spec.instantiator == "script":
+            twin = self._run_script(live)
+        else:
+            twin = self._build(self.module_spec, pl.LightningModule, "module", meta=True)
         name, fix = type(live).__qualname__, _FIX[self.module_spec.instantiator]
         mine, theirs = plain_attributes(live), plain_attributes(twin)
         for key in sorted(set(mine) | set(theirs)):
@@ -106,6 +117,14 @@ class Rehearsal:
             raise NotRecreatableError(f"{name} re-created the way the verifier will has other layer settings (its repr differs); {fix}")
         self.twin = twin
 
+    def _run_script(self, live: pl.LightningModule) -> pl.LightningModule:
+        """Run the script to ``fit`` as the verifier will (reseeded: what it draws without seeding differs here)."""
+        assert self.script is not None
+        with elsewhere_rng():
+            handed = self.script.run_to_fit()
+        self.handed = handed.checked(self.module_spec.import_path, type(live), self.script.record.path)
+        return handed.model
+
     def check_training(self, trainer: pl.Trainer, live_dataset: Any, resumed: bool) -> None:
         """The twin's ``configure_optimizers`` builds the live optimizers and schedulers (of the same kinds only,
         when ``resumed``: a restored optimizer holds the run's current learning rate); the re-created training
@@ -113,6 +132,8 @@ class Rehearsal:
         twin = self.twin
         if twin is None:
             return
+        source = trainer.fit_loop._data_source.instance
+        self.live_loader = source if isinstance(source, DataLoader) else None
         twin.trainer = trainer  # configure_optimizers and setup may read self.trainer (the template's does)
         try:
             self._check_optimizers(trainer, twin, resumed)
@@ -150,9 +171,13 @@ class Rehearsal:
     def _check_data(self, twin: pl.LightningModule, live_dataset: Any) -> None:
         spec = self.datamodule_spec
         where = "the datamodule" if spec is not None else f"{type(twin).__qualname__}"
+        if self.handed is not None:
+            where = f"{self.script.record.path} run again to trainer.fit" if self.script is not None else where
         with elsewhere_rng():
             try:
-                if spec is not None:
+                if self.handed is not None:
+                    dataset = self._handed_loader(where).dataset
+                elif spec is not None:
                     dm = self._build(spec, pl.LightningDataModule, "datamodule", meta=False)
                     dm.prepare_data()
                     dm.setup("fit")
@@ -171,12 +196,38 @@ class Rehearsal:
                 raise NotRecreatableError(
                     f"{where} re-created the way the verifier will cannot build the training data ({type(e).__name__}: {e})".splitlines()[0]
                 ) from None
+        if differ and self.handed is not None:
+            raise NotRecreatableError(
+                f"{where} yields other training data (sample {differ[0]} differs): the script draws it from something a "
+                f"rerun does not repeat (an unseeded RNG, the clock, the OS); seed it (seed_everything, or a torch.Generator "
+                f"with a fixed seed)"
+            )
         if differ:
             raise NotRecreatableError(
                 f"{where} re-created the way the verifier will yields other training data (sample {differ[0]} differs): "
                 f"it draws from the global RNG in setup() or train_dataloader(); give that draw its own seeded "
                 f"generator (torch.Generator().manual_seed(...))"
             )
+
+
+    def _handed_loader(self, where: str) -> Any:
+        """The training DataLoader the script, run again, hands to ``fit`` (or its datamodule makes), checked against
+        the live run's: its length, batch size and sampler."""
+        assert self.handed is not None
+        if self.handed.datamodule is not None:
+            dm = self.handed.datamodule
+            dm.prepare_data()
+            dm.setup("fit")
+            return dm.train_dataloader()
+        loader, live = self.handed.train_loader, self.live_loader
+        if not isinstance(loader, DataLoader):
+            raise NotRecreatableError(f"{where} hands it {type(loader).__name__} as training data; a proof needs one torch DataLoader")
+        if live is not None:
+            for what, get in (("batches", len), ("batch size", lambda x: x.batch_size), ("sampler", lambda x: type(x.sampler).__name__),
+                              ("drop_last", lambda x: x.drop_last)):
+                if get(loader) != get(live):
+                    raise NotRecreatableError(f"{where} hands it a training DataLoader with {what} {get(loader)!r}, the run {get(live)!r}")
+        return loader
 
 
 def _same(a: Any, b: Any) -> bool:

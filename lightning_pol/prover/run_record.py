@@ -8,6 +8,7 @@ import logging
 import math
 import uuid
 from datetime import datetime, timezone
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -30,6 +31,7 @@ from lightning_pol.runtime.installed_code import (
     named_classes,
     unidentified,
 )
+from lightning_pol.runtime.training_script import TrainingScript
 from lightning_pol.runtime.training_state import compiled_submodules
 
 log = logging.getLogger(__name__)
@@ -124,35 +126,38 @@ def _type_path(obj: Any) -> str | None:
     return None if obj is None else f"{type(obj).__module__}:{type(obj).__qualname__}"
 
 
-def new_manifest(run: dict[str, Any], module: ClassSpec, datamodule: ClassSpec | None, parent: dict[str, Any] | None,
-                 training: dict[str, Any], size: int, callbacks: list[ClassSpec] | None = None) -> Manifest:
+def new_manifest(run: dict[str, Any], specs: Mapping[str, Any], training: dict[str, Any], size: int,
+                 callbacks: list[ClassSpec] | None = None) -> Manifest:
     """The manifest of a new proof, before its first checkpoint. ``run`` holds the callback's ``seed``,
-    ``every_n_steps``, ``full_every_n_steps`` (None: every checkpoint in full), ``init_strategy`` and ``init_params``."""
+    ``every_n_steps``, ``full_every_n_steps`` (None: every checkpoint in full), ``init_strategy`` and ``init_params``;
+    ``specs`` the recreation record (``module``, ``datamodule``, ``parent``, ``script``)."""
+    script: TrainingScript | None = specs.get("script")
     manifest = Manifest(
         run_id=uuid.uuid4().hex,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         seed=run["seed"],
         every_n_steps=run["every_n_steps"],
         init=InitDeclaration(run["init_strategy"], encode_state(run["init_params"])[1]),
-        parent=parent,
-        module=module,
-        datamodule=datamodule,
+        parent=specs.get("parent"),
+        module=specs["module"],
+        datamodule=specs.get("datamodule"),
         callbacks=list(callbacks or []),
         training=training,
         environment=environment(),
         data=DataCommitment(size),
         full_every_n_steps=run.get("full_every_n_steps"),
+        script=script.record if script is not None else None,
     )
-    manifest.code = code_identity(manifest)
+    manifest.code = code_identity(manifest, script)
     return manifest
 
 
-def code_identity(manifest: Manifest) -> CodeIdentity:
-    """The code identity of the classes the manifest names (the files they were loaded from); one warning line at
-    fit start for a class defined in no file, whose code the verifier's code check cannot cover."""
-    identity = installed_code(named_classes(manifest))
+def code_identity(manifest: Manifest, script: TrainingScript | None) -> CodeIdentity:
+    """The code identity of the classes the manifest names (the files they were loaded from) and of the training
+    script; one warning line at fit start for a class defined in no file, which the verifier's code check cannot cover."""
+    identity = installed_code(named_classes(manifest), script)
     missing = unidentified(identity)
     if missing:
-        log.warning("ProofOfLearning: no file defines %s (a script's class, or a built-in): the proof cannot record its "
+        log.warning("ProofOfLearning: no file defines %s (a built-in): the proof cannot record its "
                     "code, and its verifier's code check does not cover it", ", ".join(missing[:3]))
     return identity

@@ -15,6 +15,7 @@ own files are the verifier's code, not the prover's: identified like an installe
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import importlib.machinery
@@ -28,8 +29,10 @@ from pathlib import Path
 
 from lightning_pol.format.code_identity import ClassSource, CodeIdentity
 from lightning_pol.format.manifest import Manifest
+from lightning_pol.format.script_record import names_script_class
 from lightning_pol.format.state_codec import decode_state
 from lightning_pol.runtime.recreation import cli_targets, hydra_targets
+from lightning_pol.runtime.training_script import TrainingScript, on_sys_path
 
 #: Most files of a project's own source tree followed through its imports (a runaway tree stops here).
 MAX_IMPORTED_FILES = 2000
@@ -60,11 +63,17 @@ def named_classes(manifest: Manifest) -> list[str]:
     return sorted(set(paths))
 
 
-def installed_code(paths: Iterable[str]) -> CodeIdentity:
-    """The code identity of ``paths`` (``module:QualName`` or dotted) as this machine's files give it."""
+def installed_code(paths: Iterable[str], script: TrainingScript | None = None) -> CodeIdentity:
+    """The code identity of ``paths`` (``module:QualName`` or dotted) as this machine's files give it; with the
+    training ``script`` (its file, and the project files it imports) when the proof records one."""
     classes: dict[str, ClassSource] = {}
     project_files: dict[str, Path] = {}
+    if script is not None:
+        project_files[script.record.path] = script.file
     for path in sorted(set(paths)):
+        if names_script_class(path):  # the script's: its file, under its path from the project root
+            classes[path] = ClassSource(script.record.path, file_digest(script.file)) if script is not None else ClassSource(None, None)
+            continue
         found = _defining_module(path)
         if found is None:
             classes[path] = ClassSource(None, None)
@@ -83,7 +92,8 @@ def installed_code(paths: Iterable[str]) -> CodeIdentity:
                 init = _file(pkg_spec)
                 if init is not None and _is_project(init):
                     project_files[relative_file(pkg_name, pkg_spec)] = init
-    imports = _project_closure(project_files)
+    with on_sys_path(script.directory) if script is not None else contextlib.nullcontext():  # where the script's imports look
+        imports = _project_closure(project_files, script)
     class_files = {s.file for s in classes.values()}
     return CodeIdentity(classes, {rel: sha for rel, sha in imports.items() if rel not in class_files})
 
@@ -126,7 +136,7 @@ def find_module(name: str) -> ModuleSpec | None:
 
 def _defining_module(path: str) -> tuple[str, ModuleSpec] | None:
     """The module whose file defines what ``path`` names, following re-exports in the source."""
-    if path.startswith("__main__"):  # a script's: no import path finds it again
+    if path.startswith("__main__"):  # a script's: found through the manifest's script, not an import path
         return None
     if ":" in path:
         module, _, qualname = path.partition(":")
@@ -288,14 +298,18 @@ def _version(name: str) -> str:
 # ---------------------------------------------------------------- the project's files, through their imports
 
 
-def _project_closure(start: dict[str, Path]) -> dict[str, str]:
+def _project_closure(start: dict[str, Path], script: TrainingScript | None) -> dict[str, str]:
     """``start`` and every project file their source imports, transitively: file -> SHA-256."""
     seen: dict[str, Path] = dict(start)
     queue = list(start.items())
     while queue and len(seen) < MAX_IMPORTED_FILES:
         rel, file = queue.pop()
-        name = _module_name(rel)
-        spec = find_module(name) if name else None
+        if script is not None and rel == script.record.path:  # found by its path, named as it ran
+            name = script.record.module or file.stem
+            spec = importlib.util.spec_from_file_location(name, file)
+        else:
+            name = _module_name(rel)
+            spec = find_module(name) if name else None
         source = _source(spec) if spec is not None else None
         if source is None:
             continue

@@ -22,20 +22,18 @@ def patch_train_dataloader(trainer: Any, wrap: Callable[[Any], Any]) -> Callable
     (``strategy.process_dataloader``), after Lightning has injected its
     samplers: under DDP it re-creates the DataLoader around a
     ``DistributedSampler``, and only that loader is iterated. ``train_dataloader()``
-    is patched too, to tell the training loader from validation loaders and
-    to refuse anything but one DataLoader.
+    (or, for a loader handed to ``fit``, its data source) is patched too, to tell
+    the training loader from validation loaders and to refuse anything but one DataLoader.
     """
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
-    instance = trainer.fit_loop._data_source.instance
-    if not isinstance(instance, (pl.LightningModule, pl.LightningDataModule)):
-        raise UnsupportedDataError(
-            "the training data must come from a LightningDataModule (trainer.fit(model, datamodule=dm)) "
-            "or from the module's train_dataloader(), so the verifier can re-create it; "
-            "dataloaders passed to fit() directly cannot be recorded"
-        )
-    original = instance.train_dataloader
+    source = trainer.fit_loop._data_source
+    instance = source.instance
+    if isinstance(instance, (pl.LightningModule, pl.LightningDataModule)):
+        original, owner, name = instance.train_dataloader, instance, "train_dataloader"
+    else:  # handed to fit (the training script, run again to fit, re-creates it): Lightning asks its source
+        original, owner, name = source.dataloader, source, "dataloader"
     strategy = trainer.strategy
     process = strategy.process_dataloader
     requested: list[Any] = []  # a training loader returned by train_dataloader() and not yet processed
@@ -45,7 +43,7 @@ def patch_train_dataloader(trainer: Any, wrap: Callable[[Any], Any]) -> Callable
         if not isinstance(loader, DataLoader):
             raise UnsupportedDataError(
                 f"the training data is a {type(loader).__name__}; a proof needs one torch DataLoader "
-                "over a map-style dataset from train_dataloader()"
+                "over a map-style dataset (from train_dataloader(), or handed to fit)"
             )
         requested[:] = [loader]
         return loader
@@ -57,11 +55,11 @@ def patch_train_dataloader(trainer: Any, wrap: Callable[[Any], Any]) -> Callable
             dataloader = wrap(dataloader)
         return dataloader
 
-    instance.train_dataloader = train_dataloader
+    setattr(owner, name, train_dataloader)
     strategy.process_dataloader = process_dataloader
 
     def undo() -> None:
-        instance.__dict__.pop("train_dataloader", None)
+        owner.__dict__.pop(name, None)
         strategy.__dict__.pop("process_dataloader", None)
 
     return undo

@@ -212,6 +212,30 @@ def _gated_if_code(path: str, root: str | os.PathLike[str] | None, what: str) ->
         gated(path, root, what)  # raises, naming it
 
 
+def gate_command_line(argv: Iterable[str], root: str | os.PathLike[str] | None) -> None:
+    """The recorded arguments a training script is run with again: every value in them that names importable code
+    (``--trainer.callbacks+=pkg.Class``, a ``class_path`` in a YAML flow value) must build a training object, a
+    Lightning callback or a logger, as LightningCLI would import and call it."""
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.loggers import Logger
+
+    for i, token in enumerate(argv):
+        value = token.partition("=")[2] if token.startswith("-") else token
+        candidates = [(f"argument {i}", value)] if _DOTTED.match(value) and _importable(value) else []
+        if _YAML_LIKE.search(value):
+            candidates += list(cli_targets(_yaml(value), f"argument {i}"))
+        for where, target in candidates:
+            try:
+                obj = locate(target, root, f"script {where}")
+            except NotRecreatableError as e:
+                if "inside the proof directory" in str(e) or "special module" in str(e):
+                    raise
+                continue  # not importable: the script's parser reads it as the string it is
+            if callable(obj) and not _training_kind(obj) and not (isinstance(obj, type) and issubclass(obj, (Callback, Logger))):
+                raise NotRecreatableError(f"the proof's script {where} {target!r} names code that builds no training object, "
+                                          f"callback or logger; the verifier will not run the script with it")
+
+
 def _no_interpolation(config: Any, where: str) -> None:
     """OmegaConf would resolve ``${...}`` in a config Hydra builds: a resolver is code the proof would choose."""
     if isinstance(config, Mapping):
@@ -298,6 +322,8 @@ def builder(instantiator: str, cls: type, arguments: dict[str, Any], root: str |
         from hydra.utils import instantiate
 
         return lambda: instantiate(config)
+    if instantiator == "script":
+        raise NotRecreatableError(f"the proof's {role} is what its training script hands to fit; the script builds it, no recipe")
     raise NotRecreatableError(f"the proof's {role} has instantiator {str(instantiator)[:40]!r}, not one of {list(INSTANTIATORS)}")
 
 

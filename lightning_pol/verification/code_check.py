@@ -26,20 +26,22 @@ from lightning_pol.runtime.installed_code import (
     installed_code,
     named_classes,
 )
+from lightning_pol.runtime.training_script import TrainingScript
 from lightning_pol.verification.report import CodeCheck
 
 TRUSTED_FORMAT = "lightning-pol-trusted-code"
 
 
 def check_code(reader: ProofReader, policy: str, trusted_code: str | os.PathLike[str] | None = None,
-               installed: CodeIdentity | None = None) -> CodeCheck:
+               project_root: str | os.PathLike[str] | None = None, installed: CodeIdentity | None = None) -> CodeCheck:
     """Compare the proof's code identity with this machine's files; ``passed`` None under ``report`` when they differ.
 
     Raises :class:`NotRecreatableError` (exit 2) for a class the proof records a file for and no file here defines:
-    the project is not installed where the verifier runs. ``installed``: this machine's identity of the proof's
-    classes, when the caller computed it already."""
+    the project is not installed where the verifier runs, or its training script is not under ``project_root``
+    (default: the working directory). ``installed``: this machine's identity of the proof's classes, when the
+    caller computed it already."""
     named = named_classes(reader.manifest)
-    installed = installed if installed is not None else installed_code(named)
+    installed = installed if installed is not None else installed_code(named, training_script(reader, project_root))
     recorded = reader.code
     for path, source in sorted((recorded.classes if recorded is not None else {}).items()):
         if source.file is not None and path in installed.classes and installed.classes[path].file is None:
@@ -93,6 +95,12 @@ def _classes(recorded: CodeIdentity | None, installed: CodeIdentity) -> list[dic
     return out
 
 
+def training_script(reader: ProofReader, project_root: str | os.PathLike[str] | None) -> TrainingScript | None:
+    """The training script the proof records, found under ``project_root`` here (found only: nothing of it runs)."""
+    script = reader.manifest.script
+    return None if script is None else TrainingScript(script, project_root, reader.local_root)
+
+
 # ---------------------------------------------------------------- the trusted-code file (code=pinned)
 
 
@@ -118,7 +126,8 @@ def pin(proof_dirs: list[str | os.PathLike[str]], trusted_code: str | os.PathLik
     approved = read_trusted(trusted_code) if Path(trusted_code).exists() else {}
     added: dict[str, str] = {}
     for proof in proof_dirs:
-        for rel, sha in installed_code(named_classes(ProofReader(proof).manifest)).files().items():
+        reader = ProofReader(proof)
+        for rel, sha in installed_code(named_classes(reader.manifest), training_script(reader, None)).files().items():
             if sha is not None and sha not in approved.setdefault(rel, set()):
                 approved[rel].add(sha)
                 added[rel] = sha

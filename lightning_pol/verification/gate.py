@@ -24,8 +24,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning_pol.format.classes import NotRecreatableError
 from lightning_pol.format.manifest import ClassSpec
 from lightning_pol.format.reader import ProofReader
-from lightning_pol.runtime.recreation import apply_overrides, builder, gated
+from lightning_pol.format.script_record import names_script_class
+from lightning_pol.runtime.recreation import apply_overrides, builder, gate_command_line, gated
 from lightning_pol.runtime.replayed_callbacks import replayable_callback
+from lightning_pol.runtime.training_script import TrainingScript
 
 
 def declared_class(root: str | os.PathLike[str], path: Any, base: type | None, what: str) -> type:
@@ -38,13 +40,16 @@ def declared_class(root: str | os.PathLike[str], path: Any, base: type | None, w
     return cls
 
 
-def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                     script: TrainingScript | None = None) -> dict[str, Any]:
     """Every class the proof names, each through the gate, before any of them is called.
 
     Returns the module's and the datamodule's (keys ``module``, ``datamodule``); their recorded configs'
     nested targets, and the optimizers' and schedulers' classes, are checked for their kind. A local path
     the re-created datamodule or module would read (``data_dir``) must exist here: where it does not, the
-    verifier is told which override names it.
+    verifier is told which override names it. A class of the training ``script`` (``__main__:QualName``) is
+    the one the script on this machine defines, loaded under a name of its own; under its ``fit`` recipe, the
+    module is what the script hands to ``fit``, checked when it runs.
     """
     m = reader.manifest
     overrides = overrides or {}
@@ -59,8 +64,20 @@ def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, A
         for entry in entries if isinstance(entries, list) else []:
             if isinstance(entry, Mapping) and "class" in entry:
                 declared.append((key[:-1].replace("lr_", "LR "), entry["class"], base))
+    if script is not None and script.record.recipe == "fit":
+        if any(overrides.values()):
+            raise NotRecreatableError("module_overrides and datamodule_overrides do not apply to a proof whose module and data "
+                                      "its training script hands to fit; the script's recorded arguments build them")
+        gate_command_line(script.record.argv, reader.local_root)  # the arguments the script will be run with
     classes: dict[str, type] = {}
     for what, path, base in declared:
+        if script is not None and names_script_class(path):
+            if what == "module" and script.record.recipe == "fit":
+                classes["module"] = pl.LightningModule  # its class is checked on the module the script hands to fit
+                continue
+            path = script.import_path(path)
+        elif names_script_class(path):
+            raise NotRecreatableError(f"the proof's {what} {path!r} names the training script, and the proof records none")
         cls = declared_class(reader.local_root, path, base, what)
         classes.setdefault(what, cls)
         # Lightning's own rule: a scheduler that is not a torch LRScheduler needs the module's lr_scheduler_step.
@@ -69,7 +86,7 @@ def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, A
         ):
             raise NotRecreatableError(f"the proof's LR scheduler {path!r} is not a torch LRScheduler, and the module has no lr_scheduler_step")
     for role, spec in (("module", m.module), ("datamodule", m.datamodule)):
-        if spec is not None:
+        if spec is not None and spec.instantiator != "script":
             try:
                 arguments = apply_overrides(_decoded(spec, role), overrides.get(role), role)
                 builder(spec.instantiator, classes[role], arguments, reader.local_root, role)  # gates every nested target; calls nothing
@@ -77,14 +94,15 @@ def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, A
                 raise NotRecreatableError(f"the proof's {role} recipe cannot be read ({type(e).__name__})") from None
             _local_paths_exist(spec, arguments, role)
     found: dict[str, Any] = {k: v for k, v in classes.items() if k in ("module", "datamodule")}
-    found["callbacks"] = [_callback_class(reader, i, spec) for i, spec in enumerate(m.callbacks)]
+    found["callbacks"] = [_callback_class(reader, i, spec, script) for i, spec in enumerate(m.callbacks)]
     return found
 
 
-def _callback_class(reader: ProofReader, i: int, spec: ClassSpec) -> type:
+def _callback_class(reader: ProofReader, i: int, spec: ClassSpec, script: TrainingScript | None) -> type:
     """A callback the replay runs (the manifest's ``callbacks``): a Lightning Callback, its recipe's targets gated."""
     what = f"callback {i}"
-    cls = declared_class(reader.local_root, spec.import_path, Callback, what)
+    path = script.import_path(spec.import_path) if script is not None else spec.import_path
+    cls = declared_class(reader.local_root, path, Callback, what)
     if not replayable_callback(cls):
         raise NotRecreatableError(f"the proof's {what} {spec.import_path!r} is not a callback the prover replays (one of "
                                   f"Lightning's that change training, or the project's own); the verifier will not run it")

@@ -53,7 +53,7 @@ def _verifier(job: dict[str, Any], rank: int) -> PoLVerifierModule:
     reader = ProofReader(job["proof_dir"], job.get("storage_options"))
     use_trusted_root(reader, Registry(job["registry"]) if job.get("registry") else None, job.get("roots"))
     verifier = PoLVerifierModule(reader, accelerator=job["accelerator"], deterministic=job.get("deterministic"),
-                                 overrides=job.get("overrides"), process_rank=rank)
+                                 overrides=job.get("overrides"), process_rank=rank, project_root=job.get("project_root"))
     verifier.backend = job.get("backend")
     return verifier
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import multiprocessing
@@ -38,6 +39,7 @@ from lightning_pol.runtime.replayed_callbacks import (
 from lightning_pol.runtime.rng import TrainingStream, restore_refusal
 from lightning_pol.runtime.seeded_data import SeededDataset
 from lightning_pol.runtime.snapshots import snapshot_state
+from lightning_pol.runtime.training_script import HandedData, HandedFit, TrainingScript
 from lightning_pol.runtime.training_state import (
     capture_training_state,
     compiled_submodules,
@@ -554,12 +556,17 @@ class PoLVerifierModule:
     def __init__(
         self, reader: ProofReader, accelerator: str = "cpu", deterministic: bool | None = None, index_log: IndexLog | None = None,
         overrides: Mapping[str, Mapping[str, Any]] | None = None, process_rank: int | None = None,
+        project_root: str | os.PathLike[str] | None = None,
     ) -> None:
         #: The verifier's ``{"module": {...}, "datamodule": {...}}`` hyperparameters naming local resources.
         self.overrides = {k: dict(v) for k, v in (overrides or {}).items() if v}
+        #: The training script the proof's classes or data come from, as this machine has it (under ``project_root``,
+        #: default the working directory); None when the proof records none.
+        self.script = None if reader.manifest.script is None else TrainingScript(reader.manifest.script, project_root, reader.local_root)
+        self._handed: HandedFit | PoLError | None = None
         # The class gate first: nothing the proof names, nested targets included, is imported for use, or
         # called, before it passed; then the local paths the re-creation will read must exist here.
-        classes = declared_classes(reader, self.overrides)
+        classes = declared_classes(reader, self.overrides, self.script)
         self.reader = reader
         self.deterministic = deterministic
         self.manifest = reader.manifest
@@ -629,11 +636,33 @@ class PoLVerifierModule:
 
     def make_module(self) -> pl.LightningModule:
         spec = self.manifest.module
+        if spec.instantiator == "script":  # a fresh copy of what the script handed to fit (its weights are replaced)
+            return copy.deepcopy(self.handed_fit().model)
         with prover_code(f"the proof's module {spec.import_path}"):
             return recreate(spec, self._module_cls, self.reader.local_root, self.overrides.get("module"), "module")
 
+    def handed_fit(self) -> HandedFit:
+        """What the training script, run to ``trainer.fit`` with its recorded arguments, hands to it: run once (a
+        failure too: every check that needs it fails the same way, without running the script again)."""
+        if self._handed is None:
+            assert self.script is not None
+            try:
+                with prover_code(f"the proof's training script {self.script.record.path}"):
+                    handed = self.script.run_to_fit()
+                self._handed = handed.checked(self.manifest.module.import_path, self._module_cls, self.script.record.path)
+            except PoLError as e:
+                self._handed = e
+        if isinstance(self._handed, PoLError):
+            raise self._handed
+        return self._handed
+
     def make_datamodule(self) -> pl.LightningDataModule | None:
         spec = self.manifest.datamodule
+        if self.manifest.module.instantiator == "script":  # the data the script hands to fit
+            handed = self.handed_fit()
+            if handed.train_loader is not None:
+                return HandedData(handed.train_loader)
+            return copy.deepcopy(handed.datamodule) if handed.datamodule is not None else None
         if self._dm_cls is None or spec is None:
             return None
         with prover_code(f"the proof's datamodule {spec.import_path}"):

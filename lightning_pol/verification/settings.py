@@ -74,6 +74,7 @@ class VerifierSettings:
     roots: str | os.PathLike[str] | None = None
     code: str = "match"
     trusted_code: str | os.PathLike[str] | None = None
+    project_root: str | os.PathLike[str] | None = None
     module_overrides: Mapping[str, Any] = field(default_factory=dict)
     datamodule_overrides: Mapping[str, Any] = field(default_factory=dict)
 
@@ -149,7 +150,7 @@ class VerifierSettings:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["delta"], out["d_ref"] = dict(self.delta), dict(self.d_ref) if self.d_ref else None
         out["module_overrides"], out["datamodule_overrides"] = dict(self.module_overrides), dict(self.datamodule_overrides)
-        for key in ("calibration", "parents", "roots", "trusted_code"):
+        for key in ("calibration", "parents", "roots", "trusted_code", "project_root"):
             out[key] = None if out[key] is None else str(out[key])
         registry = self.registry
         out["registry"] = None if registry is None else str(getattr(registry, "path", registry))

@@ -157,7 +157,7 @@ def _check_proof(reader: ProofReader, report: Report, settings: VerifierSettings
         report.reasons.extend(integrity.problems[:3])
         return
     assert integrity.index_log is not None
-    code = check_code(reader, settings.code, settings.trusted_code)  # before the gate imports anything
+    code = check_code(reader, settings.code, settings.trusted_code, settings.project_root)  # before the gate imports anything
     report.checks["code"] = code
     if code.passed is False:
         report.reasons.append(code.summary)
@@ -166,7 +166,7 @@ def _check_proof(reader: ProofReader, report: Report, settings: VerifierSettings
         report.notes.append(code.summary)
     overrides = {"module": settings.module_overrides, "datamodule": settings.datamodule_overrides}
     verifier = PoLVerifierModule(reader, accelerator=settings.accelerator, index_log=integrity.index_log,
-                                 overrides=overrides)  # the class gate
+                                 overrides=overrides, project_root=settings.project_root)  # the class gate
     _replay_ranks(verifier, settings, report)
     try:
         _check_content(verifier, integrity.index_log, report, settings, mode, progress)
@@ -191,6 +191,7 @@ def _replay_ranks(verifier: PoLVerifierModule, settings: VerifierSettings, repor
     verifier.processes = RankProcesses(world, {
         "proof_dir": str(verifier.reader.root), "storage_options": verifier.reader.store.options, "accelerator": settings.accelerator, "deterministic": verifier.deterministic,
         "overrides": verifier.overrides, "registry": getattr(registry, "path", registry), "roots": str(settings.roots) if settings.roots else None,
+        "project_root": str(verifier.script.root) if verifier.script is not None else None,
         "threads": torch.get_num_threads(), "backend": replay_backend(settings.accelerator),
     })
     report.notes.append(f"the proof's {world} DDP ranks are replayed by {world} processes under Lightning's DDP "

@@ -21,9 +21,9 @@ from pathlib import Path
 
 PROJECTS = Path(__file__).resolve().parent
 REPO_ROOT = PROJECTS.parents[1]
-NAMES = ("hydra_template", "lightning_cli")
+NAMES = ("hydra_template", "lightning_cli", "single_script")
 
-_RUN_LEFTOVERS = {"data", "logs", "lightning_logs", "outputs", "proof"}  # at the project's top level only
+_RUN_LEFTOVERS = {"data", "logs", "lightning_logs", "outputs", "proof", "main_runs.txt"}  # at the project's top level only
 
 
 def _ignore(root: Path):
