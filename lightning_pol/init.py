@@ -24,7 +24,13 @@ Supported layers (every strategy covers the same set):
 * normalization: ``BatchNorm*``, ``SyncBatchNorm``, ``InstanceNorm*`` (with
   affine params and/or running stats), ``LayerNorm``, ``GroupNorm``,
   ``RMSNorm``: weight == 1 and bias == 0 exactly, ``running_mean == 0``,
-  ``running_var == 1`` exactly, under every strategy.
+  ``running_var == 1`` exactly, under every strategy;
+* attention, under ``pytorch_default`` only (what its constructor draws):
+  ``nn.MultiheadAttention``'s ``in_proj_weight`` (or ``q/k/v_proj_weight``)
+  ~ Xavier uniform and ``bias_k``/``bias_v`` ~ Xavier normal (gain 1),
+  ``in_proj_bias`` and ``out_proj.bias`` == 0; inside an ``nn.Transformer``
+  every tensor of more than one dimension ~ Xavier uniform (gain 1), as its
+  constructor redraws them.
 
 Any integer or bool buffer, in any module, must be exactly 0 (e.g.
 ``num_batches_tracked``); all-zero tensors carry no information. Any other
@@ -129,6 +135,8 @@ _LORA = "LoRA adapter"
 _DENSE = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
 _EMBEDDING = (nn.Embedding, nn.EmbeddingBag)
 _NORM = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+#: ``nn.MultiheadAttention``'s output projection: a Linear whose bias the attention's own init zeroes.
+_ATTENTION_OUT = nn.modules.linear.NonDynamicallyQuantizableLinear
 _NORM_CONSTANTS = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
 
 #: The nonlinearities ``torch.nn.init.calculate_gain`` knows (kaiming's ``nonlinearity``).
@@ -349,6 +357,10 @@ def _rules(
         if hf.is_dense(module) and local in ("weight", "bias"):
             return [("", ("normal", (0.0, p["std"])) if local == "weight" else ("constant", 0.0), tensor)]
         name, p = ("normal", p) if isinstance(module, nn.Embedding) else ("pytorch_default", {})
+    if name == "pytorch_default" and isinstance(module, (nn.MultiheadAttention, _ATTENTION_OUT)):
+        attention = _attention_rule(module, local, tensor)
+        if attention is not None:
+            return [("", attention, tensor)]
     if isinstance(module, _DENSE):
         if local == "weight":
             return [("", _weight_rule(module, tensor, name, p), tensor)]
@@ -368,6 +380,25 @@ def _rules(
     elif isinstance(module, _NORM) and local in _NORM_CONSTANTS:
         return [("", ("constant", _NORM_CONSTANTS[local]), tensor)]
     return f"no initialization rule for {type(module).__name__}.{local}"
+
+
+def _attention_rule(module: nn.Module, local: str, tensor: torch.Tensor) -> Rule | None:
+    """What ``nn.MultiheadAttention``'s ``_reset_parameters`` draws (Xavier with gain 1 for its projections and
+    ``bias_k``/``bias_v``, zero biases, its ``out_proj``'s bias zeroed); None: the dense rule of its ``out_proj.weight``."""
+    if isinstance(module, _ATTENTION_OUT):
+        return ("constant", 0.0) if local == "bias" else None
+    std = _xavier_std(tensor, {"gain": 1.0}) if tensor.dim() >= 2 else 0.0
+    if local in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+        return ("uniform", math.sqrt(3.0) * std)
+    if local in ("bias_k", "bias_v"):
+        return ("normal", (0.0, std))
+    return ("constant", 0.0) if local == "in_proj_bias" else None
+
+
+def _transformer_matrices(module: nn.Module) -> set[int]:
+    """The tensors ``nn.Transformer``'s ``_reset_parameters`` redraws: every parameter of more than one dimension
+    (Xavier uniform, gain 1), its attention projections and feed-forward weights alike."""
+    return {id(p) for m in module.modules() if isinstance(m, nn.Transformer) for p in m.parameters() if p.dim() > 1}
 
 
 def _direct_tensors(module: nn.Module) -> Iterator[tuple[str, str, nn.Module, torch.Tensor]]:
@@ -428,6 +459,9 @@ def initialize(module: nn.Module, name: str, **params: Any) -> nn.Module:
     with torch.no_grad():
         for path, mod in module.named_modules():
             _initialize_layer(mod, *group(f"{path}.weight" if path else "weight"), drawn)
+        for path, mod in module.named_modules():  # then as nn.Transformer's constructor: its matrices redrawn
+            if isinstance(mod, nn.Transformer) and group(f"{path}.weight" if path else "weight")[0] == "pytorch_default":
+                mod._reset_parameters()
     return module
 
 
@@ -457,10 +491,19 @@ def _initialize_layer(mod: nn.Module, name: str, p: dict[str, Any], drawn: set[i
                 mod.bias.zero_()
             return
         name, p = ("normal", p) if isinstance(mod, nn.Embedding) else ("pytorch_default", {})
+    if name == "pytorch_default" and isinstance(mod, nn.MultiheadAttention):
+        mod.out_proj.reset_parameters()  # in the constructor's order: out_proj built, then the projections drawn
+        drawn.add(id(mod.out_proj.weight))
+        mod._reset_parameters()  # which zeroes out_proj's bias
+        return
+    if isinstance(mod, _ATTENTION_OUT) and id(mod.weight) in drawn:
+        return
     if not isinstance(mod, _DENSE + _EMBEDDING + _NORM):
         return
     if name == "pytorch_default" or isinstance(mod, _NORM):
         mod.reset_parameters()  # exactly what the constructor did
+        if isinstance(mod, _ATTENTION_OUT) and isinstance(mod.bias, torch.Tensor):  # one outside its attention
+            mod.bias.zero_()
         return
     weight = mod.weight
     if isinstance(weight, UninitializedParameter):
@@ -608,10 +651,15 @@ def check_initialization(
         layers.append(LayerCheck(label, "ks", None, None, False, what))
         jobs.append(_KSJob(len(layers) - 1, *result, what))
 
+    transformer = _transformer_matrices(module)
     for key, local, mod, tensor in _direct_tensors(module):
         if only is not None and key not in only:
             continue
-        pieces = _rules(mod, local, tensor, *group(key))
+        strategy, p = group(key)
+        if strategy == "pytorch_default" and id(tensor) in transformer:
+            pieces: list[tuple[str, Rule, torch.Tensor]] | str = [("", ("uniform", math.sqrt(3.0) * _xavier_std(tensor, {"gain": 1.0})), tensor)]
+        else:
+            pieces = _rules(mod, local, tensor, strategy, p)
         if isinstance(pieces, str):
             layers.append(LayerCheck(key, "unsupported", None, None, False, pieces))
             continue

@@ -255,3 +255,41 @@ def test_non_finite_weights_fail():
     check = check_initialization(net, "kaiming_normal")
     assert failed(check) == [("4.weight", "ks")]
     json.dumps(check.to_dict(), allow_nan=False)
+
+
+def test_attention_and_lightnings_demo_transformer_are_drawn_as_torch_draws_them():
+    """``nn.MultiheadAttention`` (Xavier projections, zero biases, ``out_proj``'s bias zeroed) and ``nn.Transformer``
+    (Xavier on every matrix), as in Lightning's demo Transformer, the model of examples/pytorch/basics/transformer.py."""
+    from lightning.pytorch.demos import Transformer
+
+    def demo() -> nn.Module:
+        return Transformer(vocab_size=50, ninp=32, nhead=2, nhid=32, nlayers=1)
+
+    rejected = 0
+    for s in range(10):
+        torch.manual_seed(s)
+        rejected += not check_initialization(demo(), "pytorch_default").passed
+    assert rejected <= 1
+    torch.manual_seed(1)
+    assert check_initialization(initialize(demo(), "pytorch_default"), "pytorch_default").passed
+    for kw in ({}, {"kdim": 8, "vdim": 12, "add_bias_kv": True}):  # initialize draws as the constructor does
+        torch.manual_seed(7)
+        fresh = nn.MultiheadAttention(16, 2, **kw)
+        again = nn.MultiheadAttention(16, 2, **kw)
+        torch.manual_seed(7)
+        initialize(again, "pytorch_default")
+        assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), again.state_dict().values()))
+        assert check_initialization(fresh, "pytorch_default").passed
+    for key in ("transformer.encoder.layers.0.self_attn.in_proj_bias", "transformer.encoder.layers.0.self_attn.out_proj.bias"):
+        torch.manual_seed(0)
+        net = demo()
+        with torch.no_grad():
+            net.state_dict()[key].add_(0.1)
+        assert failed(check_initialization(net, "pytorch_default")) == [(key, "constant")]
+    torch.manual_seed(0)
+    net = demo()
+    linear = net.transformer.encoder.layers[0].linear1
+    linear.reset_parameters()  # a Linear's own draw, which nn.Transformer's constructor replaces by Xavier's
+    with torch.no_grad():
+        linear.bias.copy_(net.transformer.encoder.layers[0].linear1.bias)
+    assert ("transformer.encoder.layers.0.linear1.weight", "ks") in failed(check_initialization(net, "pytorch_default"))

@@ -8,36 +8,26 @@ from torch.utils.data import DataLoader, random_split
 
 import lightning as L
 from corpus import Corpus
+from lightning.pytorch.demos import Transformer
 from lightning_pol import ProofOfLearning
-
-
-class Net(torch.nn.Module):
-    def __init__(self, vocab_size, ninp=32):
-        super().__init__()
-        self.embedding = torch.nn.Embedding(vocab_size, ninp)
-        self.dropout = torch.nn.Dropout(0.2)
-        self.hidden = torch.nn.Linear(ninp, ninp)
-        self.decoder = torch.nn.Linear(ninp, vocab_size)
-
-    def forward(self, inputs):
-        h = torch.relu(self.hidden(self.dropout(self.embedding(inputs))))
-        return F.log_softmax(self.decoder(h), dim=-1).view(-1, self.decoder.out_features)
 
 
 class LanguageModel(L.LightningModule):
     def __init__(self, vocab_size):
         super().__init__()
-        self.model = Net(vocab_size)
+        self.model = Transformer(vocab_size=vocab_size, ninp=32, nhead=2, nhid=64, nlayers=1)
 
     def training_step(self, batch, batch_idx):
         input, target = batch
-        loss = F.nll_loss(self.model(input), target.view(-1))
+        output = self.model(input, target)
+        loss = F.nll_loss(output, target.view(-1))
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         input, target = batch
-        self.log("val_loss", F.nll_loss(self.model(input), target.view(-1)))
+        output = self.model(input, target)
+        self.log("val_loss", F.nll_loss(output, target.view(-1)))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
