@@ -43,7 +43,8 @@ def test_the_verification_settings_example_runs(proof, tmp_path, monkeypatch):
 #: The fixed part of each refusal in docs/drop-in.md's table, as the code words it.
 REFUSALS = [
     "define it at the top level of its module or script so the verifier can re-create it",
-    "in a session with no script file (a notebook, python -c); save it to a .py file and run that",
+    "comes from a session with no script file (a notebook, python -c); save the code to a .py file and run that",
+    "not a script of the project; train from a script of the project",
     "the script draws it from something a rerun does not repeat (an unseeded RNG, the clock, the OS); seed it",
     "that it does not record; call self.save_hyperparameters() in",
     "pass it through __init__ and call self.save_hyperparameters()",

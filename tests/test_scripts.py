@@ -12,7 +12,9 @@ then test and predict: the ``classes`` recipe). Lightning's own example, unmodif
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,15 +136,123 @@ def test_hostile_script_records_are_refused(language_model: Path, tmp_path: Path
         rewrite_manifest_json(proof, lambda m: m["script"].__setitem__(key, value))
 
     original = json.loads((proof / "manifest.json").read_text())["script"]
-    for bad in ("../language_model.py", "/etc/passwd.py", "proof/x.py", "sub/../language_model.py"):
+    for bad in ("../language_model.py", "/etc/passwd.py", "sub/../language_model.py", "./language_model.py", "language_model.txt"):
         edit("path", bad)
-        with pytest.raises((ProofFormatError, NotRecreatableError)):
-            verify_proof(proof, VerifierSettings(q=0, project_root=project))
+        with pytest.raises(ProofFormatError, match="script.path must be a .py file relative to the project root, inside it"):
+            ProofReader(proof)
     (proof / "x.py").write_text("raise SystemExit('ran from the proof')\n")
     edit("path", "proof/x.py")
     with pytest.raises(NotRecreatableError, match="inside the proof directory"):
         verify_proof(proof, VerifierSettings(q=0, project_root=project))
-    edit("path", original["path"])
-    edit("argv", ["--trainer.callbacks+=subprocess.Popen"])
-    with pytest.raises(NotRecreatableError, match=r"argument 0 'subprocess.Popen' names code that builds no training object"):
+    (tmp_path / "outside.py").write_text((project / "language_model.py").read_text())
+    (project / "link.py").symlink_to(tmp_path / "outside.py")
+    edit("path", "link.py")
+    with pytest.raises(NotRecreatableError, match="is not in the project root .* [(]it leads outside it[)]"):
         verify_proof(proof, VerifierSettings(q=0, project_root=project))
+    edit("path", original["path"])
+    edit("module", "proof.evil")  # python -m must name the script's own file
+    with pytest.raises(ProofFormatError, match="script.module must be null or the dotted module name of script.path"):
+        ProofReader(proof)
+    (proof / "evil.py").write_text("raise SystemExit('ran from the proof')\n")
+    edit("path", "proof/evil.py")
+    with pytest.raises(NotRecreatableError, match="inside the proof directory"):
+        verify_proof(proof, VerifierSettings(q=0, project_root=project))
+    edit("path", original["path"])
+    edit("module", None)
+    (proof / "c.yaml").write_text("model:\n  class_path: subprocess.Popen\n")
+    (project / "c.yaml").write_text("trainer:\n  callbacks:\n    - class_path: os.system\n")
+    for argv, refusal in ((["--trainer.callbacks+=subprocess.Popen"], r"argument 0 'subprocess.Popen' names code that builds no"),
+                          (["model._target_=subprocess.Popen"], r"argument 0 'subprocess.Popen' names code"),
+                          (["--model={class_path: builtins.exec}"], r"argument 0.class_path 'builtins.exec' names code"),
+                          (["--config", "proof/c.yaml"], r"argument 1 names a config inside the proof directory"),
+                          (["-c", "c.yaml"], r"argument 1 \(c.yaml\)\.trainer.callbacks\[0\]\.class_path 'os.system' names code")):
+        edit("argv", argv)
+        with pytest.raises(NotRecreatableError, match=refusal):
+            verify_proof(proof, VerifierSettings(q=0, project_root=project))
+
+
+def test_a_package_module_that_trains_when_imported_verifies_bit_exact(tmp_path: Path) -> None:
+    """``python -m apps.classify``, whose LightningCLI call sits at its top level (no ``__main__`` guard): loaded for
+    its classes it would train, so the proof takes the ``fit`` recipe, and the datamodule it hands to fit; the
+    package's ``__init__.py`` is in the code identity."""
+    project = copy_project("single_script", tmp_path)
+    (project / "apps").mkdir()
+    (project / "apps" / "__init__.py").write_text("")
+    source = (project / "image_classifier.py").read_text()
+    unguarded = source.replace('if __name__ == "__main__":\n    cli_main()', "cli_main()")
+    assert unguarded != source
+    (project / "apps" / "classify.py").write_text(unguarded)
+    r = run_project(["-m", "apps.classify", "--trainer.max_epochs=2", "--trainer.callbacks+=lightning_pol.ProofOfLearning",
+                     "--trainer.callbacks.dirpath=proof", "--trainer.callbacks.every_n_steps=5", "--trainer.limit_train_batches=6",
+                     "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.limit_predict_batches=1"], cwd=project)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    manifest = ProofReader(project / "proof").manifest
+    assert manifest.script is not None and (manifest.script.path, manifest.script.module, manifest.script.recipe) == (
+        "apps/classify.py", "apps.classify", "fit")
+    assert manifest.module.instantiator == "script" and manifest.datamodule is None
+    assert manifest.code is not None and "apps/__init__.py" in manifest.code.imports
+    rc, report, out = verify_cli(project)
+    assert rc == 0 and report is not None and bit_exact(report), out[-3000:]
+    # the script ran three times: training, the callback's rehearsal at fit start, and the verifier's run to fit
+    assert (project / "apps" / "main_runs.txt").read_text() == "main\n" * 3
+
+
+SCRIPT = '''
+import os, sys
+import torch
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, TensorDataset
+import neighbour
+
+SEEN = {"argv": sys.argv[1:], "cwd": os.getcwd(), "seed_env": os.environ.get("PL_GLOBAL_SEED"), "imports": neighbour.IMPORTS}
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+
+def main():
+    os.chdir("/")  # the run's working directory is put back
+    trainer = pl.Trainer(accelerator="gpu", devices=2, strategy="ddp", precision="16-mixed", logger=False)
+    trainer.fit(Tiny(), DataLoader(TensorDataset(torch.zeros(4, 2)), batch_size=2))
+    raise SystemExit("past fit")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def test_a_script_runs_again_as_it_was_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run to fit, and loaded for its classes, a script sees its recorded arguments, the project root as its working
+    directory, its neighbours imported afresh and no PL_GLOBAL_SEED of this process's; it builds its Trainer on the
+    CPU (a GPU trainer here has none), stops at fit, and this process gets everything back."""
+    from lightning_pol.format.script_record import ScriptRecord
+    from lightning_pol.runtime.training_script import TrainingScript
+
+    root = tmp_path / "project"
+    (root / "scripts").mkdir(parents=True)
+    (root / "scripts" / "train.py").write_text(SCRIPT)
+    (root / "scripts" / "neighbour.py").write_text("import builtins\nbuiltins.NEIGHBOUR = getattr(builtins, 'NEIGHBOUR', 0) + 1\n"
+                                                     "IMPORTS = builtins.NEIGHBOUR\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "123")
+    path, argv, modules = list(sys.path), list(sys.argv), set(sys.modules)
+    script = TrainingScript(ScriptRecord("scripts/train.py", ("--lr", "0.1"), "fit"), root)
+    handed = script.run_to_fit()
+    assert type(handed.model).__qualname__ == "Tiny" and len(handed.train_loader) == 2 and handed.datamodule is None
+    seen = handed.model.__class__.__init__.__globals__["SEEN"]
+    assert seen == {"argv": ["--lr", "0.1"], "cwd": str(root.resolve()), "seed_env": None, "imports": 1}
+    again = script.run_to_fit().model.__class__.__init__.__globals__["SEEN"]
+    assert again["imports"] == 2  # the neighbour imported afresh, as a verifier's fresh process imports it
+    assert os.getcwd() == str(tmp_path) and os.environ["PL_GLOBAL_SEED"] == "123"
+    assert sys.path == path and sys.argv == argv and "neighbour" not in set(sys.modules) - modules
+    loaded = script.load()  # for its classes: the same arguments, the __main__ block not run
+    assert loaded.SEEN["argv"] == ["--lr", "0.1"] and loaded.Tiny.__module__ == "lightning_pol_script_train"
+    assert os.getcwd() == str(tmp_path)
+    with pytest.raises(NotRecreatableError, match=r"scripts/train.py is not in the project root"):
+        TrainingScript(ScriptRecord("scripts/train.py", (), "fit"), tmp_path)
+    with pytest.raises(NotRecreatableError, match=r"is installed code, not a file of the project"):
+        TrainingScript(ScriptRecord("pytest/__main__.py", (), "fit"), Path(pytest.__file__).parents[1])

@@ -43,6 +43,9 @@ _TIERS = _T + "test_tiers_other_than_the_declared_ones_are_rejected"
 _NORMS = _T + "test_a_recorded_update_norm_that_lies_is_rejected"
 _STEPS = "if not is_int(steps) or steps < entry.step or (entry.step == 0 and steps != 0):"
 _FULL = "if c.full != (c.step == final or m.full_state_due(c.step))]"
+_SCRIPTS = "tests/test_scripts.py::"
+_HOSTILE_SCRIPT = _SCRIPTS + "test_hostile_script_records_are_refused"
+_ATTENTION = "tests/test_init.py::test_attention_and_lightnings_demo_transformer_are_drawn_as_torch_draws_them"
 
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("P1", "pretrained: W_0's claimed tensor is the digest it claims", "lightning_pol/verification/pretrained_check.py",
@@ -166,6 +169,22 @@ MUTANTS: tuple[Mutant, ...] = (
            (_A + "test_levels_follow_the_segments_and_a_changed_proof_is_not_attested",)),
     Mutant("A8", "export: --key-prefix keeps only the inner model, stripped", "lightning_pol/attestation/model_export.py",
            "    if key_prefix:\n", "    if False:\n", (_A + "test_export_is_byte_identical_and_loads_into_the_model",)),
+    Mutant("X1", "script: never one inside the proof directory", "lightning_pol/runtime/training_script.py",
+           "if self.proof is not None and self.file.is_relative_to(self.proof):", "if False:", (_HOSTILE_SCRIPT,)),
+    Mutant("X2", "script: never one a link leads outside the project root to", "lightning_pol/runtime/training_script.py",
+           "        if not self.file.is_relative_to(self.root):", "        if False:", (_HOSTILE_SCRIPT,)),
+    Mutant("X3", "script: the recorded arguments are gated before anything runs", "lightning_pol/verification/gate.py",
+           "        script.check_arguments()  # the arguments", "        pass  # the arguments", (_HOSTILE_SCRIPT,)),
+    Mutant("X4", "script: the rehearsal compares the data the script builds again", "lightning_pol/prover/rehearsal.py",
+           "dataset = self._handed_loader(where).dataset", "dataset = live_dataset",
+           (_SCRIPTS + "test_a_split_seeded_by_the_clock_is_refused_at_fit_start",)),
+    Mutant("X5", "script: one that trains when imported takes the fit recipe", "lightning_pol/prover/recreation.py",
+           "if record.recipe == \"classes\" and trains_when_imported(script.file):", "if False:",
+           (_SCRIPTS + "test_a_package_module_that_trains_when_imported_verifies_bit_exact",)),
+    Mutant("I1", "init: nn.Transformer's matrices are Xavier draws", "lightning_pol/init.py",
+           "if strategy == \"pytorch_default\" and id(tensor) in transformer:", "if False:", (_ATTENTION,)),
+    Mutant("I2", "init: an attention's out_proj bias is zero", "lightning_pol/init.py",
+           "        return (\"constant\", 0.0) if local == \"bias\" else None", "        return None", (_ATTENTION,)),
 )
 
 

@@ -33,7 +33,8 @@ _MAX_ARGS, _MAX_ARG = 1000, 4096
 @dataclass(frozen=True)
 class ScriptRecord:
     """``path``: the script relative to the project root (POSIX, inside it); ``module``: the module ``python -m``
-    ran (None: ``python PATH``); ``argv``: the arguments after it; ``recipe``: one of :data:`RECIPES`."""
+    ran, whose file ``path`` is (None: ``python PATH``); ``argv``: the arguments after it; ``recipe``: one of
+    :data:`RECIPES`."""
 
     path: str
     argv: tuple[str, ...]
@@ -44,9 +45,9 @@ class ScriptRecord:
         return {"path": self.path, "module": self.module, "argv": list(self.argv), "recipe": self.recipe}
 
     def command(self) -> str:
-        """How training was started, for messages: ``python train.py --trainer.max_epochs=2``."""
+        """How training was started, for one-line messages: ``python train.py --trainer.max_epochs=2``."""
         start = f"-m {self.module}" if self.module else self.path
-        return " ".join(["python", start, *self.argv])[:300]
+        return re.sub(r"[\x00-\x1f\x7f]", "?", " ".join(["python", start, *self.argv])[:300])
 
     @classmethod
     def from_json(cls, raw: Any) -> ScriptRecord:
@@ -56,8 +57,9 @@ class ScriptRecord:
         path, module, argv, recipe = raw["path"], raw["module"], raw["argv"], raw["recipe"]
         if not isinstance(path, str) or not safe_relative(path) or not path.endswith(".py"):
             raise ProofFormatError("manifest field script.path must be a .py file relative to the project root, inside it")
-        if module is not None and not (isinstance(module, str) and len(module) <= 200 and _MODULE.fullmatch(module)):
-            raise ProofFormatError("manifest field script.module must be a dotted module name or null")
+        if module is not None and not (isinstance(module, str) and len(module) <= 200 and _MODULE.fullmatch(module)
+                                       and path == module.replace(".", "/") + ".py"):
+            raise ProofFormatError("manifest field script.module must be null or the dotted module name of script.path")
         if not isinstance(argv, list) or len(argv) > _MAX_ARGS or not all(
             isinstance(a, str) and len(a) <= _MAX_ARG and "\x00" not in a for a in argv
         ):

@@ -239,8 +239,8 @@ def _script(module: pl.LightningModule, datamodule: pl.LightningDataModule | Non
     in_script = [type(o).__name__ for o in (module, datamodule) if o is not None and type(o).__module__ == SCRIPT_MODULE]
     if not handed_loaders and not in_script:
         return None
-    role, name = ("the training DataLoader", "handed to fit") if handed_loaders else ("class", in_script[0])
-    record, root = script_record("fit" if handed_loaders else "classes", role, name)
+    what = "the training DataLoader handed to fit" if handed_loaders else f"the class {in_script[0]}"
+    record, root = script_record("fit" if handed_loaders else "classes", what)
     script = TrainingScript(record, root)
     if record.recipe == "classes" and trains_when_imported(script.file):
         script = TrainingScript(ScriptRecord(record.path, record.argv, "fit", record.module), root)

@@ -113,6 +113,10 @@ class Rehearsal:
             raise NotRecreatableError(
                 f"{name} re-created the way the verifier will builds a different network (first differences: {diff}); {fix}"
             )
+        if self.handed is not None and frozen(live) != frozen(twin):  # a second fit of the script (the first one frozen)
+            diff = sorted(frozen(live) ^ frozen(twin))[:3]
+            raise NotRecreatableError(f"{name} as the script, run again, hands it to trainer.fit trains other parameters (first "
+                                      f"differences in requires_grad: {diff}); {fix}, at its first trainer.fit")
         if _ADDRESS.sub("0x", repr(live)) != _ADDRESS.sub("0x", repr(twin)):
             raise NotRecreatableError(f"{name} re-created the way the verifier will has other layer settings (its repr differs); {fix}")
         self.twin = twin
@@ -122,7 +126,7 @@ class Rehearsal:
         assert self.script is not None
         with elsewhere_rng():
             handed = self.script.run_to_fit()
-        self.handed = handed.checked(self.module_spec.import_path, type(live), self.script.record.path)
+        self.handed = handed.checked(self.module_spec.import_path, self.script.record.path)
         return handed.model
 
     def check_training(self, trainer: pl.Trainer, live_dataset: Any, resumed: bool) -> None:
@@ -257,6 +261,11 @@ def _plain(value: Any, depth: int = 0) -> bool:
     if depth < 4 and isinstance(value, dict):
         return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
     return False
+
+
+def frozen(module: torch.nn.Module) -> set[str]:
+    """The parameters training leaves alone (``requires_grad`` False)."""
+    return {canonical_key(k) for k, p in module.named_parameters() if not p.requires_grad}
 
 
 def shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:

@@ -7,14 +7,14 @@ import json
 import logging
 import math
 import uuid
-from datetime import datetime, timezone
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
-from lightning_pol.format.classes import import_path
+from lightning_pol.format.classes import NotRecreatableError, import_path
 from lightning_pol.format.code_identity import CodeIdentity
 from lightning_pol.format.ddp_record import recorded_arguments
 from lightning_pol.format.environment import environment
@@ -24,6 +24,7 @@ from lightning_pol.format.manifest import (
     InitDeclaration,
     Manifest,
 )
+from lightning_pol.format.script_record import names_script_class
 from lightning_pol.format.state_codec import encode_state
 from lightning_pol.prover.other_callbacks import CallbackPlan
 from lightning_pol.runtime.installed_code import (
@@ -31,7 +32,8 @@ from lightning_pol.runtime.installed_code import (
     named_classes,
     unidentified,
 )
-from lightning_pol.runtime.training_script import TrainingScript
+from lightning_pol.runtime.rng import preserved_rng
+from lightning_pol.runtime.training_script import TrainingScript, script_record, trains_when_imported
 from lightning_pol.runtime.training_state import compiled_submodules
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,16 @@ def new_manifest(run: dict[str, Any], specs: Mapping[str, Any], training: dict[s
         full_every_n_steps=run.get("full_every_n_steps"),
         script=script.record if script is not None else None,
     )
+    named = [p for p in named_classes(manifest) if names_script_class(p)]
+    if script is None and named:  # a callback, optimizer or scheduler class of the script: the verifier loads it from there
+        record, root = script_record("classes", f"the class {named[0].partition(':')[2]}")
+        script = TrainingScript(record, root)
+        if trains_when_imported(script.file):
+            raise NotRecreatableError(f"{named[0].partition(':')[2]} is defined in {record.path}, which trains when imported; "
+                                      f"put its training under if __name__ == '__main__': so the verifier can load the class")
+        with preserved_rng():  # its top level runs: its draws must not shift training's stream
+            script.import_path(named[0])  # loaded now, as the verifier will: a script that fails to load is refused here
+        manifest.script = record
     manifest.code = code_identity(manifest, script)
     return manifest
 

@@ -65,7 +65,13 @@ def named_classes(manifest: Manifest) -> list[str]:
 
 def installed_code(paths: Iterable[str], script: TrainingScript | None = None) -> CodeIdentity:
     """The code identity of ``paths`` (``module:QualName`` or dotted) as this machine's files give it; with the
-    training ``script`` (its file, and the project files it imports) when the proof records one."""
+    training ``script`` (its file, and the project files it imports) when the proof records one, every path found
+    as the script finds it (its directory first on ``sys.path``)."""
+    with on_sys_path(script.directory) if script is not None else contextlib.nullcontext():
+        return _installed_code(paths, script)
+
+
+def _installed_code(paths: Iterable[str], script: TrainingScript | None) -> CodeIdentity:
     classes: dict[str, ClassSource] = {}
     project_files: dict[str, Path] = {}
     if script is not None:
@@ -86,14 +92,18 @@ def installed_code(paths: Iterable[str], script: TrainingScript | None = None) -
         rel = relative_file(name, spec)
         dist = _distribution(file, name)
         classes[path] = ClassSource(rel, file_digest(file), *(dist or (None, None)))
-        if dist is None and _is_project(file):
+        if dist is None and is_project_file(file):
             project_files[rel] = file
             for pkg_name, pkg_spec in _packages_of(name):
                 init = _file(pkg_spec)
-                if init is not None and _is_project(init):
+                if init is not None and is_project_file(init):
                     project_files[relative_file(pkg_name, pkg_spec)] = init
-    with on_sys_path(script.directory) if script is not None else contextlib.nullcontext():  # where the script's imports look
-        imports = _project_closure(project_files, script)
+    if script is not None and script.record.module is not None:  # python -m pkg.train ran pkg/__init__.py first
+        for pkg_name, pkg_spec in _packages_of(script.record.module):
+            init = _file(pkg_spec)
+            if init is not None and is_project_file(init):
+                project_files[relative_file(pkg_name, pkg_spec)] = init
+    imports = _project_closure(project_files, script)
     class_files = {s.file for s in classes.values()}
     return CodeIdentity(classes, {rel: sha for rel, sha in imports.items() if rel not in class_files})
 
@@ -240,7 +250,7 @@ def _own_root() -> Path:
     return Path(__file__).resolve().parents[1]  # lightning_pol/
 
 
-def _is_project(file: Path) -> bool:
+def is_project_file(file: Path) -> bool:
     """A file of the project's own source tree: not installed, not the standard library, not lightning-pol."""
     resolved = file.resolve()
     return not any(resolved.is_relative_to(r) for r in (*_installed_roots(), _own_root()))
@@ -317,7 +327,7 @@ def _project_closure(start: dict[str, Path], script: TrainingScript | None) -> d
             for mod in [*(_prefixes(imported))]:
                 mspec = find_module(mod)
                 mfile = _file(mspec) if mspec is not None else None
-                if mspec is None or mfile is None or not _is_project(mfile):
+                if mspec is None or mfile is None or not is_project_file(mfile):
                     continue
                 mrel = relative_file(mod, mspec)
                 if mrel not in seen:

@@ -212,28 +212,68 @@ def _gated_if_code(path: str, root: str | os.PathLike[str] | None, what: str) ->
         gated(path, root, what)  # raises, naming it
 
 
-def gate_command_line(argv: Iterable[str], root: str | os.PathLike[str] | None) -> None:
-    """The recorded arguments a training script is run with again: every value in them that names importable code
-    (``--trainer.callbacks+=pkg.Class``, a ``class_path`` in a YAML flow value) must build a training object, a
-    Lightning callback or a logger, as LightningCLI would import and call it."""
+def gate_command_line(argv: Iterable[str], proof: str | os.PathLike[str] | None) -> None:
+    """The recorded arguments a training script is run with again, as LightningCLI, jsonargparse or Hydra would read
+    them: every value that names importable code (``--trainer.callbacks+=pkg.Class``, ``model._target_=pkg.f``, a
+    ``class_path`` in a YAML flow value or in a config file an argument names) must build a training object, a
+    Lightning callback or a logger; no config file may be one inside the proof directory."""
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.loggers import Logger
 
-    for i, token in enumerate(argv):
-        value = token.partition("=")[2] if token.startswith("-") else token
-        candidates = [(f"argument {i}", value)] if _DOTTED.match(value) and _importable(value) else []
+    tokens = list(argv)
+    for i, token in enumerate(tokens):
+        flag, eq, value = token.partition("=")
+        if token.startswith("-") and not eq:
+            continue  # a flag: its value is the next token, checked as one
+        value = value if eq else token
+        where = f"argument {i}"
+        found = [(where, value)] if _DOTTED.match(value) and _importable(value) else []
         if _YAML_LIKE.search(value):
-            candidates += list(cli_targets(_yaml(value), f"argument {i}"))
-        for where, target in candidates:
+            parsed = _yaml(value)
+            found += [*cli_targets(parsed, where), *((f"{where}.{w}", t) for w, t in hydra_targets(parsed) if isinstance(t, str))]
+        if (i and tokens[i - 1] in _CONFIG_FLAGS) or flag in _CONFIG_FLAGS:  # a config file: the project's, never the proof's
+            if proof is not None and _names_inside(value, proof):
+                raise NotRecreatableError(f"the proof's script {where} names a config inside the proof directory; the verifier "
+                                          f"will not run the script with it")
+            found += _config_file_targets(value, where)
+        for at, target in found:
             try:
-                obj = locate(target, root, f"script {where}")
+                obj = locate(target, proof, f"script {at}")
             except NotRecreatableError as e:
                 if "inside the proof directory" in str(e) or "special module" in str(e):
                     raise
                 continue  # not importable: the script's parser reads it as the string it is
             if callable(obj) and not _training_kind(obj) and not (isinstance(obj, type) and issubclass(obj, (Callback, Logger))):
-                raise NotRecreatableError(f"the proof's script {where} {target!r} names code that builds no training object, "
+                raise NotRecreatableError(f"the proof's script {at} {target[:80]!r} names code that builds no training object, "
                                           f"callback or logger; the verifier will not run the script with it")
+
+
+#: Arguments whose value is a config file (LightningCLI/jsonargparse's ``--config``/``-c``) or a Hydra config directory.
+_CONFIG_FLAGS = ("--config", "-c", "--config-path", "-cp", "--config-dir", "-cd", "--config-name", "-cn")
+
+
+def _names_inside(value: str, proof: str | os.PathLike[str]) -> bool:
+    if not value or len(value) > 4096 or "\x00" in value:
+        return False
+    try:
+        return Path(os.path.expanduser(value)).resolve().is_relative_to(Path(proof).resolve())
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+def _config_file_targets(value: str, where: str) -> list[tuple[str, str]]:
+    """The targets a YAML or JSON config file an argument names would import (a directory: its YAML files)."""
+    path = Path(value)
+    files = sorted(path.rglob("*.y*ml"))[:200] if path.is_dir() else [path] if path.is_file() else []
+    found: list[tuple[str, str]] = []
+    for file in files:
+        try:
+            config = _yaml(file.read_text()[:1_000_000])
+        except (OSError, UnicodeDecodeError):
+            continue
+        found += [*cli_targets(config, f"{where} ({file.name})"),
+                  *((f"{where} ({file.name}) {w}", t) for w, t in hydra_targets(config) if isinstance(t, str))]
+    return found
 
 
 def _no_interpolation(config: Any, where: str) -> None:

@@ -36,15 +36,14 @@ class HandedFit(NamedTuple):
     train_loader: Any
     datamodule: Any
 
-    def checked(self, recorded: str, module_cls: type, script: str) -> HandedFit:
-        """These, if the module is the class the proof names (``recorded``; gated as ``module_cls`` unless the
-        script's own) and the training data one DataLoader, a datamodule or the module's own."""
+    def checked(self, recorded: str, script: str) -> HandedFit:
+        """These, if the module is a LightningModule of the class the proof names (``recorded``), by its import path
+        (a class object cannot say it: a run imports the project's modules afresh, and the script's own are
+        ``__main__``'s), and the training data one DataLoader, a datamodule or the module's own."""
         from torch.utils.data import DataLoader
 
-        model = self.model
-        if not isinstance(model, pl.LightningModule) or type(model).__qualname__ != recorded.partition(":")[2] or (
-            not names_script_class(recorded) and type(model) is not module_cls
-        ):
+        model, cls = self.model, type(self.model)
+        if not isinstance(model, pl.LightningModule) or f"{cls.__module__}:{cls.__qualname__}" != recorded:
             raise NotRecreatableError(f"the training script {script} hands fit a {type(model).__qualname__}, not the proof's module {recorded}")
         if self.train_loader is not None and not isinstance(self.train_loader, DataLoader):
             raise NotRecreatableError(f"the training script {script} hands fit {type(self.train_loader).__name__} as training data, "
@@ -67,41 +66,56 @@ def the_running_script() -> tuple[Path, str | None] | None:
         return None
     spec = getattr(main, "__spec__", None)
     module = getattr(spec, "name", None)
-    return Path(file).resolve(), (module if isinstance(module, str) and module != "__main__" else None)
+    return Path(file).absolute(), (module if isinstance(module, str) and module != "__main__" else None)
 
 
-def script_record(recipe: str, role: str, cls_name: str) -> tuple[ScriptRecord, Path]:
+def script_record(recipe: str, what: str) -> tuple[ScriptRecord, Path]:
     """The record of the script this process runs, relative to the project root (the working directory; the
-    script's own directory when it lies outside it). Refuses a class or data with no script file behind it."""
+    script's own directory when it lies outside it). Refuses ``what`` (``LightningModule LitClassifier``, ``the
+    training DataLoader handed to fit``) where no script of the project is behind it."""
+    from lightning_pol.runtime.installed_code import is_project_file
+
     found = the_running_script()
     if found is None:
         raise NotRecreatableError(
-            f"{role} {cls_name} is defined, or the data was made, in a session with no script file (a notebook, "
-            f"python -c); save it to a .py file and run that, so the verifier can load it again"
+            f"{what} comes from a session with no script file (a notebook, python -c); save the code to a .py file "
+            f"and run that, so the verifier can run it again"
         )
+    if not is_project_file(found[0]):
+        raise NotRecreatableError(f"{what} comes from a process that installed code started ({found[0].name} of "
+                                  f"{found[1] or found[0].parent.name}), not a script of the project; train from a script of the project")
     file, module = found
-    cwd = Path(os.getcwd()).resolve()
+    cwd = Path(os.getcwd()).absolute()
     rel = file.relative_to(cwd).as_posix() if file.is_relative_to(cwd) else file.name
-    if module is not None and not file.is_relative_to(cwd):
-        raise NotRecreatableError(f"python -m {module} ran {file}, outside the working directory {cwd}; run it from the project root")
+    if module is not None and rel != module_file(module):
+        raise NotRecreatableError(f"python -m {module} ran {file}, which is not {module_file(module)} under the working directory "
+                                  f"{cwd}; run it from the project root")
     return ScriptRecord(rel, tuple(sys.argv[1:]), recipe, module), (cwd if file.is_relative_to(cwd) else file.parent)
 
 
 def trains_when_imported(file: Path) -> bool:
     """Whether the script calls ``fit`` or LightningCLI at its top level (outside ``if __name__ == "__main__":``
-    and outside functions): loaded for its classes, it would train."""
+    and outside functions), directly or through its own functions (``cli_main()``): loaded for its classes, it
+    would train. (Loading also stops at ``trainer.fit``: :meth:`TrainingScript.load`.)"""
     try:
         tree = ast.parse(file.read_bytes(), str(file))
     except (SyntaxError, ValueError, OSError):
         return False
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)) or _main_guard(node):
-            continue
-        for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
-            name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
-            if name in ("fit", "LightningCLI"):
-                return True
-    return False
+    functions = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    trainers = {"fit", "LightningCLI"}
+    grew = True
+    while grew:  # the script's functions that train, through the script's other functions
+        found = {name for name, node in functions.items() if name not in trainers and _calls(node) & trainers}
+        grew = bool(found)
+        trainers |= found
+    return any(_calls(node) & trainers for node in tree.body
+               if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not _main_guard(node))
+
+
+def _calls(node: ast.AST) -> set[str]:
+    """The names a node calls: ``trainer.fit(...)`` is ``fit``, ``main()`` is ``main``."""
+    return {c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "")
+            for c in ast.walk(node) if isinstance(c, ast.Call)}
 
 
 def _main_guard(node: ast.stmt) -> bool:
@@ -120,23 +134,29 @@ def on_sys_path(directory: Path) -> Iterator[None]:
 
 
 class TrainingScript:
-    """The script a proof records, at ``root / record.path`` on this machine (checked to be a regular ``.py`` file
-    inside ``root`` and outside the proof directory ``proof``)."""
+    """The script a proof records, at ``root / record.path`` on this machine: a regular ``.py`` file of the project
+    (inside ``root``, not installed code, outside the proof directory ``proof``), and for ``python -m`` the file its
+    module names there."""
 
     def __init__(self, record: ScriptRecord, root: str | os.PathLike[str] | None, proof: str | os.PathLike[str] | None = None) -> None:
+        from lightning_pol.runtime.installed_code import is_project_file  # it reads the script's imports with this class
+
         self.record = record
         self.root = Path(root if root is not None else os.getcwd()).resolve()
-        if not safe_relative(record.path):
-            raise NotRecreatableError(f"the proof's script path {record.path[:80]!r} does not stay inside the project root")
+        if not safe_relative(record.path) or (record.module is not None and record.path != module_file(record.module)):
+            raise NotRecreatableError(f"the proof's script path {record.path[:80]!r} does not stay inside the project root, or is not "
+                                      f"the file of its module")
         self.file = (self.root / record.path).resolve()
+        self.proof = None if proof is None else Path(proof).resolve()
         where = f"the training script {record.path} is not in the project root {self.root}"
         if not self.file.is_relative_to(self.root):
             raise NotRecreatableError(f"{where} (it leads outside it)")
         if not self.file.is_file():
             raise NotRecreatableError(f"{where}; verify from the project root, or give project_root=DIR")
-        if proof is not None and self.file.is_relative_to(Path(proof).resolve()):
+        if self.proof is not None and self.file.is_relative_to(self.proof):
             raise NotRecreatableError(f"the training script {record.path} lies inside the proof directory; the verifier runs only the project's own")
-        self.proof = proof
+        if not is_project_file(self.file):
+            raise NotRecreatableError(f"the training script {record.path} is installed code, not a file of the project")
         self._module: ModuleType | None = None
 
     @property
@@ -159,70 +179,161 @@ class TrainingScript:
         return f"{self.module_name}:{path[len(SCRIPT_MODULE) + 1:]}"
 
     def load(self) -> ModuleType:
-        """The script as a module of its own name: its top level runs, its ``__main__`` block does not."""
+        """The script as a module of its own name, started as training started it (:meth:`_as_started`): its top level
+        runs, its ``__main__`` block does not."""
         if self._module is not None:
             return self._module
         if trains_when_imported(self.file):
             raise NotRecreatableError(f"the training script {self.record.path} trains when imported (fit or LightningCLI outside "
                                       f"if __name__ == '__main__':); the verifier loads it only for its classes")
         name = self.module_name
-        sys.path.insert(0, str(self.directory))  # kept: its functions may import the script's neighbours later
         try:
-            if self.record.module is not None:
-                spec = importlib.util.find_spec(name)
-                if spec is None or spec.origin is None or Path(spec.origin).resolve() != self.file:
-                    raise NotRecreatableError(f"python -m {name} does not find {self.record.path} under {self.root}")
-                module = importlib.import_module(name)
-            else:
-                spec = importlib.util.spec_from_file_location(name, self.file)
-                assert spec is not None and spec.loader is not None
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[name] = module  # as an import would: dataclasses, pickling and type hints look it up
-                spec.loader.exec_module(module)
-        except NotRecreatableError:
-            raise
-        except KeyboardInterrupt:
+            with self._as_started(fresh_modules=False):
+                if self.record.module is not None:
+                    module = importlib.import_module(name)  # its file is record.path under the root (checked when built)
+                    if Path(str(module.__file__)).resolve() != self.file:
+                        raise NotRecreatableError(f"python -m {name} does not find {self.record.path} under {self.root}")
+                else:
+                    spec = importlib.util.spec_from_file_location(name, self.file)
+                    assert spec is not None and spec.loader is not None
+                    module = importlib.util.module_from_spec(spec)
+                    sys.modules[name] = module  # as an import would: dataclasses, pickling and type hints look it up
+                    spec.loader.exec_module(module)
+        except _ReachedFit:
+            sys.modules.pop(name, None)
+            raise NotRecreatableError(f"the training script {self.record.path} calls trainer.fit when imported (outside "
+                                      f"if __name__ == '__main__':); the verifier loads it only for its classes") from None
+        except (NotRecreatableError, KeyboardInterrupt):
             raise
         except BaseException as e:  # noqa: BLE001 - the project's script: what it raises (or exits with) is its own
             sys.modules.pop(name, None)
             raise NotRecreatableError(f"the training script {self.record.path} fails to load ({type(e).__name__}: {e})".splitlines()[0]) from None
+        sys.path.insert(0, str(self.directory))  # kept, as Python keeps it: its functions may import its neighbours later
         self._module = module
         return module
 
     def run_to_fit(self) -> HandedFit:
-        """Run the script as training did (``__main__``, its recorded arguments) up to ``trainer.fit``, and return what
-        it hands to it. ``Trainer.fit`` is a stand-in for the run: the script is stopped there, before any training."""
-        def stand_in(trainer: Any, model: Any, train_dataloaders: Any = None, val_dataloaders: Any = None,
-                     datamodule: Any = None, *args: Any, **kwargs: Any) -> Any:
-            if isinstance(train_dataloaders, pl.LightningDataModule):  # Lightning's own positional leniency
-                train_dataloaders, datamodule = None, train_dataloaders
-            raise _ReachedFit(HandedFit(model, train_dataloaders, datamodule))
-
-        gate_command_line(self.record.argv, self.proof)  # what LightningCLI would import from them
-        saved_argv, saved_path, fit = list(sys.argv), list(sys.path), pl.Trainer.fit
-        sys.argv[:] = [str(self.file), *self.record.argv]
-        sys.path.insert(0, str(self.directory))
-        pl.Trainer.fit = stand_in  # type: ignore[method-assign]
+        """Run the script as training did (``__main__``, its recorded arguments, :meth:`_as_started`) up to
+        ``trainer.fit``, and return what it hands to it: ``Trainer.fit`` is a stand-in that stops it there."""
         try:
-            if self.record.module is not None:
-                runpy.run_module(self.record.module, run_name="__main__", alter_sys=True)
-            else:
-                runpy.run_path(str(self.file), run_name="__main__")
+            with self._as_started(fresh_modules=True):
+                if self.record.module is not None:
+                    runpy.run_module(self.record.module, run_name="__main__", alter_sys=True)
+                else:
+                    runpy.run_path(str(self.file), run_name="__main__")
         except _ReachedFit as reached:
             return reached.handed
+        except NotRecreatableError:
+            raise
         except SystemExit as e:
             raise NotRecreatableError(f"the training script {self.record.path}, run as {self.record.command()}, exits "
-                                      f"(code {e.code!r}) before it calls trainer.fit") from None
+                                      f"(code {str(e.code)[:60]!r}) before it calls trainer.fit") from None
         except KeyboardInterrupt:
             raise
         except BaseException as e:  # noqa: BLE001 - the project's script
             raise NotRecreatableError(f"the training script {self.record.path}, run as {self.record.command()}, fails before "
                                       f"trainer.fit ({type(e).__name__}: {e})".splitlines()[0]) from None
-        finally:
-            pl.Trainer.fit = fit  # type: ignore[method-assign]
-            sys.argv[:] = saved_argv
-            sys.path[:] = saved_path
         raise NotRecreatableError(f"the training script {self.record.path}, run as {self.record.command()}, ends without calling trainer.fit")
+
+    @contextlib.contextmanager
+    def _as_started(self, fresh_modules: bool) -> Iterator[None]:
+        """This process as ``python SCRIPT ARGS`` started it, for the block, and put back after: the recorded arguments
+        (gated first), the working directory the project root, the script's directory first on ``sys.path`` and the
+        proof directory off it, ``PL_GLOBAL_SEED`` and ``PL_SEED_WORKERS`` unset (``seed_everything()`` reads them),
+        with ``fresh_modules`` the project's own modules imported afresh; ``Trainer.fit`` a stand-in that stops the
+        script, and a Trainer it builds on the CPU (the verifier's machine need not have the prover's devices)."""
+        saved_argv = list(sys.argv)
+        saved_env = {k: os.environ.get(k) for k in _SEED_ENV}
+        project = {n: m for n, m in sys.modules.items() if fresh_modules and self._projects(m)}
+        for name in project:
+            del sys.modules[name]
+        try:
+            with self._where_run():
+                gate_command_line(self.record.argv, self.proof)  # what LightningCLI would import from them, found as the run finds it
+                sys.argv[:] = [str(self.file), *self.record.argv]
+                for key in _SEED_ENV:
+                    os.environ.pop(key, None)
+                with _stopped_at_fit():
+                    yield
+        finally:
+            sys.argv[:] = saved_argv
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            if fresh_modules:  # the run's copies go; what the process had imported comes back
+                for name in [n for n, m in sys.modules.items() if self._projects(m)]:
+                    del sys.modules[name]
+                sys.modules.update(project)
+
+    def check_arguments(self) -> None:
+        """The recorded arguments through the gate (:func:`gate_command_line`), read from where the script runs."""
+        with self._where_run():
+            gate_command_line(self.record.argv, self.proof)
+
+    @contextlib.contextmanager
+    def _where_run(self) -> Iterator[None]:
+        """The project root the working directory, the script's directory first on ``sys.path`` and the proof's off it."""
+        saved_path, saved_cwd = list(sys.path), os.getcwd()
+        try:
+            sys.path[:] = [str(self.directory), *(p for p in saved_path if not self._in_proof(p))]
+            os.chdir(self.root)
+            yield
+        finally:
+            sys.path[:] = saved_path
+            os.chdir(saved_cwd)
+
+    def _projects(self, module: Any) -> bool:
+        """Whether ``module`` is one of the project's own (a file under the project root or the script's directory)."""
+        from lightning_pol.runtime.installed_code import is_project_file
+
+        file = getattr(module, "__file__", None)
+        if not isinstance(file, str) or getattr(module, "__name__", "") == "__main__":
+            return False
+        path = Path(file).resolve()
+        return (path.is_relative_to(self.root) or path.is_relative_to(self.directory)) and is_project_file(path)
+
+    def _in_proof(self, entry: Any) -> bool:
+        return self.proof is not None and isinstance(entry, str) and Path(entry or os.getcwd()).resolve().is_relative_to(self.proof)
+
+
+#: What ``seed_everything()`` without a seed reads: a run again must not find the prover's (or the verifier's) value.
+_SEED_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+
+
+def module_file(module: str) -> str:
+    """The file ``python -m module`` runs, relative to the directory its package is found in."""
+    return module.replace(".", "/") + ".py"
+
+
+@contextlib.contextmanager
+def _stopped_at_fit() -> Iterator[None]:
+    """``Trainer.fit`` a stand-in for the block, which stops the script there (:class:`_ReachedFit`) before any training;
+    ``Trainer.__init__`` builds a Trainer on the CPU (:data:`_ON_CPU`)."""
+    def stand_in(trainer: Any, model: Any, train_dataloaders: Any = None, val_dataloaders: Any = None,
+                 datamodule: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(train_dataloaders, pl.LightningDataModule):  # Lightning's own positional leniency
+            train_dataloaders, datamodule = None, train_dataloaders
+        raise _ReachedFit(HandedFit(model, train_dataloaders, datamodule))
+
+    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector as Connector
+
+    fit, connect = pl.Trainer.fit, Connector.__init__
+
+    def on_cpu(connector: Any, *args: Any, **kwargs: Any) -> None:
+        # Not Trainer.__init__: LightningCLI builds its --trainer.* arguments from that signature
+        connect(connector, *args, **{**kwargs, **_ON_CPU, "plugins": None})
+
+    pl.Trainer.fit, Connector.__init__ = stand_in, on_cpu  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        pl.Trainer.fit, Connector.__init__ = fit, connect  # type: ignore[method-assign]
+
+
+#: The Trainer a script builds, as the run to fit builds it: one that never trains, on a device every machine has.
+_ON_CPU = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "32-true", "sync_batchnorm": False}
 
 
 class HandedData(pl.LightningDataModule):

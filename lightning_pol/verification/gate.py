@@ -25,7 +25,7 @@ from lightning_pol.format.classes import NotRecreatableError
 from lightning_pol.format.manifest import ClassSpec
 from lightning_pol.format.reader import ProofReader
 from lightning_pol.format.script_record import names_script_class
-from lightning_pol.runtime.recreation import apply_overrides, builder, gate_command_line, gated
+from lightning_pol.runtime.recreation import apply_overrides, builder, gated
 from lightning_pol.runtime.replayed_callbacks import replayable_callback
 from lightning_pol.runtime.training_script import TrainingScript
 
@@ -64,11 +64,11 @@ def declared_classes(reader: ProofReader, overrides: Mapping[str, Mapping[str, A
         for entry in entries if isinstance(entries, list) else []:
             if isinstance(entry, Mapping) and "class" in entry:
                 declared.append((key[:-1].replace("lr_", "LR "), entry["class"], base))
-    if script is not None and script.record.recipe == "fit":
-        if any(overrides.values()):
-            raise NotRecreatableError("module_overrides and datamodule_overrides do not apply to a proof whose module and data "
-                                      "its training script hands to fit; the script's recorded arguments build them")
-        gate_command_line(script.record.argv, reader.local_root)  # the arguments the script will be run with
+    if script is not None and script.record.recipe == "fit" and any(overrides.values()):
+        raise NotRecreatableError("module_overrides and datamodule_overrides do not apply to a proof whose module and data "
+                                  "its training script hands to fit; the script's recorded arguments build them")
+    if script is not None:
+        script.check_arguments()  # the arguments the script will be loaded or run with
     classes: dict[str, type] = {}
     for what, path, base in declared:
         if script is not None and names_script_class(path):

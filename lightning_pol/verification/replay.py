@@ -7,6 +7,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -566,6 +567,8 @@ class PoLVerifierModule:
         self._handed: HandedFit | PoLError | None = None
         # The class gate first: nothing the proof names, nested targets included, is imported for use, or
         # called, before it passed; then the local paths the re-creation will read must exist here.
+        if self.script is not None:  # as Python does for a script: its directory first on sys.path, for its neighbours
+            sys.path.insert(0, str(self.script.directory))
         classes = declared_classes(reader, self.overrides, self.script)
         self.reader = reader
         self.deterministic = deterministic
@@ -649,7 +652,7 @@ class PoLVerifierModule:
             try:
                 with prover_code(f"the proof's training script {self.script.record.path}"):
                     handed = self.script.run_to_fit()
-                self._handed = handed.checked(self.manifest.module.import_path, self._module_cls, self.script.record.path)
+                self._handed = handed.checked(self.manifest.module.import_path, self.script.record.path)
             except PoLError as e:
                 self._handed = e
         if isinstance(self._handed, PoLError):

@@ -917,7 +917,7 @@ def canary(d: Draw, mu: Mutant) -> str:
     marker = mu.env.canary / f"ran-{token}"
     command = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
     variant = pick(d, ["pickle", "torch_save", "class_popen", "class_callable", "class_in_proof", "target_keys",
-                       "nested_targets", "markers"], "variant")
+                       "nested_targets", "markers", "script"], "variant")
     if variant in ("pickle", "torch_save"):
         rel = pick(d, [pf.MANIFEST, *mu.honest.raw], "file")
         if variant == "pickle":
@@ -981,6 +981,8 @@ def canary(d: Draw, mu: Mutant) -> str:
         return f"{variant}: {where} {target['_target_']}"
     if variant == "nested_targets":
         return _nested_target(d, mu, marker, command, token)
+    if variant == "script":
+        return _script_record(d, mu, marker, command, token)
     where = pick(d, ["training", "module_hparams", "init_params", "state"], "where")
     value = pick(d, [{"__torch_dtype__": "_dynamo"}, {"__torch_dtype__": "_inductor"}, {"__torch_dtype__": "onnx"},
                      {"__ndarray__": "x", "dtype": "O", "shape": [1]}, {"__npscalar__": "O", "value": 1},
@@ -1027,6 +1029,25 @@ def _nested_target(d: Draw, mu: Mutant, marker: Path, command: list[str], token:
                    "net": node, "activation": target}
     mu.m[where] = {"class": mu.m[where]["class"], "hparams": hparams, "instantiator": style}
     return f"nested_targets: {style} {where} {target} at depth {depth}"
+
+
+def _script_record(d: Draw, mu: Mutant, marker: Path, command: list[str], token: str) -> str:
+    """A training script the proof names (issue 35): one the proof ships, one outside the project root, or recorded
+    arguments that name code LightningCLI would import and call."""
+    name = f"fuzz_script_{token.replace('-', '_')}.py"
+    mu.files[name] = f"open({str(marker)!r}, 'w')\nimport lightning.pytorch as pl\nclass Module(pl.LightningModule):\n    pass\n".encode()
+    if d.draw(st.booleans(), label="listed"):
+        mu.resign(name)
+    mu.on_sys_path = True
+    path = pick(d, [name, f"../{name}", f"/tmp/{name}", f"{mu.env.outside.name}/{name}", "train.py", "a//b.py"], "path")
+    recipe = pick(d, ["classes", "fit"], "recipe")
+    argv = pick(d, [[], ["--trainer.callbacks+=subprocess.Popen"], ["builtins.exec", " ".join(command)],
+                    [f"--model={{class_path: subprocess.Popen, init_args: {{args: {command!r}}}}}"]], "argv")
+    mu.m["script"] = {"path": path, "module": pick(d, [None, "os", "subprocess"], "module"), "argv": argv, "recipe": recipe}
+    mu.m["module"] = {"class": "__main__:Module", "hparams": {}, **({"instantiator": "script"} if recipe == "fit" else {})}
+    if recipe == "fit":
+        mu.m["datamodule"] = None
+    return f"script: {path} recipe {recipe} argv {argv[:1]}"
 
 
 def _pretrained_claim(d: Draw, mu: Mutant) -> str:
