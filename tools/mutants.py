@@ -179,7 +179,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "dataset = self._handed_loader(where).dataset", "dataset = live_dataset",
            (_SCRIPTS + "test_a_split_seeded_by_the_clock_is_refused_at_fit_start",)),
     Mutant("X5", "script: one that trains when imported takes the fit recipe", "lightning_pol/prover/recreation.py",
-           "if record.recipe == \"classes\" and trains_when_imported(script.file):", "if False:",
+           "if record.recipe == \"classes\" and trains_when_imported(root / record.path):", "if False:",
            (_SCRIPTS + "test_a_package_module_that_trains_when_imported_verifies_bit_exact",)),
     Mutant("I1", "init: nn.Transformer's matrices are Xavier draws", "lightning_pol/init.py",
            "if strategy == \"pytorch_default\" and id(tensor) in transformer:", "if False:", (_ATTENTION,)),

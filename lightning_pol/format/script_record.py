@@ -58,7 +58,7 @@ class ScriptRecord:
         if not isinstance(path, str) or not safe_relative(path) or not path.endswith(".py"):
             raise ProofFormatError("manifest field script.path must be a .py file relative to the project root, inside it")
         if module is not None and not (isinstance(module, str) and len(module) <= 200 and _MODULE.fullmatch(module)
-                                       and path == module.replace(".", "/") + ".py"):
+                                       and path == module_file(module)):
             raise ProofFormatError("manifest field script.module must be null or the dotted module name of script.path")
         if not isinstance(argv, list) or len(argv) > _MAX_ARGS or not all(
             isinstance(a, str) and len(a) <= _MAX_ARG and "\x00" not in a for a in argv
@@ -67,6 +67,11 @@ class ScriptRecord:
         if recipe not in RECIPES:
             raise ProofFormatError(f"manifest field script.recipe must be one of {list(RECIPES)}")
         return cls(path, tuple(argv), recipe, module)
+
+
+def module_file(module: str) -> str:
+    """The file ``python -m module`` runs, relative to the directory its package is found in."""
+    return module.replace(".", "/") + ".py"
 
 
 def safe_relative(path: str) -> bool:

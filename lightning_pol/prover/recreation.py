@@ -10,6 +10,7 @@ before it costs anything; :mod:`.rehearsal` then checks the recipe against the l
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import re
@@ -28,7 +29,7 @@ from lightning_pol.format.classes import (
 )
 from lightning_pol.format.lineage import parent_record, same_weights
 from lightning_pol.format.manifest import ClassSpec
-from lightning_pol.format.script_record import SCRIPT_MODULE, ScriptRecord
+from lightning_pol.format.script_record import SCRIPT_MODULE
 from lightning_pol.format.state_codec import StateEncodingError, encode_state
 from lightning_pol.runtime.recreation import (
     LIGHTNING_CLI,
@@ -241,7 +242,6 @@ def _script(module: pl.LightningModule, datamodule: pl.LightningDataModule | Non
         return None
     what = "the training DataLoader handed to fit" if handed_loaders else f"the class {in_script[0]}"
     record, root = script_record("fit" if handed_loaders else "classes", what)
-    script = TrainingScript(record, root)
-    if record.recipe == "classes" and trains_when_imported(script.file):
-        script = TrainingScript(ScriptRecord(record.path, record.argv, "fit", record.module), root)
-    return script
+    if record.recipe == "classes" and trains_when_imported(root / record.path):
+        record = dataclasses.replace(record, recipe="fit")
+    return TrainingScript(record, root)

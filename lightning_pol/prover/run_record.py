@@ -14,7 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightning_pol.format.classes import NotRecreatableError, import_path
+from lightning_pol.format.classes import import_path
 from lightning_pol.format.code_identity import CodeIdentity
 from lightning_pol.format.ddp_record import recorded_arguments
 from lightning_pol.format.environment import environment
@@ -33,7 +33,7 @@ from lightning_pol.runtime.installed_code import (
     unidentified,
 )
 from lightning_pol.runtime.rng import preserved_rng
-from lightning_pol.runtime.training_script import TrainingScript, script_record, trains_when_imported
+from lightning_pol.runtime.training_script import TrainingScript, script_record
 from lightning_pol.runtime.training_state import compiled_submodules
 
 log = logging.getLogger(__name__)
@@ -154,11 +154,8 @@ def new_manifest(run: dict[str, Any], specs: Mapping[str, Any], training: dict[s
     if script is None and named:  # a callback, optimizer or scheduler class of the script: the verifier loads it from there
         record, root = script_record("classes", f"the class {named[0].partition(':')[2]}")
         script = TrainingScript(record, root)
-        if trains_when_imported(script.file):
-            raise NotRecreatableError(f"{named[0].partition(':')[2]} is defined in {record.path}, which trains when imported; "
-                                      f"put its training under if __name__ == '__main__': so the verifier can load the class")
         with preserved_rng():  # its top level runs: its draws must not shift training's stream
-            script.import_path(named[0])  # loaded now, as the verifier will: a script that fails to load is refused here
+            script.import_path(named[0])  # loaded now, as the verifier will: one that fails to load (or trains) is refused here
         manifest.script = record
     manifest.code = code_identity(manifest, script)
     return manifest

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import lightning.pytorch as pl
 
 from lightning_pol.format.classes import NotRecreatableError
-from lightning_pol.format.script_record import SCRIPT_MODULE, ScriptRecord, names_script_class, safe_relative
+from lightning_pol.format.script_record import SCRIPT_MODULE, ScriptRecord, module_file, names_script_class, safe_relative
 from lightning_pol.runtime.recreation import gate_command_line
 
 
@@ -143,9 +143,8 @@ class TrainingScript:
 
         self.record = record
         self.root = Path(root if root is not None else os.getcwd()).resolve()
-        if not safe_relative(record.path) or (record.module is not None and record.path != module_file(record.module)):
-            raise NotRecreatableError(f"the proof's script path {record.path[:80]!r} does not stay inside the project root, or is not "
-                                      f"the file of its module")
+        if not safe_relative(record.path):  # a parsed manifest's always is (ScriptRecord.from_json), with its module's file
+            raise NotRecreatableError(f"the proof's script path {record.path[:80]!r} does not stay inside the project root")
         self.file = (self.root / record.path).resolve()
         self.proof = None if proof is None else Path(proof).resolve()
         where = f"the training script {record.path} is not in the project root {self.root}"
@@ -300,11 +299,6 @@ class TrainingScript:
 
 #: What ``seed_everything()`` without a seed reads: a run again must not find the prover's (or the verifier's) value.
 _SEED_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
-
-
-def module_file(module: str) -> str:
-    """The file ``python -m module`` runs, relative to the directory its package is found in."""
-    return module.replace(".", "/") + ".py"
 
 
 @contextlib.contextmanager
